@@ -1,0 +1,232 @@
+"""Settings, read once at start-up from the environment and an optional .env file.
+
+Every problem is reported as one ConfigError sentence that says what to set. Values from .env never go
+into os.environ: the Slack tokens stay in this object and never reach a child process's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from bot.errors import ConfigError
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+# Variables that must never reach the `claude` child (nor anything it spawns).
+SECRET_ENV_NAMES = frozenset(
+    {
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "SLACK_USER_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_CLIENT_SECRET",
+        "SLACK_WEBHOOK_URL",
+    }
+)
+# Set by a parent Claude Code session; a `claude` started with them thinks it is nested and may hang.
+NESTING_ENV_NAMES = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT"})
+
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|WEBHOOK", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack_bot_token: str = field(repr=False)
+    slack_app_token: str = field(repr=False)
+    slack_api_url: str
+    claude_cli_path: str
+    home: Path
+    workdir: Path
+    allowed_users: frozenset[str]  # {"*"} means everyone in the workspace
+    max_concurrent: int
+    run_timeout: float
+    context_messages: int
+    context_chars: int
+    log_level: str
+    log_format: str
+    model: str | None
+    child_env: Mapping[str, str] = field(repr=False)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "slackbus.db"
+
+    def is_allowed(self, user_id: str) -> bool:
+        return "*" in self.allowed_users or user_id in self.allowed_users
+
+
+def read_environment(env: Mapping[str, str] | None = None, env_file: str | None = None) -> dict[str, str]:
+    """The process environment over the .env file (the environment wins)."""
+    env = dict(os.environ if env is None else env)
+    path = env_file or env.get("SLACKBUS_ENV_FILE") or ".env"
+    merged: dict[str, str] = {}
+    if Path(path).is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(env)
+    return merged
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}.") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {raw!r}.")
+    return value
+
+
+def _token(env: Mapping[str, str], name: str, prefix: str, what: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(
+            f"{name} is not set: put the {what} (it starts with {prefix}) in the environment or in .env "
+            "(see .env.example and the README's Slack app set-up)."
+        )
+    if not value.startswith(prefix) or len(value) < len(prefix) + 4:
+        raise ConfigError(
+            f"{name} does not look like a {what}: it should start with {prefix} "
+            f"(got a value starting with {value[:5]!r}...)."
+        )
+    return value
+
+
+def bundled_cli_path() -> str | None:
+    """The `claude` executable shipped inside the claude-agent-sdk wheel, if present."""
+    try:
+        import claude_agent_sdk
+    except ImportError:  # pragma: no cover - a hard dependency
+        return None
+    path = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+    return str(path) if path.is_file() else None
+
+
+def resolve_cli(env: Mapping[str, str]) -> str:
+    """CLAUDE_CLI_PATH, else `claude` on PATH, else the CLI bundled with claude-agent-sdk."""
+    configured = env.get("CLAUDE_CLI_PATH", "").strip()
+    if configured:
+        found = shutil.which(configured, path=env.get("PATH"))
+        if found is None:
+            if Path(configured).exists():
+                raise ConfigError(f"CLAUDE_CLI_PATH={configured} is not executable: chmod +x it or fix the path.")
+            raise ConfigError(
+                f"CLAUDE_CLI_PATH={configured} does not exist: point it at the `claude` executable, "
+                "or unset it to use the CLI bundled with claude-agent-sdk."
+            )
+        return found
+    found = shutil.which("claude", path=env.get("PATH"))
+    if found:
+        return found
+    bundled = bundled_cli_path()
+    if bundled and os.access(bundled, os.X_OK):
+        return bundled
+    raise ConfigError(
+        "The Claude Code CLI (`claude`) was not found: run scripts/install (it installs the CLI bundled "
+        "with claude-agent-sdk), `npm install -g @anthropic-ai/claude-code`, or set CLAUDE_CLI_PATH."
+    )
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What the `claude` child may see: everything but Slack secrets and nesting markers."""
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if key in SECRET_ENV_NAMES or key in NESTING_ENV_NAMES:
+            continue
+        if key.startswith("SLACK_") and _SECRET_NAME.search(key):
+            continue
+        if key.startswith("SLACKBUS_") and _SECRET_NAME.search(key):
+            continue
+        out[key] = value
+    return out
+
+
+def parse_allowed_users(raw: str | None) -> frozenset[str]:
+    if raw is None or not raw.strip():
+        raise ConfigError(
+            "SLACKBUS_ALLOWED_USERS is not set, so nobody could use the bot: set it to the Slack member ids "
+            "allowed to run Claude (e.g. SLACKBUS_ALLOWED_USERS=U012ABCDEF,U034GHIJKL; find an id under a "
+            "profile's ⋮ menu, 'Copy member ID'), or to * to allow everyone in the workspace."
+        )
+    users = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    for user in users:
+        if user != "*" and not re.fullmatch(r"[UW][A-Z0-9]+", user):
+            raise ConfigError(
+                f"SLACKBUS_ALLOWED_USERS holds {user!r}, which is not a Slack member id (like U012ABCDEF) or *."
+            )
+    return users
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -> Settings:
+    merged = read_environment(env, env_file)
+    bot_token = _token(merged, "SLACK_BOT_TOKEN", "xoxb-", "bot token")
+    app_token = _token(merged, "SLACK_APP_TOKEN", "xapp-", "app-level token")
+    api_url = merged.get("SLACK_API_URL", "").strip() or DEFAULT_SLACK_API_URL
+    if not re.match(r"https?://", api_url):
+        raise ConfigError(f"SLACK_API_URL must be an http(s) URL like {DEFAULT_SLACK_API_URL}, got {api_url!r}.")
+    if not api_url.endswith("/"):
+        api_url += "/"
+    allowed = parse_allowed_users(merged.get("SLACKBUS_ALLOWED_USERS"))
+    cli = resolve_cli(merged)
+
+    home = Path(merged.get("SLACKBUS_HOME", "").strip() or Path.home() / ".slackbus").expanduser()
+    workdir_raw = merged.get("SLACKBUS_WORKDIR", "").strip()
+    workdir = Path(workdir_raw).expanduser() if workdir_raw else home / "workspace"
+    for what, path in (("SLACKBUS_HOME", home), ("SLACKBUS_WORKDIR", workdir)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{what}={path} cannot be created ({exc.strerror}): choose a writable folder.") from None
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{what}={path} is not writable: choose a writable folder.")
+
+    log_format = merged.get("SLACKBUS_LOG_FORMAT", "").strip().lower() or "json"
+    if log_format not in {"json", "console"}:
+        raise ConfigError(f"SLACKBUS_LOG_FORMAT must be json or console, got {log_format!r}.")
+
+    return Settings(
+        slack_bot_token=bot_token,
+        slack_app_token=app_token,
+        slack_api_url=api_url,
+        claude_cli_path=cli,
+        home=home.resolve(),
+        workdir=workdir.resolve(),
+        allowed_users=allowed,
+        max_concurrent=_int(merged, "SLACKBUS_MAX_CONCURRENT", 4),
+        run_timeout=_float(merged, "SLACKBUS_RUN_TIMEOUT", 1800.0),
+        context_messages=_int(merged, "SLACKBUS_CONTEXT_MESSAGES", 40, minimum=0),
+        context_chars=_int(merged, "SLACKBUS_CONTEXT_CHARS", 12000, minimum=0),
+        log_level=(merged.get("SLACKBUS_LOG_LEVEL", "").strip() or "info").lower(),
+        log_format=log_format,
+        model=merged.get("SLACKBUS_MODEL", "").strip() or None,
+        child_env=child_environment(merged),
+    )
+
+
+def scrub_process_environment() -> None:
+    """Drop the secrets from os.environ so no child process (the SDK merges os.environ) inherits them."""
+    for key in list(os.environ):
+        if key in SECRET_ENV_NAMES or key in NESTING_ENV_NAMES or key not in child_environment({key: ""}):
+            os.environ.pop(key, None)

@@ -1,0 +1,250 @@
+"""Decides what an incoming message means and when its work runs.
+
+who may   — only allowed users start or continue work; everyone else's messages are still recorded
+dedupe    — a message becomes at most one job (a mention arrives as app_mention AND message; Slack retries)
+queue     — a global cap on concurrent runs with a FIFO queue
+order     — one run per thread at a time; follow-ups wait their turn and are answered together
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup
+
+from bot.log import get_logger
+from bot.store import Store, StoredMessage, ThreadSession
+
+log = get_logger("slackbus.dispatcher")
+
+IGNORED_SUBTYPES = frozenset(
+    {
+        "channel_join", "channel_leave", "group_join", "group_leave", "channel_topic", "channel_purpose",
+        "channel_name", "channel_archive", "channel_unarchive", "pinned_item", "unpinned_item", "ekm_access_denied",
+        "bot_add", "bot_remove", "reminder_add", "tombstone", "assistant_app_thread", "huddle_thread",
+    }
+)
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message event, typed (slack_events builds it; nobody else reads Slack's dicts)."""
+
+    channel: str
+    ts: str
+    text: str
+    user: str | None
+    thread_ts: str | None = None
+    channel_type: str | None = None
+    bot_id: str | None = None
+    subtype: str | None = None
+    mentions_bot: bool = False
+    event_id: str | None = None
+    received: float = 0.0  # time.monotonic() when the event reached the bot
+
+    @property
+    def reply_target(self) -> str:
+        return self.thread_ts or self.ts
+
+    @property
+    def is_dm(self) -> bool:
+        return self.channel_type == "im" or self.channel.startswith("D")
+
+
+@dataclass(frozen=True)
+class Job:
+    channel: str
+    thread_ts: str
+    trigger_ts: str
+    user: str
+    new_session: bool
+    received: float  # monotonic; for queue-wait and latency figures
+    is_dm: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.channel, self.thread_ts)
+
+
+Handler = Callable[[list[Job]], Awaitable[None]]
+
+
+class JobQueue:
+    """FIFO under a global cap, one running batch per thread. Runs on the event loop; no locks needed."""
+
+    def __init__(self, handler: Handler, max_concurrent: int) -> None:
+        self._handler = handler
+        self.max_concurrent = max_concurrent
+        self._pending: deque[Job] = deque()
+        self._busy: set[tuple[str, str]] = set()
+        self._tg: TaskGroup | None = None
+        self.running = 0
+        self.peak_running = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def attach(self, tg: TaskGroup) -> None:
+        self._tg = tg
+        self._pump()
+
+    def submit(self, job: Job) -> int:
+        """Queue a job; returns 0 if it starts now, else its position among the waiting jobs."""
+        self._pending.append(job)
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._pump()
+        for position, waiting in enumerate(self._pending, start=1):
+            if waiting is job:
+                return position
+        return 0
+
+    def position(self, job_key: tuple[str, str]) -> int:
+        for position, waiting in enumerate(self._pending, start=1):
+            if waiting.key == job_key:
+                return position
+        return 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _take_batch(self) -> list[Job] | None:
+        for index, job in enumerate(self._pending):
+            if job.key in self._busy:
+                continue
+            del self._pending[index]
+            batch = [job]
+            if not job.new_session:
+                # follow-ups of one thread that queued up are answered together, in order
+                rest = [j for j in self._pending if j.key == job.key]
+                for j in rest:
+                    self._pending.remove(j)
+                batch.extend(rest)
+            return batch
+        return None
+
+    def _pump(self) -> None:
+        if self._tg is None:
+            return
+        while self.running < self.max_concurrent:
+            batch = self._take_batch()
+            if batch is None:
+                break
+            self._busy.add(batch[0].key)
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+            self._tg.start_soon(self._run, batch)
+        if not self._pending and self.running == 0:
+            self._idle.set()
+
+    async def _run(self, batch: list[Job]) -> None:
+        try:
+            await self._handler(batch)
+        except Exception:  # the handler reports its own errors; this only keeps the queue alive
+            log.exception("dispatch.handler_crashed", channel=batch[0].channel, thread_ts=batch[0].thread_ts)
+        finally:
+            self._busy.discard(batch[0].key)
+            self.running -= 1
+            self._pump()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+class Dispatcher:
+    """Message in → recorded, and maybe a job. Refusals and the first visible sign go through callbacks."""
+
+    def __init__(
+        self,
+        store: Store,
+        queue: JobQueue,
+        *,
+        bot_user_id: str,
+        is_allowed: Callable[[str], bool],
+        on_accepted: Callable[[Job, int], None],
+        on_refused: Callable[[IncomingMessage], None],
+        workdir: str,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._bot = bot_user_id
+        self._is_allowed = is_allowed
+        self._on_accepted = on_accepted
+        self._on_refused = on_refused
+        self._workdir = workdir
+        self._refused_in_thread: set[tuple[str, str, str]] = set()
+
+    def on_message(self, msg: IncomingMessage) -> Job | None:
+        if msg.subtype in IGNORED_SUBTYPES:
+            return None
+        self._store.record_message(
+            StoredMessage(
+                channel=msg.channel,
+                ts=msg.ts,
+                thread_ts=msg.thread_ts,
+                user=msg.user,
+                bot_id=msg.bot_id,
+                text=msg.text,
+                from_self=msg.user == self._bot,
+                subtype=msg.subtype,
+            )
+        )
+        if msg.bot_id or msg.user is None or msg.user == self._bot or msg.subtype not in (None, "file_share",
+                                                                                              "thread_broadcast"):
+            return None
+        thread = self._store.get_thread(msg.channel, msg.reply_target)
+        in_session_thread = thread is not None and msg.thread_ts is not None
+        if not (msg.mentions_bot or msg.is_dm or in_session_thread):
+            return None  # ordinary channel talk: context only
+
+        if not self._is_allowed(msg.user):
+            refusal_key = (msg.channel, msg.reply_target, msg.user)
+            explicit = msg.mentions_bot or msg.is_dm
+            if explicit or refusal_key not in self._refused_in_thread:
+                self._refused_in_thread.add(refusal_key)
+                log.info("dispatch.refused", channel=msg.channel, thread_ts=msg.reply_target, user=msg.user)
+                self._on_refused(msg)
+            return None
+
+        if not self._store.claim_request(msg.channel, msg.ts, msg.reply_target, msg.user, "message"):
+            log.info("dispatch.duplicate", channel=msg.channel, ts=msg.ts, event_id=msg.event_id)
+            return None
+        if thread is None:
+            self._store.save_thread(
+                ThreadSession(
+                    channel=msg.channel,
+                    thread_ts=msg.reply_target,
+                    session_id="",
+                    workdir=self._workdir,
+                    started=False,
+                    last_ts="0",
+                    requester=msg.user,
+                )
+            )
+        job = Job(
+            channel=msg.channel,
+            thread_ts=msg.reply_target,
+            trigger_ts=msg.ts,
+            user=msg.user,
+            new_session=thread is None or not thread.started,
+            received=msg.received or time.monotonic(),
+            is_dm=msg.is_dm,
+        )
+        return self.submit(job)
+
+    def submit(self, job: Job) -> Job:
+        position = self._queue.submit(job)
+        log.info(
+            "dispatch.accepted",
+            channel=job.channel,
+            thread_ts=job.thread_ts,
+            ts=job.trigger_ts,
+            user=job.user,
+            queue_position=position,
+            running=self._queue.running,
+        )
+        self._on_accepted(job, position)
+        return job

@@ -1,0 +1,64 @@
+"""The errors slackbus raises, in one place.
+
+    SlackbusError                 base; str(err) is a sentence a user can act on
+    ├── ConfigError               a setting is missing or wrong (start-up refuses, exit 2)
+    ├── StoreError                the SQLite state cannot be read or written
+    └── RunError                  a Claude run did not produce an answer
+        ├── CLINotFoundError      the `claude` executable cannot be started
+        ├── CLIProcessError       the CLI exited or crashed without a result (exit_code, stderr_tail)
+        ├── RunTimeoutError       the run exceeded SLACKBUS_RUN_TIMEOUT
+        ├── RunCancelledError     somebody (or shutdown) cancelled the run
+        └── SessionNotFoundError  `--resume` found no conversation (other HOME/cwd, or never saved)
+"""
+
+from __future__ import annotations
+
+
+class SlackbusError(Exception):
+    """Base class; the message is meant for people."""
+
+
+class ConfigError(SlackbusError):
+    pass
+
+
+class StoreError(SlackbusError):
+    pass
+
+
+class RunError(SlackbusError):
+    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+class CLINotFoundError(RunError):
+    pass
+
+
+class CLIProcessError(RunError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int | None = None,
+        stderr_tail: str = "",
+        session_id: str | None = None,
+    ) -> None:
+        super().__init__(message, session_id=session_id)
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+
+
+class RunTimeoutError(RunError):
+    pass
+
+
+class RunCancelledError(RunError):
+    def __init__(self, message: str, *, by: str | None = None, session_id: str | None = None) -> None:
+        super().__init__(message, session_id=session_id)
+        self.by = by
+
+
+class SessionNotFoundError(RunError):
+    pass

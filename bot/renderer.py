@@ -1,0 +1,175 @@
+"""Turns a run's outcome into Slack messages: the answer as Markdown blocks, errors as sentences.
+
+Long answers are split at paragraph boundaries, never inside a code block without closing and reopening it,
+and nothing is truncated. Secrets are redacted from everything that leaves here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.errors import (
+    CLINotFoundError,
+    CLIProcessError,
+    RunCancelledError,
+    RunError,
+    RunTimeoutError,
+    SessionNotFoundError,
+)
+from bot.redact import redact
+from bot.stream_parser import Finished
+
+# Slack renders a `markdown` block of up to 12,000 characters; stay clear of it.
+CHUNK_CHARS = 11_000
+FALLBACK_TEXT_CHARS = 2_900
+_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    text: str  # notification / fallback text
+    blocks: list[dict[str, Any]] = field(default_factory=list, hash=False)
+
+
+def split_markdown(text: str, limit: int = CHUNK_CHARS) -> list[str]:
+    """Split at blank lines (then lines) so each part is at most `limit` characters.
+
+    A code block cut in two is closed at the end of one part and reopened, with its language, at the
+    start of the next, so each part renders on its own.
+    """
+    if len(text) <= limit:
+        return [text]
+    parts: list[str] = []
+    current: list[str] = []
+    size = 0
+    fence: str | None = None  # the opening fence line while inside a code block
+
+    def flush() -> None:
+        nonlocal current, size
+        if not current:
+            return
+        body = "\n".join(current)
+        if fence is not None:
+            body += "\n" + _closing(fence)
+        parts.append(body)
+        current = [fence] if fence is not None else []
+        size = len(fence) + 1 if fence is not None else 0
+
+    reserve = 16  # room for a closing fence
+    for line in _lines_within(text, limit - 2 * reserve):
+        boundary = not line.strip() and fence is None
+        if size + len(line) + 1 > limit - reserve:
+            flush()
+        elif boundary and size > limit * 0.8:
+            # a paragraph break near the end of a part is a better cut than a mid-paragraph one
+            flush()
+            continue
+        current.append(line)
+        size += len(line) + 1
+        match = _FENCE.match(line)
+        if match:
+            if fence is None:
+                fence = line.strip()
+            elif match.group(2)[0] == fence[0] and not match.group(3).strip():
+                fence = None
+    if current and any(x.strip() for x in current):
+        body = "\n".join(current)
+        parts.append(body)
+    return [p.strip("\n") for p in parts if p.strip()]
+
+
+def _closing(fence_line: str) -> str:
+    match = _FENCE.match(fence_line)
+    return match.group(2) if match else "```"
+
+
+def _lines_within(text: str, limit: int) -> list[str]:
+    """Lines, with any single line longer than `limit` cut into pieces."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        while len(line) > limit:
+            out.append(line[:limit])
+            line = line[limit:]
+        out.append(line)
+    return out
+
+
+def footer(finished: Finished) -> str:
+    seconds = finished.duration_ms / 1000
+    bits = [f"{seconds:.1f} s", f"{finished.num_turns} turn{'s' if finished.num_turns != 1 else ''}"]
+    if finished.cost_usd is not None:
+        bits.append(f"${finished.cost_usd:.4f}")
+    bits.append(f"session `{finished.session_id[:8]}`")
+    return " · ".join(bits)
+
+
+def render_answer(text: str, foot: str | None = None) -> list[SlackMessage]:
+    text = redact(text.strip()) or "_(Claude finished without a text answer.)_"
+    chunks = split_markdown(text)
+    messages: list[SlackMessage] = []
+    for i, chunk in enumerate(chunks, start=1):
+        blocks: list[dict[str, Any]] = [{"type": "markdown", "text": chunk}]
+        if len(chunks) > 1:
+            blocks.append(_context(f"part {i} of {len(chunks)}"))
+        if foot and i == len(chunks):
+            blocks.append(_context(foot))
+        fallback = chunk if len(chunk) <= FALLBACK_TEXT_CHARS else chunk[:FALLBACK_TEXT_CHARS] + " …"
+        messages.append(SlackMessage(text=fallback, blocks=blocks))
+    return messages
+
+
+def render_notice(text: str) -> SlackMessage:
+    """A short message from the bot itself (errors, refusals)."""
+    text = redact(text)
+    return SlackMessage(text=text, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}])
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+def describe_result_error(f: Finished) -> str:
+    """One sentence for a result line with is_error set."""
+    status = f.api_error_status
+    detail = redact((f.text or " ".join(f.errors)).strip())[:500]
+    if status in (401, 403):
+        return (
+            f":x: Claude could not authenticate with the Anthropic API (HTTP {status}): check ANTHROPIC_API_KEY "
+            "(or the login) on the bot's host, then reply here to retry."
+        )
+    if status == 429:
+        return ":x: The Anthropic API is rate-limiting this bot (HTTP 429): wait a minute, then reply here to retry."
+    if status == 529:
+        return ":x: The Anthropic API is overloaded (HTTP 529): reply here in a little while to retry."
+    if status is not None and status >= 500:
+        return f":x: The Anthropic API failed (HTTP {status}): reply here to retry; if it persists, check its status."
+    if status is not None:
+        return f":x: The Anthropic API refused the request (HTTP {status}): {detail}"
+    if f.subtype == "error_max_turns":
+        return f":x: Claude stopped after {f.num_turns} turns, the maximum allowed: reply here to let it continue."
+    if "budget" in f.subtype:
+        return ":x: Claude stopped because the run reached its budget: reply here to let it continue."
+    if f.subtype == "error_during_execution":
+        return f":x: Claude stopped with an error while working: {detail or 'no detail given'}. Reply here to retry."
+    return f":x: Claude finished with an error: {detail or f.subtype}."
+
+
+def describe_run_error(err: RunError) -> str:
+    if isinstance(err, RunTimeoutError):
+        return f":hourglass: {err} Reply here to continue from where it stopped."
+    if isinstance(err, RunCancelledError):
+        who = f" by <@{err.by}>" if err.by else ""
+        return f":octagonal_sign: The run was cancelled{who}. Reply here to continue."
+    if isinstance(err, CLINotFoundError):
+        return f":x: {err}"
+    if isinstance(err, SessionNotFoundError):
+        return f":x: {err} Start a new thread to begin again."
+    if isinstance(err, CLIProcessError):
+        tail = "\n".join(redact(err.stderr_tail).splitlines()[-8:]).strip()
+        text = f":x: {err} Reply here to retry."
+        if tail:
+            text += f"\n```\n{tail[-1500:]}\n```"
+        return text
+    return f":x: {redact(str(err))}"

@@ -1,0 +1,112 @@
+"""Bolt listeners: Slack's event dicts become typed messages for the dispatcher, here and nowhere else.
+
+Every subscribed event has a listener (an unmatched event is never acked and Slack retries it), and a
+middleware drops events already seen (Slack retries; the ack is still sent).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.response import BoltResponse
+
+from bot.dispatcher import Dispatcher, IncomingMessage
+from bot.log import get_logger
+from bot.store import Store
+
+log = get_logger("slackbus.events")
+
+HELP = (
+    "*slackbus* runs Claude Code for this channel.\n"
+    "• Mention me with a task (`@slackbus fix the flaky test`), or use `/claude <task>`: I answer in a thread, "
+    "with the channel's recent messages as context.\n"
+    "• Reply in that thread to continue the same Claude session (no mention needed).\n"
+    "• Send me a direct message to work one to one."
+)
+
+SlashHandler = Callable[[dict[str, Any], AsyncAck], Awaitable[None]]
+
+
+def incoming(event: dict[str, Any], body: dict[str, Any], *, bot_user_id: str, received: float,
+             mention_event: bool = False) -> IncomingMessage:
+    text = str(event.get("text") or "")
+    files = event.get("files") or []
+    if files:
+        names = ", ".join(str(f.get("name") or f.get("title") or "file") for f in files if isinstance(f, dict))
+        text = f"{text}\n[attached: {names}]".strip()
+    return IncomingMessage(
+        channel=str(event.get("channel")),
+        ts=str(event.get("ts")),
+        text=text,
+        user=event.get("user"),
+        thread_ts=event.get("thread_ts"),
+        channel_type=event.get("channel_type"),
+        bot_id=event.get("bot_id"),
+        subtype=event.get("subtype"),
+        mentions_bot=mention_event or f"<@{bot_user_id}" in text,
+        event_id=body.get("event_id"),
+        received=received,
+    )
+
+
+def register(
+    app: AsyncApp,
+    *,
+    dispatcher: Dispatcher,
+    store: Store,
+    bot_user_id: str,
+    on_slash: SlashHandler,
+) -> None:
+    @app.middleware
+    async def stamp_and_dedupe(body: dict[str, Any], context: dict[str, Any], next: Callable[[], Awaitable[Any]]) -> Any:
+        context["received"] = time.monotonic()
+        event_id = body.get("event_id")
+        if isinstance(event_id, str) and not store.first_sight(event_id):
+            log.info("events.duplicate", event_id=event_id)
+            return BoltResponse(status=200, body="")
+        return await next()
+
+    @app.event("app_mention")
+    async def on_app_mention(event: dict[str, Any], body: dict[str, Any], context: dict[str, Any]) -> None:
+        dispatcher.on_message(
+            incoming(event, body, bot_user_id=bot_user_id, received=context["received"], mention_event=True)
+        )
+
+    @app.event("message")
+    async def on_message(event: dict[str, Any], body: dict[str, Any], context: dict[str, Any]) -> None:
+        subtype = event.get("subtype")
+        if subtype == "message_changed":
+            changed = event.get("message") or {}
+            if changed.get("ts") and not changed.get("bot_id"):
+                store_edit(store, str(event.get("channel")), changed)
+            return
+        if subtype == "message_deleted":
+            if event.get("deleted_ts"):
+                store.delete_message(str(event.get("channel")), str(event["deleted_ts"]))
+            return
+        dispatcher.on_message(incoming(event, body, bot_user_id=bot_user_id, received=context["received"]))
+
+    @app.event("reaction_added")
+    async def on_reaction(event: dict[str, Any]) -> None:
+        log.debug("events.reaction", name=event.get("reaction"), user=event.get("user"))
+
+    @app.command("/claude")
+    async def on_claude(ack: AsyncAck, command: dict[str, Any]) -> None:
+        await on_slash(command, ack)
+
+    @app.action(re.compile(".*"))
+    async def on_action(ack: AsyncAck) -> None:
+        await ack()
+
+
+def store_edit(store: Store, channel: str, changed: dict[str, Any]) -> None:
+    existing = store.get_message(channel, str(changed["ts"]))
+    if existing is None:
+        return
+    from dataclasses import replace
+
+    store.record_message(replace(existing, text=str(changed.get("text") or "")))

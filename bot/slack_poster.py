@@ -1,0 +1,95 @@
+"""Everything the bot sends to Slack's Web API, and the record of what it posted.
+
+The client retries 429 (honouring Retry-After) and 5xx; a failed reaction never fails a run. What the bot
+posts is written to the store at once, so the next context includes it without a history call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.log import get_logger
+from bot.renderer import SlackMessage
+from bot.store import Store, StoredMessage
+
+log = get_logger("slackbus.slack")
+
+
+def make_client(token: str, base_url: str) -> AsyncWebClient:
+    client = AsyncWebClient(token=token, base_url=base_url, timeout=30)
+    client.retry_handlers = [
+        AsyncConnectionErrorRetryHandler(max_retry_count=2),
+        AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+        AsyncServerErrorRetryHandler(max_retry_count=3),
+    ]
+    return client
+
+
+class SlackPoster:
+    def __init__(self, client: AsyncWebClient, store: Store, *, bot_user_id: str, bot_id: str | None) -> None:
+        self.client = client
+        self._store = store
+        self._bot_user_id = bot_user_id
+        self._bot_id = bot_id
+
+    async def post(self, channel: str, thread_ts: str | None, message: SlackMessage) -> str:
+        """Post in a thread (or the channel when thread_ts is None); returns the new message's ts."""
+        kwargs: dict[str, Any] = {"channel": channel, "text": message.text, "unfurl_links": False}
+        if message.blocks:
+            kwargs["blocks"] = message.blocks
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        resp = await self.client.chat_postMessage(**kwargs)
+        ts = str(resp["ts"])
+        self._store.record_message(
+            StoredMessage(
+                channel=channel,
+                ts=ts,
+                thread_ts=thread_ts,
+                user=self._bot_user_id,
+                bot_id=self._bot_id,
+                text=_plain(message),
+                from_self=True,
+            )
+        )
+        return ts
+
+    async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        try:
+            await self.client.chat_postEphemeral(**kwargs)
+        except SlackApiError as exc:
+            log.warning("slack.ephemeral_failed", channel=channel, error=exc.response.get("error"))
+
+    async def react(self, channel: str, ts: str, name: str) -> bool:
+        try:
+            await self.client.reactions_add(channel=channel, timestamp=ts, name=name)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "already_reacted":
+                log.warning("slack.react_failed", channel=channel, ts=ts, name=name, error=exc.response.get("error"))
+                return False
+        return True
+
+    async def unreact(self, channel: str, ts: str, name: str) -> None:
+        try:
+            await self.client.reactions_remove(channel=channel, timestamp=ts, name=name)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "no_reaction":
+                log.warning("slack.unreact_failed", channel=channel, ts=ts, name=name, error=exc.response.get("error"))
+
+
+def _plain(message: SlackMessage) -> str:
+    for block in message.blocks:
+        if block.get("type") == "markdown":
+            return str(block.get("text", ""))
+    return message.text

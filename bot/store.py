@@ -1,0 +1,354 @@
+"""The bot's own record (SQLite, WAL): every message it receives, thread → session map, requests and runs.
+
+One connection, used only from the event-loop thread: the single writer path. Statements are small and
+indexed, so they take microseconds; nothing here awaits. Slack ts strings ("1700000000.000100") have a
+fixed shape, so they order correctly as text. Schema changes are an append-only list of
+migrations recorded in the `migrations` table.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.errors import StoreError
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    channel: str
+    ts: str
+    thread_ts: str | None  # None for a top-level message; the parent's ts for a reply
+    user: str | None
+    bot_id: str | None
+    text: str
+    from_self: bool = False  # posted by this bot
+    subtype: str | None = None
+
+    @property
+    def is_reply(self) -> bool:
+        return self.thread_ts is not None and self.thread_ts != self.ts
+
+
+@dataclass(frozen=True)
+class ThreadSession:
+    channel: str
+    thread_ts: str
+    session_id: str
+    workdir: str
+    started: bool  # the CLI confirmed the session exists (a result came back)
+    last_ts: str  # newest message already given to the session
+    requester: str | None
+
+
+@dataclass(frozen=True)
+class Request:
+    channel: str
+    ts: str
+    thread_ts: str
+    user: str
+    kind: str
+    status: str
+    received_at: float
+
+
+def _m1(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE messages (
+            channel TEXT NOT NULL, ts TEXT NOT NULL, thread_ts TEXT, user TEXT, bot_id TEXT,
+            text TEXT NOT NULL, subtype TEXT, from_self INTEGER NOT NULL DEFAULT 0,
+            received_at REAL NOT NULL, PRIMARY KEY (channel, ts)
+        ) WITHOUT ROWID;
+        CREATE INDEX messages_thread ON messages(channel, thread_ts, ts);
+        CREATE TABLE threads (
+            channel TEXT NOT NULL, thread_ts TEXT NOT NULL, session_id TEXT NOT NULL, workdir TEXT NOT NULL,
+            started INTEGER NOT NULL DEFAULT 0, last_ts TEXT NOT NULL, requester TEXT,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (channel, thread_ts)
+        ) WITHOUT ROWID;
+        CREATE TABLE requests (
+            channel TEXT NOT NULL, ts TEXT NOT NULL, thread_ts TEXT NOT NULL, user TEXT NOT NULL,
+            kind TEXT NOT NULL, status TEXT NOT NULL, received_at REAL NOT NULL, finished_at REAL,
+            PRIMARY KEY (channel, ts)
+        ) WITHOUT ROWID;
+        CREATE INDEX requests_status ON requests(status);
+        CREATE TABLE events_seen (event_id TEXT PRIMARY KEY, seen_at REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE channels (channel TEXT PRIMARY KEY, name TEXT, backfilled_at REAL) WITHOUT ROWID;
+        CREATE TABLE users (user_id TEXT PRIMARY KEY, name TEXT NOT NULL, fetched_at REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY, channel TEXT NOT NULL, thread_ts TEXT NOT NULL, session_id TEXT,
+            user TEXT, status TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL, error TEXT,
+            num_turns INTEGER, cost_usd REAL, duration_ms INTEGER
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    """Run several statements inside the caller's transaction (executescript would commit it)."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1]
+
+
+class Store:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA foreign_keys=ON")
+            store = cls(db, path)
+            store._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"The state database {path} cannot be opened ({exc}): check SLACKBUS_HOME is writable "
+                "and not on a full disk."
+            ) from exc
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"Writing the state database {self.path} failed ({exc}).") from exc
+
+    def _migrate(self) -> None:
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)"
+        )
+        done = {row[0] for row in self._db.execute("SELECT version FROM migrations")}
+        for version, migration in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            with self._tx() as db:
+                migration(db)
+                db.execute(
+                    "INSERT INTO migrations VALUES (?, ?, ?)", (version, migration.__name__, time.time())
+                )
+
+    @property
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT max(version) FROM migrations").fetchone()
+        return int(row[0] or 0)
+
+    # --- messages -------------------------------------------------------------------------------
+    def record_message(self, m: StoredMessage) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO messages (channel, ts, thread_ts, user, bot_id, text, subtype, from_self, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(channel, ts) DO UPDATE SET text=excluded.text, thread_ts=excluded.thread_ts",
+                (m.channel, m.ts, m.thread_ts, m.user, m.bot_id, m.text, m.subtype, int(m.from_self), time.time()),
+            )
+
+    def record_messages(self, messages: list[StoredMessage]) -> None:
+        """Backfill: insert what is missing, never overwrite what events already told us."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO messages"
+                " (channel, ts, thread_ts, user, bot_id, text, subtype, from_self, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (m.channel, m.ts, m.thread_ts, m.user, m.bot_id, m.text, m.subtype, int(m.from_self), time.time())
+                    for m in messages
+                ],
+            )
+
+    def delete_message(self, channel: str, ts: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM messages WHERE channel=? AND ts=?", (channel, ts))
+
+    def channel_messages(self, channel: str, before_ts: str, limit: int) -> list[StoredMessage]:
+        """The newest `limit` top-level messages strictly before `before_ts`, oldest first."""
+        rows = self._db.execute(
+            "SELECT channel, ts, thread_ts, user, bot_id, text, from_self, subtype FROM messages"
+            " WHERE channel=? AND (thread_ts IS NULL OR thread_ts=ts) AND ts < ?"
+            " ORDER BY ts DESC LIMIT ?",
+            (channel, before_ts, limit),
+        ).fetchall()
+        return [_message(r) for r in reversed(rows)]
+
+    def thread_messages(
+        self, channel: str, thread_ts: str, *, after_ts: str | None = None, upto_ts: str | None = None
+    ) -> list[StoredMessage]:
+        """The parent and replies of a thread, oldest first, in (after_ts, upto_ts]."""
+        rows = self._db.execute(
+            "SELECT channel, ts, thread_ts, user, bot_id, text, from_self, subtype FROM messages"
+            " WHERE channel=? AND (thread_ts=? OR ts=?)"
+            " AND (? IS NULL OR ts > ?)"
+            " AND (? IS NULL OR ts <= ?)"
+            " ORDER BY ts",
+            (channel, thread_ts, thread_ts, after_ts, after_ts, upto_ts, upto_ts),
+        ).fetchall()
+        return [_message(r) for r in rows]
+
+    def get_message(self, channel: str, ts: str) -> StoredMessage | None:
+        row = self._db.execute(
+            "SELECT channel, ts, thread_ts, user, bot_id, text, from_self, subtype FROM messages"
+            " WHERE channel=? AND ts=?",
+            (channel, ts),
+        ).fetchone()
+        return _message(row) if row else None
+
+    # --- dedupe -----------------------------------------------------------------------------------
+    def first_sight(self, event_id: str) -> bool:
+        """True the first time an event id is seen (survives restarts: Slack retries across them)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO events_seen (event_id, seen_at) VALUES (?, ?)", (event_id, time.time())
+            )
+            return cur.rowcount == 1
+
+    def forget_old_events(self, older_than_s: float = 86400.0) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM events_seen WHERE seen_at < ?", (time.time() - older_than_s,))
+
+    # --- requests ----------------------------------------------------------------------------------
+    def claim_request(self, channel: str, ts: str, thread_ts: str, user: str, kind: str) -> bool:
+        """Record a request once per message: a mention arrives as app_mention AND message."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO requests (channel, ts, thread_ts, user, kind, status, received_at)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', ?)",
+                (channel, ts, thread_ts, user, kind, time.time()),
+            )
+            return cur.rowcount == 1
+
+    def set_request_status(self, channel: str, ts_list: list[str], status: str) -> None:
+        finished = time.time() if status in {"done", "failed", "refused", "cancelled"} else None
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE requests SET status=?, finished_at=? WHERE channel=? AND ts=?",
+                [(status, finished, channel, ts) for ts in ts_list],
+            )
+
+    def unfinished_requests(self) -> list[Request]:
+        rows = self._db.execute(
+            "SELECT channel, ts, thread_ts, user, kind, status, received_at FROM requests"
+            " WHERE status IN ('queued', 'running') ORDER BY received_at"
+        ).fetchall()
+        return [Request(*r) for r in rows]
+
+    # --- threads / sessions ------------------------------------------------------------------------
+    def get_thread(self, channel: str, thread_ts: str) -> ThreadSession | None:
+        row = self._db.execute(
+            "SELECT channel, thread_ts, session_id, workdir, started, last_ts, requester FROM threads"
+            " WHERE channel=? AND thread_ts=?",
+            (channel, thread_ts),
+        ).fetchone()
+        if row is None:
+            return None
+        return ThreadSession(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+    def save_thread(self, t: ThreadSession) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO threads (channel, thread_ts, session_id, workdir, started, last_ts, requester,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(channel, thread_ts) DO UPDATE SET session_id=excluded.session_id,"
+                " workdir=excluded.workdir, started=excluded.started, last_ts=excluded.last_ts,"
+                " updated_at=excluded.updated_at",
+                (t.channel, t.thread_ts, t.session_id, t.workdir, int(t.started), t.last_ts, t.requester, now, now),
+            )
+
+    # --- channels and users ------------------------------------------------------------------------
+    def is_backfilled(self, channel: str) -> bool:
+        row = self._db.execute("SELECT backfilled_at FROM channels WHERE channel=?", (channel,)).fetchone()
+        return bool(row and row[0])
+
+    def mark_backfilled(self, channel: str, name: str | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO channels (channel, name, backfilled_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(channel) DO UPDATE SET backfilled_at=excluded.backfilled_at,"
+                " name=coalesce(excluded.name, channels.name)",
+                (channel, name, time.time()),
+            )
+
+    def channel_name(self, channel: str) -> str | None:
+        row = self._db.execute("SELECT name FROM channels WHERE channel=?", (channel,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def user_names(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT user_id, name FROM users").fetchall())
+
+    def save_user(self, user_id: str, name: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO users (user_id, name, fetched_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(user_id) DO UPDATE SET name=excluded.name, fetched_at=excluded.fetched_at",
+                (user_id, name, time.time()),
+            )
+
+    # --- runs ---------------------------------------------------------------------------------------
+    def start_run(self, run_id: str, channel: str, thread_ts: str, session_id: str, user: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, channel, thread_ts, session_id, user, status, started_at)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                (run_id, channel, thread_ts, session_id, user, time.time()),
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        num_turns: int | None = None,
+        cost_usd: float | None = None,
+        duration_ms: int | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET status=?, finished_at=?, error=?, num_turns=?, cost_usd=?, duration_ms=?"
+                " WHERE run_id=?",
+                (status, time.time(), error, num_turns, cost_usd, duration_ms, run_id),
+            )
+
+    def interrupted_runs(self) -> list[tuple[str, str, str]]:
+        """(run_id, channel, thread_ts) of runs a previous process left 'running'."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT run_id, channel, thread_ts FROM runs WHERE status='running'"
+        ).fetchall()]
+
+
+def _message(row: tuple[object, ...]) -> StoredMessage:
+    channel, ts, thread_ts, user, bot_id, text, from_self, subtype = row
+    return StoredMessage(
+        channel=str(channel),
+        ts=str(ts),
+        thread_ts=None if thread_ts is None else str(thread_ts),
+        user=None if user is None else str(user),
+        bot_id=None if bot_id is None else str(bot_id),
+        text=str(text),
+        from_self=bool(from_self),
+        subtype=None if subtype is None else str(subtype),
+    )

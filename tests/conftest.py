@@ -1,0 +1,158 @@
+"""Shared fixtures: the fakes at the network edge and the real bot as a subprocess (`python -m bot run`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import bundled_cli_path
+from tests.fakes.fake_model import FakeModel
+from tests.fakes.fake_slack import FakeSlack
+
+REPO = Path(__file__).resolve().parent.parent
+ALLOWED = "U1,U2,U3"
+
+
+def claude_cli() -> str:
+    path = os.environ.get("CLAUDE_CLI_PATH") or bundled_cli_path()
+    if not path:
+        pytest.fail("the claude CLI is not installed: run scripts/install")
+    return path
+
+
+class BotProcess:
+    """`python -m bot run` against the fakes; its JSON log lines are kept for assertions."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "run"],
+            env=env,
+            cwd=str(REPO),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            start_new_session=True,
+        )
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.lines():
+            if not line.startswith("{"):
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if name is None or data.get("event") == name:
+                out.append(data)
+        return out
+
+    def wait_event(self, name: str, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(name)
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                raise AssertionError(f"bot exited ({self.proc.returncode}) waiting for {name}:\n" + self.tail())
+            time.sleep(0.02)
+        raise AssertionError(f"no {count}x {name} within {timeout}s:\n" + self.tail())
+
+    def wait_ready(self, timeout: float = 30.0) -> BotProcess:
+        self.wait_event("bot.ready", timeout=timeout)
+        return self
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.lines()[-n:])
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """Graceful stop (SIGTERM, as a process manager sends it); the bot itself must reap its children."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError("the bot did not stop within {timeout}s of SIGTERM:\n" + self.tail()) from None
+        self.close_log()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the bot and whatever it left in its process group."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self.close_log()
+
+    def close_log(self) -> None:
+        if not self._log.closed:
+            self._log.close()
+
+
+@pytest.fixture
+def fake_model() -> Iterator[FakeModel]:
+    with FakeModel() as fm:
+        yield fm
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as fs:
+        yield fs
+
+
+@pytest.fixture
+def bot_env(tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "SLACK_BOT_TOKEN": "xoxb-test-bot-token-123",
+        "SLACK_APP_TOKEN": "xapp-test-app-token-456",
+        "SLACK_API_URL": fake_slack.api_url,
+        "CLAUDE_CLI_PATH": claude_cli(),
+        "SLACKBUS_HOME": str(tmp_path / "state"),
+        "SLACKBUS_WORKDIR": str(tmp_path / "work"),
+        "SLACKBUS_ALLOWED_USERS": ALLOWED,
+        "SLACKBUS_MAX_CONCURRENT": "4",
+        "SLACKBUS_RUN_TIMEOUT": "60",
+        "SLACKBUS_ENV_FILE": str(tmp_path / "no.env"),
+        **fake_model.cli_env(home),
+    }
+    return env
+
+
+@pytest.fixture
+def start_bot(tmp_path: Path, bot_env: dict[str, str]) -> Iterator[Any]:
+    started: list[BotProcess] = []
+
+    def start(wait: bool = True, **overrides: str) -> BotProcess:
+        env = {**bot_env, **overrides}
+        bot = BotProcess(env, tmp_path / f"bot-{len(started)}.log")
+        started.append(bot)
+        return bot.wait_ready() if wait else bot
+
+    yield start
+    for bot in started:
+        if bot.proc.poll() is None:
+            bot.stop()
+        bot.close_log()
