@@ -54,6 +54,8 @@ class RunSpec:
     timeout: float
     system_prompt_append: str | None = None
     model: str | None = None
+    allowed_tools: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
 
 
 EventSink = Callable[[RunEvent], None]
@@ -118,6 +120,8 @@ def _options(spec: RunSpec, stderr_lines: deque[str]) -> ClaudeAgentOptions:
         session_id=None if spec.resume else spec.session_id,
         system_prompt=system_prompt,
         model=spec.model,
+        allowed_tools=list(spec.allowed_tools),
+        disallowed_tools=list(spec.disallowed_tools),
         stderr=lambda line: stderr_lines.append(redact(line.rstrip())),
     )
 

@@ -52,6 +52,8 @@ class Settings:
     log_level: str
     log_format: str
     model: str | None
+    allowed_tools: tuple[str, ...]
+    disallowed_tools: tuple[str, ...]
     child_env: Mapping[str, str] = field(repr=False)
 
     @property
@@ -112,6 +114,23 @@ def _token(env: Mapping[str, str], name: str, prefix: str, what: str) -> str:
             f"(got a value starting with {value[:5]!r}...)."
         )
     return value
+
+
+def _tool_list(raw: str | None) -> tuple[str, ...]:
+    """Claude Code permission rules, comma-separated; commas inside parentheses belong to the rule."""
+    if not raw:
+        return ()
+    rules, depth, current = [], 0, ""
+    for ch in raw:
+        if ch == "," and depth == 0:
+            rules.append(current.strip())
+            current = ""
+            continue
+        depth += ch == "("
+        depth -= ch == ")"
+        current += ch
+    rules.append(current.strip())
+    return tuple(r for r in rules if r)
 
 
 def bundled_cli_path() -> str | None:
@@ -221,6 +240,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
         log_level=(merged.get("SLACKBUS_LOG_LEVEL", "").strip() or "info").lower(),
         log_format=log_format,
         model=merged.get("SLACKBUS_MODEL", "").strip() or None,
+        allowed_tools=_tool_list(merged.get("SLACKBUS_ALLOWED_TOOLS")),
+        disallowed_tools=_tool_list(merged.get("SLACKBUS_DISALLOWED_TOOLS")),
         child_env=child_environment(merged),
     )
 

@@ -144,8 +144,8 @@ class TaskPipeline:
             run_id=run_id,
             session_id=finished.session_id,
             turns=finished.num_turns,
-            post_ms=round((time.monotonic() - posted_at) * 1000),
-            since_received_ms=round((time.monotonic() - job.received) * 1000),
+            post_ms=round((time.monotonic() - posted_at) * 1000, 1),
+            since_received_ms=round((time.monotonic() - job.received) * 1000, 1),
         )
 
     def _context(self, session: ThreadSession, last: Job, label: str, resume: bool) -> Context:
@@ -176,6 +176,8 @@ class TaskPipeline:
             timeout=self._settings.run_timeout,
             system_prompt_append=SYSTEM_PROMPT_APPEND,
             model=self._settings.model,
+            allowed_tools=self._settings.allowed_tools,
+            disallowed_tools=self._settings.disallowed_tools,
         )
         log.info(
             "run.spawning",
@@ -184,18 +186,31 @@ class TaskPipeline:
             resume=resume,
             context_messages=context.included,
             prompt_chars=len(context.prompt),
-            since_received_ms=round((time.monotonic() - job.received) * 1000),
+            since_received_ms=round((time.monotonic() - job.received) * 1000, 1),
         )
+        outcome: Finished | RunError
         async with anyio.create_task_group() as tg:
 
             def on_event(event: RunEvent) -> None:
                 if isinstance(event, ToolCall):
                     log.debug("run.tool", run_id=run_id, tool=event.name)
                 elif isinstance(event, Finished) and not _lost_session(event):
+                    log.info(
+                        "run.result",
+                        run_id=run_id,
+                        is_error=event.is_error,
+                        since_received_ms=round((time.monotonic() - job.received) * 1000, 1),
+                    )
                     # post the answer now; the CLI is shut down and reaped meanwhile
                     tg.start_soon(self._deliver, job, event, run_id)
 
-            return await run_turn(spec, on_event)
+            try:
+                outcome = await run_turn(spec, on_event)
+            except RunError as err:  # raised outside the task group, so callers see it as it is
+                outcome = err
+        if isinstance(outcome, RunError):
+            raise outcome
+        return outcome
 
 
 def _lost_session(finished: Finished) -> bool:

@@ -156,3 +156,33 @@ def start_bot(tmp_path: Path, bot_env: dict[str, str]) -> Iterator[Any]:
         if bot.proc.poll() is None:
             bot.stop()
         bot.close_log()
+
+
+def processes_in(workdir: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of live processes whose working directory is `workdir` (claude and its tools)."""
+    found = []
+    target = str(workdir.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            if cwd != target and not cwd.startswith(target + "/"):
+                continue
+            state = (entry / "stat").read_text().split(") ", 1)[1][:1]
+            if state == "Z":
+                found.append((int(entry.name), "<zombie>"))
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            found.append((int(entry.name), cmd))
+        except OSError:
+            continue
+    return found
+
+
+def wait_no_processes(workdir: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while processes_in(workdir):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes left behind in {workdir}: {processes_in(workdir)}")
+        time.sleep(0.1)
