@@ -1,0 +1,411 @@
+"""config.load_settings: every problem is one ConfigError sentence naming the variable to set."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bot import config
+from bot.config import DEFAULT_SLACK_API_URL, load_settings, parse_allowed_users
+from bot.errors import ConfigError
+
+BOT_TOKEN = "xoxb-1111-2222-abcdefgh"
+APP_TOKEN = "xapp-1-A111-2222-abcdefgh"
+
+
+@pytest.fixture
+def fake_bin(tmp_path: Path) -> Path:
+    """A folder holding an executable `claude` (a tiny shell script), to be used as PATH."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    cli = folder / "claude"
+    cli.write_text("#!/bin/sh\necho fake claude\n")
+    cli.chmod(cli.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return folder
+
+
+@pytest.fixture
+def no_env_file(tmp_path: Path) -> str:
+    return str(tmp_path / "does-not-exist.env")
+
+
+@pytest.fixture
+def base_env(tmp_path: Path, fake_bin: Path) -> dict[str, str]:
+    return {
+        "PATH": str(fake_bin),
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_APP_TOKEN": APP_TOKEN,
+        "SLACKBUS_ALLOWED_USERS": "U012ABCDEF,U034GHIJKL",
+        "SLACKBUS_HOME": str(tmp_path / "state"),
+        "SLACKBUS_WORKDIR": str(tmp_path / "work"),
+    }
+
+
+def load(env: dict[str, str], env_file: str) -> config.Settings:
+    return load_settings(env=env, env_file=env_file)
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"])
+def test_a_missing_token_is_a_sentence_naming_the_variable(base_env, no_env_file, name):
+    del base_env[name]
+    with pytest.raises(ConfigError, match=rf"^{name} is not set") as info:
+        load(base_env, no_env_file)
+    assert str(info.value).endswith(".")
+
+
+@pytest.mark.parametrize("name", ["SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"])
+def test_a_blank_token_counts_as_missing(base_env, no_env_file, name):
+    base_env[name] = "   "
+    with pytest.raises(ConfigError, match=rf"^{name} is not set"):
+        load(base_env, no_env_file)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "prefix"),
+    [
+        ("SLACK_BOT_TOKEN", "xoxp-user-token-not-a-bot-token", "xoxb-"),
+        ("SLACK_BOT_TOKEN", "xoxb-1", "xoxb-"),  # the right prefix but far too short
+        ("SLACK_APP_TOKEN", BOT_TOKEN, "xapp-"),  # the bot token pasted in the wrong place
+    ],
+)
+def test_a_malformed_token_is_named_without_echoing_it(base_env, no_env_file, name, value, prefix):
+    base_env[name] = value
+    with pytest.raises(ConfigError) as info:
+        load(base_env, no_env_file)
+    message = str(info.value)
+    assert message.startswith(f"{name} does not look like")
+    assert prefix in message
+    assert value not in message  # at most the first few characters are shown
+
+
+def test_tokens_are_kept_but_not_shown_in_the_repr(base_env, no_env_file):
+    settings = load(base_env, no_env_file)
+    assert settings.slack_bot_token == BOT_TOKEN
+    assert settings.slack_app_token == APP_TOKEN
+    assert BOT_TOKEN not in repr(settings)
+    assert APP_TOKEN not in repr(settings)
+
+
+# --- SLACK_API_URL ----------------------------------------------------------------------------------
+
+
+def test_slack_api_url_defaults_to_slack(base_env, no_env_file):
+    assert load(base_env, no_env_file).slack_api_url == DEFAULT_SLACK_API_URL == "https://slack.com/api/"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("http://127.0.0.1:8080/api", "http://127.0.0.1:8080/api/"),
+        ("http://127.0.0.1:8080/api/", "http://127.0.0.1:8080/api/"),
+        ("  https://example.test/api  ", "https://example.test/api/"),
+    ],
+)
+def test_slack_api_url_gets_one_trailing_slash(base_env, no_env_file, raw, expected):
+    base_env["SLACK_API_URL"] = raw
+    assert load(base_env, no_env_file).slack_api_url == expected
+
+
+def test_slack_api_url_must_be_http(base_env, no_env_file):
+    base_env["SLACK_API_URL"] = "ftp://slack.com/api/"
+    with pytest.raises(ConfigError, match=r"^SLACK_API_URL must be an http\(s\) URL"):
+        load(base_env, no_env_file)
+
+
+# --- the claude CLI -----------------------------------------------------------------------------------
+
+
+def test_claude_is_found_on_path(base_env, no_env_file, fake_bin):
+    assert load(base_env, no_env_file).claude_cli_path == str(fake_bin / "claude")
+
+
+def test_claude_cli_path_to_a_valid_executable_is_used(base_env, no_env_file, tmp_path):
+    other = tmp_path / "elsewhere" / "my-claude"
+    other.parent.mkdir()
+    other.write_text("#!/bin/sh\nexit 0\n")
+    other.chmod(0o755)
+    base_env["CLAUDE_CLI_PATH"] = str(other)
+    assert load(base_env, no_env_file).claude_cli_path == str(other)
+
+
+def test_claude_cli_path_may_be_a_name_on_path(base_env, no_env_file, fake_bin):
+    base_env["CLAUDE_CLI_PATH"] = "claude"
+    assert load(base_env, no_env_file).claude_cli_path == str(fake_bin / "claude")
+
+
+def test_claude_cli_path_to_a_missing_file(base_env, no_env_file, tmp_path):
+    missing = tmp_path / "nowhere" / "claude"
+    base_env["CLAUDE_CLI_PATH"] = str(missing)
+    with pytest.raises(ConfigError) as info:
+        load(base_env, no_env_file)
+    assert str(info.value).startswith(f"CLAUDE_CLI_PATH={missing} does not exist")
+
+
+def test_claude_cli_path_to_a_file_that_is_not_executable(base_env, no_env_file, tmp_path):
+    plain = tmp_path / "claude.txt"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)
+    base_env["CLAUDE_CLI_PATH"] = str(plain)
+    with pytest.raises(ConfigError) as info:
+        load(base_env, no_env_file)
+    assert str(info.value).startswith(f"CLAUDE_CLI_PATH={plain} is not executable")
+    assert "chmod +x" in str(info.value)
+
+
+def test_without_claude_on_path_the_bundled_cli_is_used(base_env, no_env_file, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    base_env["PATH"] = str(empty)
+    bundled = config.bundled_cli_path()
+    if bundled and os.access(bundled, os.X_OK):
+        assert load(base_env, no_env_file).claude_cli_path == bundled
+    else:
+        with pytest.raises(ConfigError, match="was not found"):
+            load(base_env, no_env_file)
+
+
+def test_without_any_claude_the_error_says_how_to_install_it(base_env, no_env_file, tmp_path, monkeypatch):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    base_env["PATH"] = str(empty)
+    monkeypatch.setattr(config, "bundled_cli_path", lambda: None)
+    with pytest.raises(ConfigError) as info:
+        load(base_env, no_env_file)
+    assert "(`claude`) was not found" in str(info.value)
+    assert "CLAUDE_CLI_PATH" in str(info.value)
+
+
+# --- SLACKBUS_ALLOWED_USERS --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [None, "", "  ", " , "])
+def test_allowed_users_unset_refuses_to_start(base_env, no_env_file, raw):
+    if raw is None:
+        del base_env["SLACKBUS_ALLOWED_USERS"]
+    else:
+        base_env["SLACKBUS_ALLOWED_USERS"] = raw
+    with pytest.raises(ConfigError, match=r"^SLACKBUS_ALLOWED_USERS"):
+        load(base_env, no_env_file)
+
+
+def test_allowed_users_star_allows_everyone(base_env, no_env_file):
+    base_env["SLACKBUS_ALLOWED_USERS"] = "*"
+    settings = load(base_env, no_env_file)
+    assert settings.allowed_users == frozenset({"*"})
+    assert settings.is_allowed("U999ANYONE")
+    assert settings.is_allowed("W123")
+
+
+def test_allowed_users_list_is_trimmed_and_exact(base_env, no_env_file):
+    base_env["SLACKBUS_ALLOWED_USERS"] = " U012ABCDEF , W034GHIJKL,,"
+    settings = load(base_env, no_env_file)
+    assert settings.allowed_users == frozenset({"U012ABCDEF", "W034GHIJKL"})
+    assert settings.is_allowed("U012ABCDEF")
+    assert settings.is_allowed("W034GHIJKL")
+    assert not settings.is_allowed("U999OTHER")
+    assert not settings.is_allowed("U012ABCDE")  # a prefix is not a match
+
+
+@pytest.mark.parametrize("bad", ["bob", "u012abcdef", "@U012ABCDEF", "C012ABCDEF", "U012-ABC"])
+def test_allowed_users_invalid_id_is_named(bad):
+    with pytest.raises(ConfigError) as info:
+        parse_allowed_users(f"U012ABCDEF,{bad}")
+    assert str(info.value).startswith("SLACKBUS_ALLOWED_USERS holds")
+    assert repr(bad) in str(info.value)
+
+
+# --- numbers ------------------------------------------------------------------------------------------
+
+
+def test_number_defaults(base_env, no_env_file):
+    settings = load(base_env, no_env_file)
+    assert settings.max_concurrent == 4
+    assert settings.run_timeout == 1800.0
+    assert settings.context_messages == 40
+    assert settings.context_chars == 12000
+
+
+def test_numbers_are_read(base_env, no_env_file):
+    base_env |= {
+        "SLACKBUS_MAX_CONCURRENT": " 7 ",
+        "SLACKBUS_RUN_TIMEOUT": "12.5",
+        "SLACKBUS_CONTEXT_MESSAGES": "0",
+        "SLACKBUS_CONTEXT_CHARS": "500",
+    }
+    settings = load(base_env, no_env_file)
+    assert settings.max_concurrent == 7
+    assert settings.run_timeout == 12.5
+    assert settings.context_messages == 0
+    assert settings.context_chars == 500
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("SLACKBUS_MAX_CONCURRENT", "four", "SLACKBUS_MAX_CONCURRENT must be a whole number"),
+        ("SLACKBUS_MAX_CONCURRENT", "2.5", "SLACKBUS_MAX_CONCURRENT must be a whole number"),
+        ("SLACKBUS_MAX_CONCURRENT", "0", "SLACKBUS_MAX_CONCURRENT must be at least 1"),
+        ("SLACKBUS_MAX_CONCURRENT", "-3", "SLACKBUS_MAX_CONCURRENT must be at least 1"),
+        ("SLACKBUS_RUN_TIMEOUT", "soon", "SLACKBUS_RUN_TIMEOUT must be a number of seconds"),
+        ("SLACKBUS_RUN_TIMEOUT", "0", "SLACKBUS_RUN_TIMEOUT must be greater than 0"),
+        ("SLACKBUS_RUN_TIMEOUT", "-1", "SLACKBUS_RUN_TIMEOUT must be greater than 0"),
+        ("SLACKBUS_CONTEXT_MESSAGES", "-1", "SLACKBUS_CONTEXT_MESSAGES must be at least 0"),
+    ],
+)
+def test_bad_numbers_are_named(base_env, no_env_file, name, value, expected):
+    base_env[name] = value
+    with pytest.raises(ConfigError, match=rf"^{expected}"):
+        load(base_env, no_env_file)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: config._float accepts 'nan' (nan <= 0 is False), so the run timeout becomes NaN",
+)
+def test_run_timeout_nan_is_refused(base_env, no_env_file):
+    base_env["SLACKBUS_RUN_TIMEOUT"] = "nan"
+    with pytest.raises(ConfigError, match=r"^SLACKBUS_RUN_TIMEOUT"):
+        load(base_env, no_env_file)
+
+
+# --- .env --------------------------------------------------------------------------------------------
+
+
+def test_env_file_values_are_read_and_the_environment_wins(base_env, tmp_path):
+    env_file = tmp_path / "test.env"
+    env_file.write_text(
+        "SLACKBUS_MAX_CONCURRENT=9\n"
+        "SLACKBUS_MODEL=from-dotenv\n"
+        "SLACKBUS_TEST_ONLY_FROM_DOTENV=yes\n"
+        f"SLACK_BOT_TOKEN=xoxb-from-dotenv-000000\n"
+    )
+    base_env["SLACKBUS_MAX_CONCURRENT"] = "2"
+    settings = load_settings(env=base_env, env_file=str(env_file))
+    assert settings.max_concurrent == 2  # the environment wins
+    assert settings.model == "from-dotenv"  # only .env set it
+    assert settings.slack_bot_token == BOT_TOKEN
+    assert settings.child_env["SLACKBUS_TEST_ONLY_FROM_DOTENV"] == "yes"
+    assert "SLACKBUS_TEST_ONLY_FROM_DOTENV" not in os.environ  # .env never reaches os.environ
+
+
+def test_tokens_may_come_from_the_env_file_only(base_env, tmp_path):
+    env_file = tmp_path / "tokens.env"
+    env_file.write_text(f"SLACK_BOT_TOKEN={BOT_TOKEN}\nSLACK_APP_TOKEN='{APP_TOKEN}'\n")
+    del base_env["SLACK_BOT_TOKEN"], base_env["SLACK_APP_TOKEN"]
+    settings = load_settings(env=base_env, env_file=str(env_file))
+    assert (settings.slack_bot_token, settings.slack_app_token) == (BOT_TOKEN, APP_TOKEN)
+    assert "SLACK_BOT_TOKEN" not in settings.child_env
+    assert "SLACK_APP_TOKEN" not in settings.child_env
+
+
+def test_slackbus_env_file_names_the_file(base_env, tmp_path):
+    env_file = tmp_path / "named.env"
+    env_file.write_text("SLACKBUS_MODEL=named-file\n")
+    base_env["SLACKBUS_ENV_FILE"] = str(env_file)
+    assert load_settings(env=base_env).model == "named-file"
+
+
+# --- the child's environment ----------------------------------------------------------------------------
+
+
+def test_child_env_drops_slack_secrets_and_nesting_markers(base_env, tmp_path):
+    env_file = tmp_path / "child.env"
+    env_file.write_text("ANTHROPIC_BASE_URL=http://127.0.0.1:9/\nSLACK_SIGNING_SECRET=from-dotenv-secret\n")
+    base_env |= {
+        "SLACK_USER_TOKEN": "xoxp-user-000000",
+        "SLACK_CLIENT_SECRET": "client-secret-value",
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/X",
+        "SLACK_EXTRA_TOKEN_2": "xoxe-something",
+        "SLACK_refresh_token": "lowercase-still-a-token",
+        "SLACKBUS_WEBHOOK_SECRET": "shh",
+        "CLAUDECODE": "1",
+        "CLAUDE_CODE_ENTRYPOINT": "cli",
+        "CLAUDE_CODE_SSE_PORT": "12345",
+        "ANTHROPIC_API_KEY": "sk-ant-api-key-for-the-child",
+        "ANTHROPIC_AUTH_TOKEN": "kept-for-the-child",
+        "SLACK_API_URL": "http://127.0.0.1:1/api/",
+        "HOME": "/home/someone",
+    }
+    child = load_settings(env=base_env, env_file=str(env_file)).child_env
+    for gone in (
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "SLACK_USER_TOKEN",
+        "SLACK_CLIENT_SECRET",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_WEBHOOK_URL",
+        "SLACK_EXTRA_TOKEN_2",
+        "SLACK_refresh_token",
+        "SLACKBUS_WEBHOOK_SECRET",
+        "CLAUDECODE",
+        "CLAUDE_CODE_ENTRYPOINT",
+        "CLAUDE_CODE_SSE_PORT",
+    ):
+        assert gone not in child, gone
+    assert child["ANTHROPIC_API_KEY"] == "sk-ant-api-key-for-the-child"
+    assert child["ANTHROPIC_AUTH_TOKEN"] == "kept-for-the-child"
+    assert child["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9/"
+    assert child["PATH"] == base_env["PATH"]
+    assert child["HOME"] == "/home/someone"
+    assert child["SLACK_API_URL"] == "http://127.0.0.1:1/api/"
+    assert BOT_TOKEN not in child.values()
+    assert APP_TOKEN not in child.values()
+
+
+# --- folders -------------------------------------------------------------------------------------------
+
+
+def test_home_and_workdir_are_created(base_env, no_env_file, tmp_path):
+    base_env["SLACKBUS_HOME"] = str(tmp_path / "a" / "b" / "home")
+    base_env["SLACKBUS_WORKDIR"] = str(tmp_path / "c" / "work")
+    settings = load(base_env, no_env_file)
+    assert settings.home == (tmp_path / "a" / "b" / "home").resolve()
+    assert settings.workdir == (tmp_path / "c" / "work").resolve()
+    assert settings.home.is_dir()
+    assert settings.workdir.is_dir()
+    assert settings.db_path == settings.home / "slackbus.db"
+
+
+def test_workdir_defaults_to_a_folder_in_home(base_env, no_env_file, tmp_path):
+    del base_env["SLACKBUS_WORKDIR"]
+    settings = load(base_env, no_env_file)
+    assert settings.workdir == (tmp_path / "state" / "workspace").resolve()
+    assert settings.workdir.is_dir()
+
+
+def test_home_that_cannot_be_created_is_named(base_env, no_env_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    base_env["SLACKBUS_HOME"] = str(blocker / "home")
+    with pytest.raises(ConfigError, match=r"^SLACKBUS_HOME=.* cannot be created"):
+        load(base_env, no_env_file)
+
+
+# --- the rest -------------------------------------------------------------------------------------------
+
+
+def test_log_format_and_tool_lists(base_env, no_env_file):
+    base_env |= {
+        "SLACKBUS_LOG_FORMAT": "Console",
+        "SLACKBUS_LOG_LEVEL": "DEBUG",
+        "SLACKBUS_ALLOWED_TOOLS": "Read, Bash(git diff:*, git log:*) ,Edit",
+        "SLACKBUS_DISALLOWED_TOOLS": "WebFetch",
+    }
+    settings = load(base_env, no_env_file)
+    assert settings.log_format == "console"
+    assert settings.log_level == "debug"
+    assert settings.allowed_tools == ("Read", "Bash(git diff:*, git log:*)", "Edit")
+    assert settings.disallowed_tools == ("WebFetch",)
+    assert settings.model is None
+
+
+def test_unknown_log_format_is_named(base_env, no_env_file):
+    base_env["SLACKBUS_LOG_FORMAT"] = "xml"
+    with pytest.raises(ConfigError, match=r"^SLACKBUS_LOG_FORMAT must be json or console"):
+        load(base_env, no_env_file)
