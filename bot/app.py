@@ -113,7 +113,7 @@ class Bot:
             self._requeue(dispatcher, poster)
             try:
                 with anyio.fail_after(CONNECT_TIMEOUT_S):
-                    await handler.connect_async()
+                    await handler.connect_async()  # type: ignore[no-untyped-call]
             except SlackApiError as exc:
                 error = exc.response.get("error")
                 raise ConfigError(
@@ -219,7 +219,7 @@ class Bot:
             async for signum in signals:
                 log.info("bot.stopping", signal=signal.Signals(signum).name)
                 with anyio.move_on_after(3.0):
-                    await handler.close_async()
+                    await handler.close_async()  # type: ignore[no-untyped-call]
                 scope.cancel()
                 return
 

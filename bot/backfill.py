@@ -96,12 +96,12 @@ class Backfill:
     def name_of(self, user_id: str) -> str:
         return self._names.get(user_id, user_id)
 
-    async def resolve(self, user_ids: Iterable[str], timeout: float = 2.0) -> None:
+    async def resolve(self, user_ids: Iterable[str], within: float = 2.0) -> None:
         """Fetch the names not cached yet, in parallel, bounded in time; unknowns stay as ids."""
         missing = {u for u in user_ids if u and u not in self._names and u != self._bot}
         if not missing:
             return
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(within):
             async with anyio.create_task_group() as tg:
                 for user_id in missing:
                     tg.start_soon(self._fetch_name, user_id)

@@ -7,6 +7,7 @@ interrupt request, then SIGINT, and SIGKILL only as the last resort for a CLI th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -77,28 +78,22 @@ async def _stop_process(client: ClaudeSDKClient, turn_done: bool) -> None:
     if process is not None and process.returncode is None:
         if not turn_done:
             with anyio.move_on_after(INTERRUPT_GRACE_S):
-                try:
+                with contextlib.suppress(Exception):
                     await client.interrupt()
-                except Exception:
-                    pass
         if transport is not None:
             with anyio.move_on_after(2.0):
                 await transport.end_input()
         with anyio.move_on_after(EOF_GRACE_S):
             await process.wait()
         if process.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
             with anyio.move_on_after(SIGINT_GRACE_S):
                 await process.wait()
         if process.returncode is None:
             log.warning("claude.kill", pid=process.pid, reason="ignored interrupt, EOF and SIGINT")
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            except ProcessLookupError:
-                pass
             with anyio.move_on_after(2.0):
                 await process.wait()
     with anyio.move_on_after(8.0):

@@ -25,7 +25,9 @@ def check_cli(path: str, timeout: float = 30.0) -> str:
             [path, "--version"], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
         )
     except OSError as exc:
-        raise ConfigError(f"The Claude Code CLI at {path} cannot be started ({exc.strerror}): check CLAUDE_CLI_PATH.")
+        raise ConfigError(
+            f"The Claude Code CLI at {path} cannot be started ({exc.strerror}): check CLAUDE_CLI_PATH."
+        ) from None
     except subprocess.TimeoutExpired:
         raise ConfigError(f"The Claude Code CLI at {path} did not answer `--version` within {timeout:g} s.") from None
     if out.returncode != 0:

@@ -62,7 +62,9 @@ def register(
     on_slash: SlashHandler,
 ) -> None:
     @app.middleware
-    async def stamp_and_dedupe(body: dict[str, Any], context: dict[str, Any], next: Callable[[], Awaitable[Any]]) -> Any:
+    async def stamp_and_dedupe(
+        body: dict[str, Any], context: dict[str, Any], next: Callable[[], Awaitable[Any]]
+    ) -> Any:
         context["received"] = time.monotonic()
         event_id = body.get("event_id")
         if isinstance(event_id, str) and not store.first_sight(event_id):

@@ -296,7 +296,7 @@ def test_env_file_values_are_read_and_the_environment_wins(base_env, tmp_path):
         "SLACKBUS_MAX_CONCURRENT=9\n"
         "SLACKBUS_MODEL=from-dotenv\n"
         "SLACKBUS_TEST_ONLY_FROM_DOTENV=yes\n"
-        f"SLACK_BOT_TOKEN=xoxb-from-dotenv-000000\n"
+        "SLACK_BOT_TOKEN=xoxb-from-dotenv-000000\n"
     )
     base_env["SLACKBUS_MAX_CONCURRENT"] = "2"
     settings = load_settings(env=base_env, env_file=str(env_file))
