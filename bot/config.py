@@ -6,6 +6,7 @@ into os.environ: the Slack tokens stay in this object and never reach a child pr
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -96,8 +97,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}.") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, got {raw!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be greater than 0 (a number of seconds), got {raw!r}.")
     return value
 
 
@@ -183,7 +184,7 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_allowed_users(raw: str | None) -> frozenset[str]:
-    if raw is None or not raw.strip():
+    if raw is None or not raw.replace(",", " ").strip():
         raise ConfigError(
             "SLACKBUS_ALLOWED_USERS is not set, so nobody could use the bot: set it to the Slack member ids "
             "allowed to run Claude (e.g. SLACKBUS_ALLOWED_USERS=U012ABCDEF,U034GHIJKL; find an id under a "

@@ -26,6 +26,8 @@ _MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 _CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)\|([^>]*)>")
 _LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
 _BARE_LINK = re.compile(r"<(https?://[^>]+)>")
+_SPECIAL = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>")
+_SUBTEAM = re.compile(r"<!subteam\^[A-Z0-9]+(?:\|([^>]*))?>")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class ContextBuilder:
         text = _CHANNEL.sub(lambda m: "#" + m.group(2), text)
         text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", text)
         text = _BARE_LINK.sub(lambda m: m.group(1), text)
+        text = _SPECIAL.sub(lambda m: "@" + m.group(1), text)
+        text = _SUBTEAM.sub(lambda m: m.group(1) or "@group", text)
         return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
 
     def _author(self, m: StoredMessage) -> str:

@@ -201,10 +201,14 @@ class Dispatcher:
             return None  # ordinary channel talk: context only
 
         if not self._is_allowed(msg.user):
-            refusal_key = (msg.channel, msg.reply_target, msg.user)
+            # once per message (a mention arrives twice), and once per thread for plain replies
+            thread_key = (msg.channel, msg.reply_target, msg.user)
+            message_key = (msg.channel, msg.ts, msg.user)
             explicit = msg.mentions_bot or msg.is_dm
-            if explicit or refusal_key not in self._refused_in_thread:
-                self._refused_in_thread.add(refusal_key)
+            if message_key in self._refused_in_thread:
+                return None
+            if explicit or thread_key not in self._refused_in_thread:
+                self._refused_in_thread.update({thread_key, message_key})
                 log.info("dispatch.refused", channel=msg.channel, thread_ts=msg.reply_target, user=msg.user)
                 self._on_refused(msg)
             return None

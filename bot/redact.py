@@ -6,10 +6,13 @@ import re
 from collections.abc import Iterable
 
 # Token shapes: Slack bot/app/user/config tokens, Anthropic keys, generic sk- keys, bearer headers.
+# A token starts at a word boundary (so "task-scheduler-..." is not an "sk-" key), and a bearer value must
+# look like a credential (a digit in it), not a word of prose.
 _TOKEN_PATTERNS = re.compile(
-    r"(xox[abposr]-[A-Za-z0-9-]{6,}|xapp-[A-Za-z0-9-]{6,}|sk-ant-[A-Za-z0-9_-]{6,}"
-    r"|sk-[A-Za-z0-9_-]{20,}|(?i:bearer)\s+[A-Za-z0-9._~+/-]{12,}=*"
-    r"|https://hooks\.slack\.com/services/[A-Za-z0-9/]+)"
+    r"(?<![A-Za-z0-9_-])(?:xox[abposr]-[A-Za-z0-9-]{6,}|xapp-[A-Za-z0-9-]{6,}|sk-ant-[A-Za-z0-9_-]{6,}"
+    r"|sk-[A-Za-z0-9_-]{20,})"
+    r"|(?i:bearer)\s+(?=[A-Za-z._~+/-]*[0-9])[A-Za-z0-9._~+/-]{12,}=*"
+    r"|https://hooks\.slack\.com/services/[A-Za-z0-9/]+"
 )
 
 REDACTED = "[redacted]"

@@ -41,6 +41,7 @@ def split_markdown(text: str, limit: int = CHUNK_CHARS) -> list[str]:
     """
     if len(text) <= limit:
         return [text]
+    limit = max(limit, 200)  # room for fences; smaller limits would not make progress
     parts: list[str] = []
     current: list[str] = []
     size = 0
@@ -72,12 +73,18 @@ def split_markdown(text: str, limit: int = CHUNK_CHARS) -> list[str]:
         if match:
             if fence is None:
                 fence = line.strip()
-            elif match.group(2)[0] == fence[0] and not match.group(3).strip():
+            elif _closes(match, fence):
                 fence = None
     if current and any(x.strip() for x in current):
         body = "\n".join(current)
         parts.append(body)
     return [p.strip("\n") for p in parts if p.strip()]
+
+
+def _closes(match: re.Match[str], opening: str) -> bool:
+    """CommonMark: a closing fence uses the same character, at least as many, and no info string."""
+    marker = _closing(opening)
+    return match.group(2)[0] == marker[0] and len(match.group(2)) >= len(marker) and not match.group(3).strip()
 
 
 def _closing(fence_line: str) -> str:

@@ -115,7 +115,7 @@ class Store:
             db.execute("PRAGMA foreign_keys=ON")
             store = cls(db, path)
             store._migrate()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"The state database {path} cannot be opened ({exc}): check SLACKBUS_HOME is writable "
                 "and not on a full disk."

@@ -151,7 +151,7 @@ def test_a_model_error_gives_a_clear_message_and_the_bot_goes_on(start_bot, fake
 def test_eight_mentions_with_a_cap_of_two(start_bot, fake_slack, fake_model):
     bot = start_bot(SLACKBUS_MAX_CONCURRENT="2")
     # a slow-ish model so runs overlap and the cap is what limits them
-    fake_model.set_responder(lambda body: Reply(text=None, delay=0.4))
+    fake_model.set_responder(lambda body: Reply(text=None, delay=1.0))
     threads = {}
     for i in range(8):
         threads[f"b{i}"] = fake_slack.user_says(f"C{i % 3 + 1}", "U1", f"task {i} [[id:b{i}]]", mention=True)
@@ -166,9 +166,9 @@ def test_eight_mentions_with_a_cap_of_two(start_bot, fake_slack, fake_model):
                 assert len(replies) == 1, (marker, replies)
                 assert replies[0]["text"] == f"answer for {marker}"
     assert len(fake_model.requests) == 8
-    assert fake_model.max_active == 2
+    assert fake_model.max_active <= 2
     peak = max(e["running"] for e in bot.events("dispatch.accepted"))
-    assert peak <= 2
+    assert peak == 2  # the cap was reached, and never passed
 
 
 def test_a_direct_message_is_answered_in_a_dm_thread(start_bot, fake_slack, fake_model):

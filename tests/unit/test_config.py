@@ -188,7 +188,7 @@ def test_without_any_claude_the_error_says_how_to_install_it(base_env, no_env_fi
 # --- SLACKBUS_ALLOWED_USERS --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", [None, "", "  "])
+@pytest.mark.parametrize("raw", [None, "", "  ", " , ", ",,,"])
 def test_allowed_users_unset_refuses_to_start(base_env, no_env_file, raw):
     if raw is None:
         del base_env["SLACKBUS_ALLOWED_USERS"]
@@ -196,15 +196,6 @@ def test_allowed_users_unset_refuses_to_start(base_env, no_env_file, raw):
         base_env["SLACKBUS_ALLOWED_USERS"] = raw
     with pytest.raises(ConfigError, match=r"^SLACKBUS_ALLOWED_USERS"):
         load(base_env, no_env_file)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: parse_allowed_users(' , ') returns an empty set, so the bot starts but nobody may use it",
-)
-def test_allowed_users_with_only_separators_refuses_to_start():
-    with pytest.raises(ConfigError, match=r"^SLACKBUS_ALLOWED_USERS"):
-        parse_allowed_users(" , ")
 
 
 def test_allowed_users_star_allows_everyone(base_env, no_env_file):
@@ -277,10 +268,6 @@ def test_bad_numbers_are_named(base_env, no_env_file, name, value, expected):
         load(base_env, no_env_file)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config._float accepts 'nan' (nan <= 0 is False), so the run timeout becomes NaN",
-)
 def test_run_timeout_nan_is_refused(base_env, no_env_file):
     base_env["SLACKBUS_RUN_TIMEOUT"] = "nan"
     with pytest.raises(ConfigError, match=r"^SLACKBUS_RUN_TIMEOUT"):

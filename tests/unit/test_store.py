@@ -105,10 +105,6 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path):
         Store.open(bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Store.open catches only sqlite3.Error, so an OSError from path.parent.mkdir escapes raw",
-)
 def test_a_folder_that_cannot_be_created_is_a_store_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
