@@ -168,7 +168,7 @@ class Bot:
                 thread_ts=req.thread_ts,
                 trigger_ts=req.ts,
                 user=req.user,
-                new_session=thread is None or not thread.started,
+                new_session=thread is None,
                 received=time.monotonic(),
                 is_dm=req.channel.startswith("D"),
             )

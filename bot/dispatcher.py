@@ -233,7 +233,7 @@ class Dispatcher:
             thread_ts=msg.reply_target,
             trigger_ts=msg.ts,
             user=msg.user,
-            new_session=thread is None or not thread.started,
+            new_session=thread is None,  # a later message in a known thread is a follow-up
             received=msg.received or time.monotonic(),
             is_dm=msg.is_dm,
         )

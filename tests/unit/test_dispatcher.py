@@ -299,11 +299,13 @@ def test_a_reply_in_a_session_thread_is_a_follow_up_without_a_mention(harness):
     assert harness.store.get_thread("C1", ts(1)) == ThreadSession("C1", ts(1), "sess-1", "/w", True, ts(2), "U1")
 
 
-def test_a_reply_in_a_thread_whose_session_has_not_started_is_still_a_new_session(harness):
+def test_a_reply_while_the_first_run_is_going_is_a_follow_up(harness):
+    # the thread row exists (its first run is queued or running) but the session has not started yet:
+    # the reply is a follow-up, so it waits for that run and is batched with other replies
     harness.store.save_thread(ThreadSession("C1", ts(1), "", "/w", False, "0", "U1"))
     made = harness.say(2, "more detail", thread_ts=ts(1))
     assert made is not None
-    assert made.new_session is True
+    assert made.new_session is False
 
 
 def test_a_top_level_message_whose_ts_has_a_session_is_not_a_follow_up(harness):
