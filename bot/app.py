@@ -1,26 +1,34 @@
-"""Wires the pieces together and runs the bot: one root task group, Socket Mode in, Web API out."""
+"""Wires the pieces together and runs the bot: one root task group, Socket Mode in, Web API out.
+
+Shutdown (SIGTERM/SIGINT): stop taking events, interrupt running sessions (they post a notice and are
+recorded as interrupted), close the warm and pooled ones, exit — all bounded.
+"""
 
 from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
 from bot import renderer, slack_events
 from bot.backfill import Backfill
+from bot.claude_runner import SessionSpec
+from bot.commands import Commands
 from bot.config import Settings
-from bot.context_builder import ContextBuilder
+from bot.context_builder import SYSTEM_PROMPT_APPEND, ContextBuilder
 from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
 from bot.errors import ConfigError
 from bot.log import get_logger
 from bot.pipeline import WORKING, TaskPipeline
+from bot.sessions import SessionManager
 from bot.slack_poster import SlackPoster, make_client
-from bot.store import Store, StoredMessage, ThreadSession
+from bot.store import Store
 
 log = get_logger("slackbus.app")
 
@@ -34,9 +42,9 @@ class Bot:
         self.store = Store.open(settings.db_path)
         self.client = make_client(settings.slack_bot_token, settings.slack_api_url)
         self._tg: Any = None
-        self._queued: dict[tuple[str, str], bool] = {}  # jobs showing the "queued" reaction
+        self._follow_up_waiting: set[tuple[str, str]] = set()  # (channel, ts) showing the ⏳ reaction
 
-    async def _identify(self) -> tuple[str, str | None]:
+    async def _identify(self) -> dict[str, Any]:
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 auth = await self.client.auth_test()
@@ -53,11 +61,29 @@ class Bot:
                 f"Slack's Web API at {self.settings.slack_api_url} cannot be reached ({type(exc).__name__}): "
                 "check the network or SLACK_API_URL."
             ) from None
-        return str(auth["user_id"]), auth.get("bot_id")
+        data = auth.data
+        return data if isinstance(data, dict) else {}
+
+    def session_spec(self, cwd: Path, session_id: str, resume: bool) -> SessionSpec:
+        s = self.settings
+        return SessionSpec(
+            cwd=cwd,
+            session_id=session_id,
+            resume=resume,
+            cli_path=s.claude_cli_path,
+            env=s.child_env,
+            system_prompt_append=SYSTEM_PROMPT_APPEND,
+            model=s.model,
+            allowed_tools=s.allowed_tools,
+            disallowed_tools=s.disallowed_tools,
+            max_turns=s.max_turns,
+            max_budget_usd=s.max_budget_usd,
+        )
 
     async def serve(self, *, ready: anyio.Event | None = None) -> None:
         s = self.settings
-        bot_user_id, bot_id = await self._identify()
+        auth = await self._identify()
+        bot_user_id, bot_id = str(auth["user_id"]), auth.get("bot_id")
         poster = SlackPoster(self.client, self.store, bot_user_id=bot_user_id, bot_id=bot_id)
         backfill = Backfill(self.client, self.store, bot_user_id=bot_user_id, limit=s.context_messages or 1)
         contexts = ContextBuilder(
@@ -68,13 +94,19 @@ class Bot:
             name_of=backfill.name_of,
             is_allowed=s.is_allowed,
         )
-        pipeline = TaskPipeline(s, self.store, poster, contexts, backfill)
-        queue = JobQueue(self._started(pipeline, poster), s.max_concurrent)
+        sessions = SessionManager(
+            self.session_spec,
+            max_processes=s.max_processes,
+            warm_pool=s.warm_pool,
+            idle_seconds=s.idle_seconds,
+            default_cwd=s.workdir,
+        )
+        pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions)
+        queue = JobQueue(self._starting(pipeline, poster), s.max_concurrent)
 
         def on_accepted(job: Job, position: int) -> None:
-            if position > 0:
-                self._queued[(job.channel, job.trigger_ts)] = True
-            self._tg.start_soon(self._first_sign, poster, job, position)
+            behind_own_thread = position > 0 and queue.thread_busy(job.key)
+            self._tg.start_soon(self._first_sign, poster, pipeline, queue, job, position, behind_own_thread)
             self._tg.start_soon(backfill.ensure, job.channel)
 
         def on_refused(msg: IncomingMessage) -> None:
@@ -96,21 +128,29 @@ class Bot:
             on_refused=on_refused,
             workdir=str(s.workdir),
         )
+        commands = Commands(
+            s, self.store, queue, pipeline, poster, dispatcher,
+            workspace_url=str(auth.get("url") or ""),
+            spawn=lambda fn, *args: self._tg.start_soon(fn, *args),
+        )
         app = AsyncApp(client=self.client, process_before_response=False, ignoring_self_events_enabled=True)
         slack_events.register(
             app,
             dispatcher=dispatcher,
             store=self.store,
             bot_user_id=bot_user_id,
-            on_slash=lambda command, ack: self._slash(command, ack, dispatcher, poster),
+            on_slash=commands.slash,
+            on_reaction=commands.on_reaction,
+            on_stop=commands.on_stop_button,
         )
         handler = AsyncSocketModeHandler(app, s.slack_app_token)
 
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            await tg.start(sessions.run)
             queue.attach(tg)
-            tg.start_soon(self._watch_signals, tg.cancel_scope, handler)
-            self._requeue(dispatcher, poster)
+            tg.start_soon(self._watch_signals, tg.cancel_scope, handler, queue)
+            self._recover(dispatcher, poster)
             try:
                 with anyio.fail_after(CONNECT_TIMEOUT_S):
                     await handler.connect_async()  # type: ignore[no-untyped-call]
@@ -124,6 +164,8 @@ class Bot:
                 "bot.ready",
                 bot_user_id=bot_user_id,
                 max_concurrent=s.max_concurrent,
+                max_processes=s.max_processes,
+                warm_pool=s.warm_pool,
                 workdir=str(s.workdir),
                 cli=s.claude_cli_path,
                 db=str(s.db_path),
@@ -133,16 +175,21 @@ class Bot:
             self.store.forget_old_events()
             await anyio.sleep_forever()
 
-    def _started(self, pipeline: TaskPipeline, poster: SlackPoster) -> Any:
+    def _starting(self, pipeline: TaskPipeline, poster: SlackPoster) -> Any:
         async def handle(jobs: list[Job]) -> None:
             for job in jobs:
-                if self._queued.pop((job.channel, job.trigger_ts), False):
+                key = (job.channel, job.trigger_ts)
+                if key in self._follow_up_waiting:
+                    self._follow_up_waiting.discard(key)
                     self._tg.start_soon(poster.unreact, job.channel, job.trigger_ts, QUEUED)
             await pipeline(jobs)
 
         return handle
 
-    async def _first_sign(self, poster: SlackPoster, job: Job, position: int) -> None:
+    async def _first_sign(
+        self, poster: SlackPoster, pipeline: TaskPipeline, queue: JobQueue, job: Job, position: int,
+        behind_own_thread: bool,
+    ) -> None:
         await poster.react(job.channel, job.trigger_ts, WORKING)
         log.info(
             "run.first_sign",
@@ -150,76 +197,71 @@ class Bot:
             ts=job.trigger_ts,
             ms=round((time.monotonic() - job.received) * 1000, 2),
         )
-        if position > 0:
+        if position == 0:
+            return
+        if behind_own_thread:
+            # a follow-up while its thread's run is going: answered right after it
+            self._follow_up_waiting.add((job.channel, job.trigger_ts))
             await poster.react(job.channel, job.trigger_ts, QUEUED)
-            if (job.channel, job.trigger_ts) not in self._queued:  # it started meanwhile
+            if not queue.is_waiting(job.channel, job.trigger_ts):
+                self._follow_up_waiting.discard((job.channel, job.trigger_ts))
                 await poster.unreact(job.channel, job.trigger_ts, QUEUED)
+            return
+        notice = renderer.render_notice(
+            f":hourglass_flowing_sand: Queued, position {position}: {self.settings.max_concurrent} tasks are running. "
+            "I'll start as soon as one finishes."
+        )
+        ts = await poster.post(job.channel, job.thread_ts, notice)
+        if queue.is_waiting(job.channel, job.trigger_ts):
+            pipeline.queued_notices[(job.channel, job.trigger_ts)] = ts
+        else:  # it started while the notice was being posted
+            await poster.update(job.channel, ts, renderer.render_notice(":arrow_forward: Started."))
 
-    def _requeue(self, dispatcher: Dispatcher, poster: SlackPoster) -> None:
-        """Requests a previous process accepted but did not finish run again, in their order."""
-        interrupted = {(c, t) for _run, c, t in self.store.interrupted_runs()}
-        for run_id, _c, _t in self.store.interrupted_runs():
-            self.store.finish_run(run_id, "interrupted", error="the bot stopped during the run")
+    def _recover(self, dispatcher: Dispatcher, poster: SlackPoster) -> None:
+        """After a restart: runs cut off are recorded as interrupted and their threads told; queued tasks run."""
         told: set[tuple[str, str]] = set()
-        for req in self.store.unfinished_requests():
-            thread = self.store.get_thread(req.channel, req.thread_ts)
-            job = Job(
-                channel=req.channel,
-                thread_ts=req.thread_ts,
-                trigger_ts=req.ts,
-                user=req.user,
-                new_session=thread is None,
-                received=time.monotonic(),
-                is_dm=req.channel.startswith("D"),
-            )
-            key = (req.channel, req.thread_ts)
-            if key in interrupted and key not in told:
-                told.add(key)
+        for run_id, channel, thread_ts in self.store.interrupted_runs():
+            self.store.finish_run(run_id, "interrupted", error="the bot stopped during the run")
+            if (channel, thread_ts) not in told:
+                told.add((channel, thread_ts))
                 self._tg.start_soon(
                     poster.post,
-                    req.channel,
-                    req.thread_ts,
-                    renderer.render_notice(":arrows_counterclockwise: slackbus restarted while working on this; "
-                                           "starting it again."),
+                    channel,
+                    thread_ts,
+                    renderer.render_notice(
+                        ":warning: slackbus restarted while working on this, so the run stopped. Reply here to "
+                        "continue."
+                    ),
                 )
-            log.info("bot.requeue", channel=req.channel, ts=req.ts, status=req.status)
-            dispatcher.submit(job)
-
-    async def _slash(self, command: dict[str, Any], ack: AsyncAck, dispatcher: Dispatcher, poster: SlackPoster) -> None:
-        text = str(command.get("text") or "").strip()
-        user = str(command.get("user_id") or "")
-        channel = str(command.get("channel_id") or "")
-        if not text or text.lower() in {"help", "?"}:
-            await ack(text=slack_events.HELP)
-            return
-        if not self.settings.is_allowed(user):
-            await ack(text=f"Sorry, you are not on this bot's allow list: ask its operator to add {user} to "
-                           "SLACKBUS_ALLOWED_USERS.")
-            return
-        await ack(text="Got it: starting in a thread.")
-        try:
-            parent_ts = await poster.post(channel, None, renderer.render_notice(f"<@{user}> asked: {text}"))
-        except SlackApiError as exc:
-            await poster.post_ephemeral(
-                channel, user, f"I could not post in this channel ({exc.response.get('error')}): invite me first."
+        for req in self.store.unfinished_requests():
+            if req.status == "running":
+                self.store.set_request_status(req.channel, [req.ts], "interrupted")
+                self._tg.start_soon(poster.unreact, req.channel, req.ts, WORKING)
+                continue
+            thread = self.store.get_thread(req.channel, req.thread_ts)
+            log.info("bot.requeue", channel=req.channel, ts=req.ts)
+            dispatcher.submit(
+                Job(
+                    channel=req.channel,
+                    thread_ts=req.thread_ts,
+                    trigger_ts=req.ts,
+                    user=req.user,
+                    new_session=thread is None or not thread.started,
+                    received=time.monotonic(),
+                    is_dm=req.channel.startswith("D"),
+                )
             )
-            return
-        # The parent stands for the user's request: record it as theirs so context and follow-ups work.
-        self.store.record_message(StoredMessage(channel, parent_ts, None, user, None, text))
-        if not self.store.claim_request(channel, parent_ts, parent_ts, user, "command"):
-            return
-        self.store.save_thread(ThreadSession(channel, parent_ts, "", str(self.settings.workdir), False, "0", user))
-        dispatcher.submit(
-            Job(channel=channel, thread_ts=parent_ts, trigger_ts=parent_ts, user=user, new_session=True,
-                received=time.monotonic(), is_dm=channel.startswith("D"))
-        )
 
-    async def _watch_signals(self, scope: anyio.CancelScope, handler: AsyncSocketModeHandler) -> None:
+    async def _watch_signals(self, scope: anyio.CancelScope, handler: AsyncSocketModeHandler, queue: JobQueue) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.info("bot.stopping", signal=signal.Signals(signum).name)
-                with anyio.move_on_after(3.0):
+                started = time.monotonic()
+                log.info("bot.stopping", signal=signal.Signals(signum).name, running=queue.running,
+                         queued=queue.pending)
+                queue.close()
+                with anyio.move_on_after(2.0):
                     await handler.close_async()  # type: ignore[no-untyped-call]
+                log.info("bot.disconnected", ms=round((time.monotonic() - started) * 1000))
                 scope.cancel()
                 return
 

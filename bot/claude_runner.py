@@ -1,8 +1,11 @@
-"""Runs one Claude Code turn through claude-agent-sdk (which drives the `claude` CLI over stream-json).
+"""One live Claude Code session: a `claude` process driven through claude-agent-sdk, owned by its own task.
 
-The rest of the bot sees only RunSpec in and stream_parser events out. Every wait is bounded; the child is
-always reaped. Cancelling never uses SIGTERM (it orphans the Bash tool's processes): first the stream-json
-interrupt request, then SIGINT, and SIGKILL only as the last resort for a CLI that ignores both.
+The rest of the bot sees SessionSpec in and stream_parser events out. A session serves turns one at a time
+and can stay alive between them (a warm thread answers a follow-up without the CLI's cold start).
+
+Every wait is bounded; the child is always reaped. Stopping never uses SIGTERM (it orphans the Bash tool's
+processes): the stream-json interrupt request first, then stdin EOF, then SIGINT, and SIGKILL only for a CLI
+that ignores all three.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
 from claude_agent_sdk import CLINotFoundError as SdkCLINotFound
 from claude_agent_sdk import ProcessError as SdkProcessError
@@ -28,6 +32,7 @@ from bot.errors import (
     CLIProcessError,
     RunCancelledError,
     RunError,
+    RunStalledError,
     RunTimeoutError,
     SessionNotFoundError,
 )
@@ -38,72 +43,43 @@ from bot.stream_parser import Finished, RunEvent
 log = get_logger("slackbus.runner")
 
 STDERR_LINES = 40
+CONNECT_TIMEOUT_S = 60.0
 INTERRUPT_GRACE_S = 3.0  # for the interrupt request to be answered
 EOF_GRACE_S = 5.0  # after stdin is closed, for the CLI to exit by itself
 SIGINT_GRACE_S = 5.0  # after SIGINT, before SIGKILL
 
+EventSink = Callable[[RunEvent], None]
+
 
 @dataclass(frozen=True)
-class RunSpec:
-    run_id: str
-    prompt: str
+class SessionSpec:
     cwd: Path
     session_id: str
     resume: bool  # True: continue session_id; False: create a new session with that id
     cli_path: str
     env: Mapping[str, str] = field(repr=False)
-    timeout: float
     system_prompt_append: str | None = None
     model: str | None = None
     allowed_tools: tuple[str, ...] = ()
     disallowed_tools: tuple[str, ...] = ()
+    max_turns: int | None = None
+    max_budget_usd: float | None = None
 
 
-EventSink = Callable[[RunEvent], None]
+@dataclass
+class _Turn:
+    prompt: str
+    on_event: EventSink
+    deadline: float  # monotonic
+    timeout: float
+    stall: float
+    run_id: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    outcome: Finished | RunError | None = None
+    cancelled_by: str | None = None
 
 
-def _process_of(client: ClaudeSDKClient) -> Any:
-    transport = getattr(client, "_transport", None)
-    return getattr(transport, "_process", None)
-
-
-async def _stop_process(client: ClaudeSDKClient, turn_done: bool) -> None:
-    """Bring the CLI down without SIGTERM. Runs shielded; every step bounded (about 20 s worst case).
-
-    A finished turn: close stdin and the CLI exits by itself. An unfinished one: the interrupt request
-    first (the CLI stops its tools and ends the turn), then stdin EOF, then SIGINT, then SIGKILL.
-    """
-    process = _process_of(client)
-    transport = getattr(client, "_transport", None)
-    if process is not None and process.returncode is None:
-        if not turn_done:
-            with anyio.move_on_after(INTERRUPT_GRACE_S):
-                with contextlib.suppress(Exception):
-                    await client.interrupt()
-        if transport is not None:
-            with anyio.move_on_after(2.0):
-                await transport.end_input()
-        with anyio.move_on_after(EOF_GRACE_S):
-            await process.wait()
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGINT)
-            with anyio.move_on_after(SIGINT_GRACE_S):
-                await process.wait()
-        if process.returncode is None:
-            log.warning("claude.kill", pid=process.pid, reason="ignored interrupt, EOF and SIGINT")
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            with anyio.move_on_after(2.0):
-                await process.wait()
-    with anyio.move_on_after(8.0):
-        try:
-            await client.disconnect()
-        except Exception as exc:
-            log.warning("claude.disconnect_failed", error=str(exc))
-
-
-def _options(spec: RunSpec, stderr_lines: deque[str]) -> ClaudeAgentOptions:
+def _options(spec: SessionSpec, stderr_lines: deque[str]) -> ClaudeAgentOptions:
     system_prompt: Any = None
     if spec.system_prompt_append:
         system_prompt = {"type": "preset", "preset": "claude_code", "append": spec.system_prompt_append}
@@ -117,91 +93,291 @@ def _options(spec: RunSpec, stderr_lines: deque[str]) -> ClaudeAgentOptions:
         model=spec.model,
         allowed_tools=list(spec.allowed_tools),
         disallowed_tools=list(spec.disallowed_tools),
+        max_turns=spec.max_turns,
+        max_budget_usd=spec.max_budget_usd,
         stderr=lambda line: stderr_lines.append(redact(line.rstrip())),
     )
 
 
-async def run_turn(spec: RunSpec, on_event: EventSink) -> Finished:
-    """Send `spec.prompt` to a new or resumed session; return the CLI's result.
+class ClaudeSession:
+    """A `claude` process and its session. States: starting → idle ⇄ busy → closed.
 
-    Raises a RunError subclass when there is no usable result. Cancelling the calling task interrupts
-    the run and still reaps the child before the cancellation propagates.
+    `serve` is the owner task (start it with `task_group.start`); `turn` is called from any task.
     """
-    stderr_lines: deque[str] = deque(maxlen=STDERR_LINES)
-    client = ClaudeSDKClient(options=_options(spec, stderr_lines))
-    finished: Finished | None = None
-    started = time.monotonic()
-    bound = log.bind(run_id=spec.run_id, session_id=spec.session_id)
-    try:
-        with anyio.fail_after(spec.timeout):
-            bound.info("claude.spawn", resume=spec.resume, cwd=str(spec.cwd))
-            await client.connect()
+
+    def __init__(self, spec: SessionSpec) -> None:
+        self.spec = spec
+        self.session_id = spec.session_id
+        self.state = "starting"
+        self.pid: int | None = None
+        self.turns = 0
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.healthy = True  # false after a failed, stalled or cancelled turn: do not reuse
+        self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
+        self._send, self._receive = anyio.create_memory_object_stream[_Turn](1)
+        self._client: ClaudeSDKClient | None = None
+        self._current: _Turn | None = None
+        self._closed = anyio.Event()
+
+    # --- owner task -----------------------------------------------------------------------------
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        client = ClaudeSDKClient(options=_options(self.spec, self._stderr))
+        self._client = client
+        bound = log.bind(session_id=self.session_id)
+        started = time.monotonic()
+        try:
+            try:
+                with anyio.fail_after(CONNECT_TIMEOUT_S):
+                    await client.connect()
+            except TimeoutError:
+                raise CLIProcessError(
+                    f"The Claude Code CLI did not start within {CONNECT_TIMEOUT_S:g} s.",
+                    stderr_tail="\n".join(self._stderr),
+                    session_id=self.session_id,
+                ) from None
+            except Exception as exc:
+                raise self._error(exc) from None
             process = _process_of(client)
-            bound.info(
-                "claude.connected", pid=getattr(process, "pid", None), ms=round((time.monotonic() - started) * 1000)
-            )
-            await client.query(spec.prompt, session_id=spec.session_id)
-            async for message in client.receive_response():
+            self.pid = getattr(process, "pid", None)
+            self.state = "idle"
+            bound.info("claude.connected", pid=self.pid, resume=self.spec.resume,
+                       ms=round((time.monotonic() - started) * 1000))
+            task_status.started()
+            async with self._receive:
+                async for turn in self._receive:
+                    self._current = turn
+                    self.state = "busy"
+                    try:
+                        await self._run_turn(client, turn)
+                    finally:
+                        self._current = None
+                        turn.done.set()
+                    self.turns += 1
+                    self.last_used = time.monotonic()
+                    if not self.healthy:
+                        break
+                    self.state = "idle"
+            self.state = "idle"  # input closed between turns
+        finally:
+            mid_turn = self.state == "busy"  # cancelled (shutdown) or broken during a turn
+            self.state = "closing"
+            with anyio.CancelScope(shield=True):
+                await _stop_process(client, mid_turn=mid_turn)
+            self.state = "closed"
+            self._closed.set()
+            bound.info("claude.reaped", pid=self.pid, turns=self.turns)
+
+    async def _run_turn(self, client: ClaudeSDKClient, turn: _Turn) -> None:
+        finished: Finished | None = None
+        try:
+            await client.query(turn.prompt, session_id=self.session_id)
+            messages = client.receive_response().__aiter__()
+            while finished is None:
+                remaining = turn.deadline - time.monotonic()
+                wait = min(turn.stall, remaining)
+                message: Any = None
+                with anyio.move_on_after(max(wait, 0)):
+                    message = await messages.__anext__()
+                if message is None:
+                    self.healthy = False
+                    if turn.cancelled_by is None:
+                        turn.outcome = self._limit_error(turn, stalled=remaining > turn.stall)
+                    await self._interrupt(client)
+                    break
                 for event in stream_parser.parse(message):
                     if isinstance(event, Finished):
                         finished = event
-                    on_event(event)
-    except TimeoutError:
-        raise RunTimeoutError(
-            f"The run took longer than SLACKBUS_RUN_TIMEOUT ({spec.timeout:g} s) and was stopped.",
-            session_id=spec.session_id,
-        ) from None
-    except SdkCLINotFound as exc:
-        raise CLINotFoundError(
-            f"The Claude Code CLI could not be started ({exc}): check CLAUDE_CLI_PATH.", session_id=spec.session_id
-        ) from None
-    except SdkProcessError as exc:
-        tail = "\n".join(stderr_lines) or redact(str(getattr(exc, "stderr", "") or ""))
-        raise _process_error(getattr(exc, "exit_code", None), tail, spec) from None
-    except RunError:
-        raise
-    except Exception as exc:  # the SDK's own connection/JSON errors
-        tail = "\n".join(stderr_lines)
-        raise CLIProcessError(
-            f"The Claude Code CLI failed: {redact(str(exc))}", stderr_tail=tail, session_id=spec.session_id
-        ) from exc
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _stop_process(client, turn_done=finished is not None)
-        bound.info("claude.reaped", ms=round((time.monotonic() - started) * 1000))
+                    turn.on_event(event)
+        except StopAsyncIteration:
+            self.healthy = False
+            process = _process_of(client)
+            turn.outcome = self._process_error(getattr(process, "returncode", None))
+            return
+        except Exception as exc:
+            self.healthy = False
+            turn.outcome = self._error(exc)
+            return
+        if turn.cancelled_by is not None:
+            self.healthy = False
+            turn.outcome = RunCancelledError("The run was cancelled.", by=turn.cancelled_by,
+                                             session_id=self.session_id)
+        elif finished is not None:
+            if finished.is_error:
+                self.healthy = False
+                if _missing_session(finished, self._stderr):
+                    turn.outcome = SessionNotFoundError(
+                        "The Claude session for this thread was not found on this host.", session_id=self.session_id
+                    )
+                    return
+            turn.outcome = finished
 
-    if finished is None:
-        process = _process_of(client)
-        raise _process_error(getattr(process, "returncode", None), "\n".join(stderr_lines), spec)
-    if finished.is_error and _is_missing_session(finished, stderr_lines):
-        raise SessionNotFoundError(
-            "The Claude session for this thread was not found on this host.", session_id=spec.session_id
+    def _limit_error(self, turn: _Turn, *, stalled: bool) -> RunError:
+        if stalled:
+            return RunStalledError(
+                f"Claude Code produced no output for {turn.stall:g} s (SLACKBUS_STALL_SECONDS), so the run was "
+                "stopped.",
+                session_id=self.session_id,
+            )
+        return RunTimeoutError(
+            f"The run took longer than SLACKBUS_RUN_TIMEOUT ({turn.timeout:g} s) and was stopped.",
+            session_id=self.session_id,
         )
-    return finished
+
+    async def _interrupt(self, client: ClaudeSDKClient) -> None:
+        with anyio.move_on_after(INTERRUPT_GRACE_S), contextlib.suppress(Exception):
+            await client.interrupt()
+
+    def _error(self, exc: BaseException) -> RunError:
+        if isinstance(exc, RunError):
+            return exc
+        if isinstance(exc, SdkCLINotFound):
+            return CLINotFoundError(
+                f"The Claude Code CLI could not be started ({exc}): check CLAUDE_CLI_PATH.", session_id=self.session_id
+            )
+        if isinstance(exc, SdkProcessError):
+            return self._process_error(getattr(exc, "exit_code", None), redact(str(getattr(exc, "stderr", "") or "")))
+        return CLIProcessError(
+            f"The Claude Code CLI failed: {redact(str(exc))}",
+            stderr_tail="\n".join(self._stderr),
+            session_id=self.session_id,
+        )
+
+    def _process_error(self, exit_code: int | None, extra: str = "") -> RunError:
+        tail = "\n".join(self._stderr) or extra
+        if "no conversation found" in tail.lower():
+            return SessionNotFoundError(
+                "The Claude session for this thread was not found on this host.", session_id=self.session_id
+            )
+        if exit_code is not None and exit_code < 0:
+            what = f"was killed by signal {-exit_code}"
+        elif exit_code is not None:
+            what = f"exited with code {exit_code}"
+        else:
+            what = "stopped"
+        return CLIProcessError(
+            f"The Claude Code CLI {what} before giving an answer.",
+            exit_code=exit_code,
+            stderr_tail=tail,
+            session_id=self.session_id,
+        )
+
+    # --- called from other tasks ------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self.state in {"idle", "busy"} and self.healthy
+
+    async def turn(
+        self, prompt: str, on_event: EventSink, *, timeout: float, stall: float, run_id: str = ""  # noqa: ASYNC109
+    ) -> Finished:
+        """Run one turn; returns the CLI's result or raises a RunError. Cancelling the caller aborts the
+        turn and closes the session (shielded, bounded) before the cancellation goes on."""
+        if not self.alive:
+            raise CLIProcessError("The Claude session is not running.", session_id=self.session_id)
+        turn = _Turn(prompt, on_event, time.monotonic() + timeout, timeout, stall, run_id)
+        try:
+            await self._send.send(turn)
+            await turn.done.wait()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self.abort()
+            raise
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise CLIProcessError("The Claude session ended.", session_id=self.session_id) from None
+        if isinstance(turn.outcome, RunError):
+            raise turn.outcome
+        if turn.outcome is None:
+            raise self._process_error(None)
+        return turn.outcome
+
+    async def cancel(self, by: str) -> None:
+        """Stop the current turn on behalf of `by` (the turn ends with RunCancelledError)."""
+        turn = self._current
+        if turn is None:
+            return
+        turn.cancelled_by = by
+        self.healthy = False
+        if self._client is not None:
+            await self._interrupt(self._client)
+        # a CLI that does not end the turn after the interrupt is brought down
+        with anyio.move_on_after(INTERRUPT_GRACE_S):
+            await turn.done.wait()
+        if not turn.done.is_set():
+            await self.abort()
+
+    async def abort(self) -> None:
+        """Interrupt whatever runs and close the session; bounded (about 20 s worst case)."""
+        self.healthy = False
+        self._send.close()
+        client, turn = self._client, self._current
+        log.info("claude.abort", session_id=self.session_id, mid_turn=turn is not None)
+        if turn is not None and client is not None:
+            await self._interrupt(client)
+            with anyio.move_on_after(INTERRUPT_GRACE_S):
+                await turn.done.wait()
+            process = _process_of(client)
+            if not turn.done.is_set() and process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGINT)
+        with anyio.move_on_after(25.0):
+            await self._closed.wait()
+
+    async def close(self) -> None:
+        """Close an idle session (stdin EOF → the CLI exits); aborts a busy one."""
+        if self.state == "busy":
+            await self.abort()
+            return
+        self._send.close()
+        with anyio.move_on_after(25.0):
+            await self._closed.wait()
 
 
-def _is_missing_session(finished: Finished, stderr_lines: deque[str]) -> bool:
+def _process_of(client: ClaudeSDKClient) -> Any:
+    transport = getattr(client, "_transport", None)
+    return getattr(transport, "_process", None)
+
+
+def _missing_session(finished: Finished, stderr_lines: deque[str]) -> bool:
     haystack = " ".join([finished.text, *finished.errors, *stderr_lines]).lower()
     return "no conversation found" in haystack
 
 
-def _process_error(exit_code: int | None, tail: str, spec: RunSpec) -> RunError:
-    if "no conversation found" in tail.lower():
-        return SessionNotFoundError(
-            "The Claude session for this thread was not found on this host.", session_id=spec.session_id
-        )
-    if exit_code is not None and exit_code < 0:
-        what = f"was killed by signal {-exit_code}"
-    elif exit_code is not None:
-        what = f"exited with code {exit_code}"
-    else:
-        what = "stopped"
-    return CLIProcessError(
-        f"The Claude Code CLI {what} before giving an answer.",
-        exit_code=exit_code,
-        stderr_tail=tail,
-        session_id=spec.session_id,
-    )
+async def _stop_process(client: ClaudeSDKClient, *, mid_turn: bool) -> None:
+    """Bring the CLI down without SIGTERM; every step bounded (about 15 s worst case).
+
+    Between turns: close stdin and the CLI exits by itself. Mid-turn (shutdown, abort): SIGINT first, which
+    stops the turn and its tools like Ctrl-C (the SDK's interrupt request needs its reader task, which may be
+    cancelled by now), then stdin EOF; SIGKILL only for a CLI that ignores both.
+    """
+    process = _process_of(client)
+    transport = getattr(client, "_transport", None)
+    log.debug("claude.stopping", pid=getattr(process, "pid", None), mid_turn=mid_turn)
+    if process is not None and process.returncode is None:
+        if mid_turn:
+            # stops the turn and its tools; in stream-json mode the CLI then waits for input, hence the EOF next
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
+        if transport is not None:
+            with anyio.move_on_after(2.0):
+                await transport.end_input()
+            with anyio.move_on_after(EOF_GRACE_S):
+                await process.wait()
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
+            with anyio.move_on_after(SIGINT_GRACE_S):
+                await process.wait()
+        if process.returncode is None:
+            log.warning("claude.kill", pid=process.pid, reason="ignored SIGINT and stdin EOF")
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            with anyio.move_on_after(2.0):
+                await process.wait()
+    with anyio.move_on_after(8.0):
+        try:
+            await client.disconnect()
+        except Exception as exc:
+            log.warning("claude.disconnect_failed", error=str(exc))
 
 
-__all__ = ["EventSink", "RunCancelledError", "RunSpec", "run_turn"]
+__all__ = ["ClaudeSession", "EventSink", "SessionSpec"]

@@ -46,8 +46,15 @@ class Settings:
     home: Path
     workdir: Path
     allowed_users: frozenset[str]  # {"*"} means everyone in the workspace
+    admin_users: frozenset[str]
     max_concurrent: int
     run_timeout: float
+    stall_seconds: float
+    idle_seconds: float
+    warm_pool: int
+    max_processes: int
+    max_turns: int | None
+    max_budget_usd: float | None
     context_messages: int
     context_chars: int
     log_level: str
@@ -62,7 +69,10 @@ class Settings:
         return self.home / "slackbus.db"
 
     def is_allowed(self, user_id: str) -> bool:
-        return "*" in self.allowed_users or user_id in self.allowed_users
+        return "*" in self.allowed_users or user_id in self.allowed_users or user_id in self.admin_users
+
+    def is_admin(self, user_id: str) -> bool:
+        return user_id in self.admin_users
 
 
 def read_environment(env: Mapping[str, str] | None = None, env_file: str | None = None) -> dict[str, str]:
@@ -226,6 +236,17 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
     if log_format not in {"json", "console"}:
         raise ConfigError(f"SLACKBUS_LOG_FORMAT must be json or console, got {log_format!r}.")
 
+    max_concurrent = _int(merged, "SLACKBUS_MAX_CONCURRENT", 4)
+    warm_pool = _int(merged, "SLACKBUS_WARM_POOL", 1, minimum=0)
+    max_processes = _int(merged, "SLACKBUS_MAX_PROCESSES", max_concurrent + warm_pool + 2)
+    if max_processes < max_concurrent:
+        raise ConfigError(
+            f"SLACKBUS_MAX_PROCESSES ({max_processes}) must be at least SLACKBUS_MAX_CONCURRENT ({max_concurrent}): "
+            "every running task needs its own claude process."
+        )
+    admins = frozenset(u.strip() for u in merged.get("SLACKBUS_ADMIN_USERS", "").split(",") if u.strip())
+    budget = merged.get("SLACKBUS_MAX_BUDGET_USD", "").strip()
+    idle_off = merged.get("SLACKBUS_IDLE_SECONDS", "").strip() == "0"  # 0: no warm sessions
     return Settings(
         slack_bot_token=bot_token,
         slack_app_token=app_token,
@@ -234,8 +255,15 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
         home=home.resolve(),
         workdir=workdir.resolve(),
         allowed_users=allowed,
-        max_concurrent=_int(merged, "SLACKBUS_MAX_CONCURRENT", 4),
+        admin_users=admins,
+        max_concurrent=max_concurrent,
         run_timeout=_float(merged, "SLACKBUS_RUN_TIMEOUT", 1800.0),
+        stall_seconds=_float(merged, "SLACKBUS_STALL_SECONDS", 300.0),
+        idle_seconds=0.0 if idle_off else _float(merged, "SLACKBUS_IDLE_SECONDS", 600.0),
+        warm_pool=warm_pool,
+        max_processes=max_processes,
+        max_turns=_int(merged, "SLACKBUS_MAX_TURNS", 0, minimum=0) or None,
+        max_budget_usd=_float(merged, "SLACKBUS_MAX_BUDGET_USD", 1.0) if budget else None,
         context_messages=_int(merged, "SLACKBUS_CONTEXT_MESSAGES", 40, minimum=0),
         context_chars=_int(merged, "SLACKBUS_CONTEXT_CHARS", 12000, minimum=0),
         log_level=(merged.get("SLACKBUS_LOG_LEVEL", "").strip() or "info").lower(),

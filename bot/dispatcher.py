@@ -86,6 +86,11 @@ class JobQueue:
         self.peak_running = 0
         self._idle = anyio.Event()
         self._idle.set()
+        self._closed = False
+
+    def close(self) -> None:
+        """Start nothing more (shutdown): what is queued stays queued, in the store, for the next start."""
+        self._closed = True
 
     def attach(self, tg: TaskGroup) -> None:
         self._tg = tg
@@ -111,6 +116,25 @@ class JobQueue:
     def pending(self) -> int:
         return len(self._pending)
 
+    def waiting(self) -> list[Job]:
+        """The queued jobs, first to run first."""
+        return list(self._pending)
+
+    def thread_busy(self, key: tuple[str, str]) -> bool:
+        """A run for this thread is going (so a new job for it waits for that run, not for the cap)."""
+        return key in self._busy
+
+    def is_waiting(self, channel: str, trigger_ts: str) -> bool:
+        return any(j.channel == channel and j.trigger_ts == trigger_ts for j in self._pending)
+
+    def remove(self, key: tuple[str, str]) -> list[Job]:
+        """Take a thread's queued jobs out of the queue (cancelled before they started)."""
+        removed = [j for j in self._pending if j.key == key]
+        for job in removed:
+            self._pending.remove(job)
+        self._pump()
+        return removed
+
     def _take_batch(self) -> list[Job] | None:
         for index, job in enumerate(self._pending):
             if job.key in self._busy:
@@ -127,7 +151,7 @@ class JobQueue:
         return None
 
     def _pump(self) -> None:
-        if self._tg is None:
+        if self._tg is None or self._closed:
             return
         while self.running < self.max_concurrent:
             batch = self._take_batch()

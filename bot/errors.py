@@ -7,6 +7,7 @@
         ├── CLINotFoundError      the `claude` executable cannot be started
         ├── CLIProcessError       the CLI exited or crashed without a result (exit_code, stderr_tail)
         ├── RunTimeoutError       the run exceeded SLACKBUS_RUN_TIMEOUT
+        ├── RunStalledError       the CLI was silent for SLACKBUS_STALL_SECONDS
         ├── RunCancelledError     somebody (or shutdown) cancelled the run
         └── SessionNotFoundError  `--resume` found no conversation (other HOME/cwd, or never saved)
 """
@@ -51,6 +52,10 @@ class CLIProcessError(RunError):
 
 
 class RunTimeoutError(RunError):
+    pass
+
+
+class RunStalledError(RunError):
     pass
 
 

@@ -1,35 +1,80 @@
-"""One task, from the queue to the answer: context builder → claude runner → renderer → Slack poster.
+"""One task, from the queue to the answer: context builder → claude session → renderer → Slack poster.
 
 Every outcome ends in the thread: the answer, or one sentence saying what went wrong and what to do. The
-bot keeps serving whatever happens to one run.
+bot keeps serving whatever happens to one run. A run shows one status message (with a Stop button) only
+if it takes longer than a moment; the answer then replaces it, so a quick answer costs a single post.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from bot import renderer
 from bot.backfill import Backfill
-from bot.claude_runner import RunSpec, run_turn
+from bot.claude_runner import ClaudeSession
 from bot.config import Settings
-from bot.context_builder import SYSTEM_PROMPT_APPEND, Context, ContextBuilder
+from bot.context_builder import Context, ContextBuilder
 from bot.dispatcher import Job
-from bot.errors import RunError, SessionNotFoundError
+from bot.errors import RunCancelledError, RunError, SessionNotFoundError
 from bot.log import get_logger
+from bot.renderer import SlackMessage
+from bot.sessions import SessionManager
 from bot.slack_poster import SlackPoster
 from bot.store import Store, StoredMessage, ThreadSession
-from bot.stream_parser import Finished, RunEvent, ToolCall
+from bot.stream_parser import Finished, RunEvent, SessionStarted, ToolCall
 
 log = get_logger("slackbus.pipeline")
 
 WORKING = "eyes"
 DONE = "white_check_mark"
 FAILED = "x"
+STOPPED = "octagonal_sign"
+STOP_ACTION = "slackbus_stop"
+STATUS_DELAY_S = 1.5  # a run that answers sooner never shows a status message
+
+
+@dataclass
+class RunHandle:
+    run_id: str
+    channel: str
+    thread_ts: str
+    requester: str
+    trigger_ts: tuple[str, ...]
+    started: float = field(default_factory=time.monotonic)
+    status_ts: str | None = None
+    answered: bool = False
+    session: ClaudeSession | None = None
+    cancelled_by: str | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    turns: int = 0
+    step: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.channel, self.thread_ts)
+
+
+def stop_button(channel: str, thread_ts: str) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "block_id": "slackbus_run",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": STOP_ACTION,
+                "text": {"type": "plain_text", "text": "Stop"},
+                "style": "danger",
+                "value": f"{channel}|{thread_ts}",
+            }
+        ],
+    }
 
 
 class TaskPipeline:
@@ -40,113 +85,225 @@ class TaskPipeline:
         poster: SlackPoster,
         contexts: ContextBuilder,
         backfill: Backfill,
+        sessions: SessionManager,
     ) -> None:
         self._settings = settings
         self._store = store
         self._poster = poster
         self._contexts = contexts
         self._backfill = backfill
-        self.active_runs = 0
+        self._sessions = sessions
+        self.active: dict[tuple[str, str], RunHandle] = {}
+        self.queued_notices: dict[tuple[str, str], str] = {}  # (channel, trigger ts) → "queued" message ts
         self.peak_runs = 0
 
+    # --- cancel -------------------------------------------------------------------------------------
+    def find(self, channel: str, ts: str) -> RunHandle | None:
+        """The active run a message belongs to: its thread, a request in it, or its status message."""
+        for handle in self.active.values():
+            if handle.channel == channel and ts in (handle.thread_ts, handle.status_ts, *handle.trigger_ts):
+                return handle
+        return None
+
+    async def cancel(self, handle: RunHandle, by: str) -> None:
+        if handle.cancelled_by is not None:
+            return
+        handle.cancelled_by = by
+        log.info("run.cancel", run_id=handle.run_id, channel=handle.channel, thread_ts=handle.thread_ts, by=by)
+        if handle.session is not None and handle.session.state == "busy":
+            await handle.session.cancel(by)
+        else:
+            handle.scope.cancel()
+
+    # --- a run -------------------------------------------------------------------------------------------
     async def __call__(self, jobs: list[Job]) -> None:
-        first, last = jobs[0], jobs[-1]
-        run_id = uuid.uuid4().hex[:12]
-        bound = log.bind(run_id=run_id, channel=first.channel, thread_ts=first.thread_ts)
-        bound.info("run.start", jobs=len(jobs), waited_ms=round((time.monotonic() - first.received) * 1000))
-        self._store.set_request_status(first.channel, [j.trigger_ts for j in jobs], "running")
-        ok = False
-        self.active_runs += 1
-        self.peak_runs = max(self.peak_runs, self.active_runs)
+        first = jobs[0]
+        handle = RunHandle(
+            run_id=uuid.uuid4().hex[:12],
+            channel=first.channel,
+            thread_ts=first.thread_ts,
+            requester=first.user,
+            trigger_ts=tuple(j.trigger_ts for j in jobs),
+        )
+        bound = log.bind(run_id=handle.run_id, channel=first.channel, thread_ts=first.thread_ts)
+        bound.info("run.start", jobs=len(jobs), waited_ms=round((time.monotonic() - first.received) * 1000, 1))
+        self._store.set_request_status(first.channel, list(handle.trigger_ts), "running")
+        self.active[handle.key] = handle
+        self.peak_runs = max(self.peak_runs, len(self.active))
+        for job in jobs:
+            notice = self.queued_notices.pop((job.channel, job.trigger_ts), None)
+            if notice and handle.status_ts is None:
+                handle.status_ts = notice
+        status = "failed"
         try:
-            ok = await self._run(jobs, run_id)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._show_status, handle)
+                with handle.scope:
+                    status = await self._run(jobs, handle)
+                if handle.scope.cancelled_caught:
+                    status = "cancelled"
+                    await self._finish(handle, renderer.describe_run_error(
+                        RunCancelledError("cancelled", by=handle.cancelled_by)))
+                tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(3.0):
-                await self._notice(
-                    first, ":warning: The bot is shutting down, so this run stopped. It will pick the request "
-                    "up again when it restarts."
+                self._store.set_request_status(first.channel, list(handle.trigger_ts), "interrupted")
+                self._store.finish_run(handle.run_id, "interrupted", error="the bot stopped")
+                await self._finish(
+                    handle,
+                    ":warning: slackbus is shutting down, so this run stopped. Reply here to continue once it is "
+                    "back.",
                 )
             raise
         except Exception as exc:
             bound.exception("run.crashed")
-            await self._notice(first, f":x: slackbus hit an internal error ({type(exc).__name__}); see its log.")
+            await self._finish(handle, f":x: slackbus hit an internal error ({type(exc).__name__}); see its log.")
         finally:
-            self.active_runs -= 1
-        status = "done" if ok else "failed"
-        self._store.set_request_status(first.channel, [j.trigger_ts for j in jobs], status)
+            self.active.pop(handle.key, None)
+        self._store.set_request_status(first.channel, list(handle.trigger_ts), status)
+        reaction = {"done": DONE, "cancelled": STOPPED}.get(status, FAILED)
         async with anyio.create_task_group() as tg:
             for job in jobs:
                 tg.start_soon(self._poster.unreact, job.channel, job.trigger_ts, WORKING)
-                tg.start_soon(self._poster.react, job.channel, job.trigger_ts, DONE if ok else FAILED)
-        bound.info("run.end", ok=ok, total_ms=round((time.monotonic() - last.received) * 1000))
+                tg.start_soon(self._poster.react, job.channel, job.trigger_ts, reaction)
+        bound.info("run.end", status=status, total_ms=round((time.monotonic() - jobs[-1].received) * 1000, 1))
 
-    async def _notice(self, job: Job, text: str) -> None:
-        await self._poster.post(job.channel, job.thread_ts, renderer.render_notice(text))
+    async def _show_status(self, handle: RunHandle) -> None:
+        """After a moment, a status message with a Stop button (or the queued notice turned into one)."""
+        if handle.status_ts is None:
+            await anyio.sleep(STATUS_DELAY_S)
+        async with handle.lock:
+            if handle.answered:
+                return
+            message = SlackMessage(
+                text="Working on it…",
+                blocks=[
+                    {"type": "section", "text": {"type": "mrkdwn", "text": ":hourglass_flowing_sand: Working on it…"}},
+                    stop_button(handle.channel, handle.thread_ts),
+                ],
+            )
+            if handle.status_ts is None:
+                handle.status_ts = await self._poster.post(handle.channel, handle.thread_ts, message)
+            else:
+                await self._poster.update(handle.channel, handle.status_ts, message)
 
-    async def _run(self, jobs: list[Job], run_id: str) -> bool:
+    async def _finish(self, handle: RunHandle, text: str) -> None:
+        await self._deliver(handle, [renderer.render_notice(text)])
+
+    async def _deliver(self, handle: RunHandle, messages: list[SlackMessage]) -> None:
+        """The first message replaces the status message (if one is showing); the rest follow it."""
+        async with handle.lock:
+            handle.answered = True
+            first, rest = messages[0], messages[1:]
+            if handle.status_ts is not None:
+                await self._poster.update(handle.channel, handle.status_ts, first)
+            else:
+                await self._poster.post(handle.channel, handle.thread_ts, first)
+            for message in rest:
+                await self._poster.post(handle.channel, handle.thread_ts, message)
+
+    async def _run(self, jobs: list[Job], handle: RunHandle) -> str:
         first, last = jobs[0], jobs[-1]
         with anyio.move_on_after(5.0):
             await self._backfill.ensure(first.channel)
-        session = self._store.get_thread(first.channel, first.thread_ts)
-        if session is None:  # a job re-queued after a restart whose thread row was never written
-            session = ThreadSession(first.channel, first.thread_ts, "", str(self._settings.workdir), False, "0",
-                                    first.user)
+        row = self._store.get_thread(first.channel, first.thread_ts) or ThreadSession(
+            first.channel, first.thread_ts, "", str(self._settings.workdir), False, "0", first.user
+        )
         label = self._backfill.label(first.channel, first.is_dm)
         await self._resolve_names(first)
-
-        resume = session.started and bool(session.session_id)
-        context = self._context(session, last, label, resume)
-        session_id = session.session_id if resume else str(uuid.uuid4())
+        resume_id = row.session_id if row.started and row.session_id else None
         try:
             try:
-                finished = await self._turn(run_id, session, session_id, resume, context, first)
+                finished, context, session_id = await self._turn(handle, row, resume_id, label, last)
             except SessionNotFoundError:
-                if not resume:
+                if resume_id is None:
                     raise
                 # The CLI lost the session (other HOME, files removed): start again with the whole thread.
-                log.warning("run.session_missing", run_id=run_id, session_id=session_id)
-                self._store.finish_run(run_id, "failed", error="session not found")
-                run_id = f"{run_id}-new"
-                session = replace(session, started=False, session_id="")
-                context = self._context(session, last, label, resume=False)
-                session_id = str(uuid.uuid4())
-                finished = await self._turn(run_id, session, session_id, False, context, first)
+                log.warning("run.session_missing", run_id=handle.run_id, session_id=resume_id)
+                self._store.finish_run(handle.run_id, "failed", error="session not found")
+                handle.run_id += "-new"
+                row = replace(row, started=False, session_id="")
+                finished, context, session_id = await self._turn(handle, row, None, label, last)
         except RunError as err:
-            self._store.finish_run(run_id, "failed", error=str(err))
-            log.warning("run.failed", run_id=run_id, error=str(err), kind=type(err).__name__)
-            await self._notice(first, renderer.describe_run_error(err))
-            return False
+            if isinstance(err, RunCancelledError) and err.by is None:
+                err.by = handle.cancelled_by
+            self._store.finish_run(handle.run_id, "cancelled" if isinstance(err, RunCancelledError) else "failed",
+                                   error=str(err))
+            log.warning("run.failed", run_id=handle.run_id, error=str(err), kind=type(err).__name__)
+            await self._finish(handle, renderer.describe_run_error(err))
+            return "cancelled" if isinstance(err, RunCancelledError) else "failed"
 
         # The session exists now (a result came back), even if that result is an error.
         self._store.save_thread(
-            replace(session, session_id=finished.session_id or session_id, started=True, last_ts=context.last_ts)
+            replace(row, session_id=finished.session_id or session_id, started=True, last_ts=context.last_ts)
         )
         self._store.finish_run(
-            run_id,
+            handle.run_id,
             "error" if finished.is_error else "done",
             error=finished.text[:500] if finished.is_error else None,
             num_turns=finished.num_turns,
             cost_usd=finished.cost_usd,
             duration_ms=finished.duration_ms,
         )
-        return not finished.is_error
-
-    async def _deliver(self, job: Job, finished: Finished, run_id: str) -> None:
-        """Post the outcome in the thread; runs while the CLI is still being shut down."""
         if finished.is_error:
-            await self._notice(job, renderer.describe_result_error(finished))
-            return
+            await self._finish(handle, renderer.describe_result_error(finished))
+            return "failed"
         posted_at = time.monotonic()
-        for message in renderer.render_answer(finished.text, renderer.footer(finished)):
-            await self._poster.post(job.channel, job.thread_ts, message)
+        await self._deliver(handle, renderer.render_answer(finished.text, renderer.footer(finished)))
         log.info(
             "run.answered",
-            run_id=run_id,
+            run_id=handle.run_id,
             session_id=finished.session_id,
             turns=finished.num_turns,
             post_ms=round((time.monotonic() - posted_at) * 1000, 1),
-            since_received_ms=round((time.monotonic() - job.received) * 1000, 1),
+            since_received_ms=round((time.monotonic() - last.received) * 1000, 1),
         )
+        return "done"
+
+    async def _turn(
+        self, handle: RunHandle, row: ThreadSession, resume_id: str | None, label: str, last: Job
+    ) -> tuple[Finished, Context, str]:
+        context = self._context(row, last, label, resume=resume_id is not None)
+        session, origin = await self._sessions.acquire(handle.key, Path(row.workdir), resume_id)
+        handle.session = session
+        self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)
+        log.info(
+            "run.spawning" if origin == "cold" else "run.reusing",
+            run_id=handle.run_id,
+            session_id=session.session_id,
+            origin=origin,
+            resume=resume_id is not None,
+            context_messages=context.included,
+            prompt_chars=len(context.prompt),
+            since_received_ms=round((time.monotonic() - last.received) * 1000, 1),
+        )
+
+        def on_event(event: RunEvent) -> None:
+            if isinstance(event, ToolCall):
+                handle.step = event.name
+                log.debug("run.tool", run_id=handle.run_id, tool=event.name)
+            elif isinstance(event, SessionStarted) and not row.started:
+                # the CLI has the session now: a reply after a crash can resume it
+                self._store.save_thread(replace(row, session_id=session.session_id, started=True))
+            elif isinstance(event, Finished):
+                log.info(
+                    "run.result",
+                    run_id=handle.run_id,
+                    is_error=event.is_error,
+                    since_received_ms=round((time.monotonic() - last.received) * 1000, 1),
+                )
+
+        try:
+            finished = await session.turn(
+                context.prompt,
+                on_event,
+                timeout=self._settings.run_timeout,
+                stall=self._settings.stall_seconds,
+                run_id=handle.run_id,
+            )
+        finally:
+            self._sessions.release(handle.key, session)
+        return finished, context, session.session_id
 
     def _context(self, session: ThreadSession, last: Job, label: str, resume: bool) -> Context:
         if resume:
@@ -160,58 +317,3 @@ class TaskPipeline:
         users = {m.user for m in self._store.channel_messages(job.channel, job.trigger_ts, 50) if m.user}
         users.update(m.user for m in self._store.thread_messages(job.channel, job.thread_ts) if m.user)
         await self._backfill.resolve(users)
-
-    async def _turn(
-        self, run_id: str, session: ThreadSession, session_id: str, resume: bool, context: Context, job: Job
-    ) -> Finished:
-        self._store.start_run(run_id, session.channel, session.thread_ts, session_id, job.user)
-        spec = RunSpec(
-            run_id=run_id,
-            prompt=context.prompt,
-            cwd=Path(session.workdir),
-            session_id=session_id,
-            resume=resume,
-            cli_path=self._settings.claude_cli_path,
-            env=self._settings.child_env,
-            timeout=self._settings.run_timeout,
-            system_prompt_append=SYSTEM_PROMPT_APPEND,
-            model=self._settings.model,
-            allowed_tools=self._settings.allowed_tools,
-            disallowed_tools=self._settings.disallowed_tools,
-        )
-        log.info(
-            "run.spawning",
-            run_id=run_id,
-            session_id=session_id,
-            resume=resume,
-            context_messages=context.included,
-            prompt_chars=len(context.prompt),
-            since_received_ms=round((time.monotonic() - job.received) * 1000, 1),
-        )
-        outcome: Finished | RunError
-        async with anyio.create_task_group() as tg:
-
-            def on_event(event: RunEvent) -> None:
-                if isinstance(event, ToolCall):
-                    log.debug("run.tool", run_id=run_id, tool=event.name)
-                elif isinstance(event, Finished) and not _lost_session(event):
-                    log.info(
-                        "run.result",
-                        run_id=run_id,
-                        is_error=event.is_error,
-                        since_received_ms=round((time.monotonic() - job.received) * 1000, 1),
-                    )
-                    # post the answer now; the CLI is shut down and reaped meanwhile
-                    tg.start_soon(self._deliver, job, event, run_id)
-
-            try:
-                outcome = await run_turn(spec, on_event)
-            except RunError as err:  # raised outside the task group, so callers see it as it is
-                outcome = err
-        if isinstance(outcome, RunError):
-            raise outcome
-        return outcome
-
-
-def _lost_session(finished: Finished) -> bool:
-    return finished.is_error and "no conversation found" in (finished.text + " ".join(finished.errors)).lower()

@@ -20,15 +20,8 @@ from bot.store import Store
 
 log = get_logger("slackbus.events")
 
-HELP = (
-    "*slackbus* runs Claude Code for this channel.\n"
-    "• Mention me with a task (`@slackbus fix the flaky test`), or use `/claude <task>`: I answer in a thread, "
-    "with the channel's recent messages as context.\n"
-    "• Reply in that thread to continue the same Claude session (no mention needed).\n"
-    "• Send me a direct message to work one to one."
-)
-
 SlashHandler = Callable[[dict[str, Any], AsyncAck], Awaitable[None]]
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def incoming(event: dict[str, Any], body: dict[str, Any], *, bot_user_id: str, received: float,
@@ -60,6 +53,8 @@ def register(
     store: Store,
     bot_user_id: str,
     on_slash: SlashHandler,
+    on_reaction: EventHandler,
+    on_stop: EventHandler,
 ) -> None:
     @app.middleware
     async def stamp_and_dedupe(
@@ -93,15 +88,20 @@ def register(
         dispatcher.on_message(incoming(event, body, bot_user_id=bot_user_id, received=context["received"]))
 
     @app.event("reaction_added")
-    async def on_reaction(event: dict[str, Any]) -> None:
-        log.debug("events.reaction", name=event.get("reaction"), user=event.get("user"))
+    async def reaction_added(event: dict[str, Any]) -> None:
+        await on_reaction(event)
 
     @app.command("/claude")
     async def on_claude(ack: AsyncAck, command: dict[str, Any]) -> None:
         await on_slash(command, ack)
 
+    @app.action("slackbus_stop")
+    async def stop_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        await on_stop(body)
+
     @app.action(re.compile(".*"))
-    async def on_action(ack: AsyncAck) -> None:
+    async def other_action(ack: AsyncAck) -> None:
         await ack()
 
 

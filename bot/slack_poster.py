@@ -62,6 +62,15 @@ class SlackPoster:
         )
         return ts
 
+    async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
+        """Replace a message the bot posted (status → answer); the store follows."""
+        await self.client.chat_update(channel=channel, ts=ts, text=message.text, blocks=message.blocks)
+        existing = self._store.get_message(channel, ts)
+        if existing is not None:
+            from dataclasses import replace
+
+            self._store.record_message(replace(existing, text=_plain(message)))
+
     async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
         if thread_ts:

@@ -278,6 +278,15 @@ class Store:
                 (t.channel, t.thread_ts, t.session_id, t.workdir, int(t.started), t.last_ts, t.requester, now, now),
             )
 
+    def recent_threads(self, channel: str, limit: int = 10) -> list[tuple[ThreadSession, float]]:
+        """This channel's threads with a session, most recently active first, with their last activity time."""
+        rows = self._db.execute(
+            "SELECT channel, thread_ts, session_id, workdir, started, last_ts, requester, updated_at FROM threads"
+            " WHERE channel=? AND session_id != '' ORDER BY updated_at DESC LIMIT ?",
+            (channel, limit),
+        ).fetchall()
+        return [(ThreadSession(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]), float(r[7])) for r in rows]
+
     # --- channels and users ------------------------------------------------------------------------
     def is_backfilled(self, channel: str) -> bool:
         row = self._db.execute("SELECT backfilled_at FROM channels WHERE channel=?", (channel,)).fetchone()

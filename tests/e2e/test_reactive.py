@@ -70,7 +70,7 @@ def test_thread_reply_continues_the_same_session(start_bot, fake_slack, fake_mod
     assert "what word did I ask you to remember?" in last
     assert "context line before the thread" not in last
     assert session_ids(fake_model)[0] == session_ids(fake_model)[1] != ""
-    assert len(fake_slack.bot_messages("C1", ts)) == 2
+    assert len(fake_slack.bot_messages("C1", ts)) == 2, [m["text"] for m in fake_slack.bot_messages("C1", ts)]
 
 
 def test_thread_reply_resumes_after_a_restart(start_bot, fake_slack, fake_model):

@@ -1,17 +1,21 @@
-"""Nothing accepted is lost when the bot dies: the next start runs it again and says so in the thread."""
+"""Nothing accepted is lost when the bot dies: interrupted runs are reported, queued tasks run after it."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from tests.conftest import processes_in
+from tests.conftest import processes_in, wait_no_processes
 from tests.e2e.test_reactive import answer_in
 from tests.e2e.test_safety import ALLOWED_TOOLS, show_env_script  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
 
-def test_a_run_killed_with_the_bot_is_run_again_after_restart(start_bot, fake_slack, fake_model, tmp_path):
+def test_a_run_killed_with_the_bot_is_reported_after_restart_and_a_reply_resumes(
+    start_bot, fake_slack, fake_model, tmp_path
+):
     bot = start_bot(**ALLOWED_TOOLS)
     fake_model.enqueue_tool_use("Bash", {"command": "./slow.sh", "description": "wait a long time"})
     ts = fake_slack.user_says("C1", "U1", "a long job [[id:k1]]", mention=True)
@@ -21,9 +25,13 @@ def test_a_run_killed_with_the_bot_is_run_again_after_restart(start_bot, fake_sl
 
     start_bot(**ALLOWED_TOOLS)
     notice = answer_in(fake_slack, "C1", ts, "restarted while working on this")
-    answer = answer_in(fake_slack, "C1", ts, "answer for k1")
-    assert float(notice["ts"]) < float(answer["ts"])
-    assert len([m for m in fake_slack.bot_messages("C1", ts) if "answer for k1" in m["text"]]) == 1
+    assert "Reply here to continue" in notice["text"]
+    time.sleep(1.0)
+    assert len(fake_model.requests) == 1  # nothing re-ran on its own
+
+    fake_slack.user_says("C1", "U1", "please go on [[id:k2]]", thread_ts=ts)
+    answer_in(fake_slack, "C1", ts, "answer for k2")
+    assert "a long job [[id:k1]]" in "\n".join(fake_model.user_texts(1))
 
 
 def test_a_request_queued_at_shutdown_runs_after_restart(start_bot, fake_slack, fake_model, tmp_path):
@@ -33,10 +41,15 @@ def test_a_request_queued_at_shutdown_runs_after_restart(start_bot, fake_slack, 
     fake_slack.wait_for(lambda: any("sleep 47" in cmd for _pid, cmd in processes_in(tmp_path / "work")),
                         timeout=20, what="the tool's sleep to start")
     waiting = fake_slack.user_says("C2", "U2", "queued behind it [[id:q1]]", mention=True)
-    fake_slack.wait_for(lambda: "hourglass_flowing_sand" in fake_slack.reactions("C2", waiting),
-                        what="the queued reaction")
+    answer_in(fake_slack, "C2", waiting, "Queued, position 1")
     assert bot.stop() == 0
+
+    # the running task was told it stopped; the queued one was not started during shutdown
+    answer_in(fake_slack, "C1", busy, "shutting down")
+    assert len(fake_model.requests) == 1
+    wait_no_processes(tmp_path / "work", timeout=5)
 
     start_bot(**ALLOWED_TOOLS)
     answer_in(fake_slack, "C2", waiting, "answer for q1")
-    answer_in(fake_slack, "C1", busy, "answer for q0")
+    time.sleep(1.0)
+    assert not [m for m in fake_slack.bot_messages("C1", busy) if "answer for q0" in m["text"]]

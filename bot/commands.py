@@ -1,0 +1,238 @@
+"""Job control from Slack: `/claude` and its subcommands, the 🛑 reaction and the Stop button.
+
+Every path checks who may: only allowed users start work; only the requester or an admin cancels.
+Answers to subcommands go back in the command's ack (ephemeral, within Slack's 3 s).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck
+from slack_sdk.errors import SlackApiError
+
+from bot import renderer
+from bot.config import Settings
+from bot.dispatcher import Dispatcher, Job, JobQueue
+from bot.log import get_logger
+from bot.pipeline import STOPPED, WORKING, RunHandle, TaskPipeline
+from bot.slack_poster import SlackPoster
+from bot.store import Store, StoredMessage, ThreadSession
+
+log = get_logger("slackbus.commands")
+
+HELP = """\
+*slackbus* runs Claude Code on tasks from this channel.
+• `@slackbus <task>` or `/claude <task>`: run a task; I answer in a thread, with the channel's recent messages \
+as context. Reply in the thread to continue the same Claude session (no mention needed).
+• `/claude status`: what is running and queued.
+• `/claude sessions`: this channel's recent sessions, with links to their threads.
+• `/claude cancel [thread link]`: stop your run (admins: any run). A :octagonal_sign: reaction on the request, \
+or the Stop button, does the same.
+• `/claude help`: this text."""
+
+_LINK = re.compile(r"archives/([CDG][A-Z0-9]+)/p(\d{10})(\d{6})(?:\S*?thread_ts=(\d+\.\d+))?")
+_TS = re.compile(r"^\d{10}\.\d{6}$")
+
+
+def parse_thread_ref(text: str) -> tuple[str | None, str] | None:
+    """A thread link (…/archives/C123/p1700000000000100[?thread_ts=…]) or a bare ts → (channel, thread ts)."""
+    text = text.strip().strip("<>").split("|")[0]
+    match = _LINK.search(text)
+    if match:
+        return match.group(1), match.group(4) or f"{match.group(2)}.{match.group(3)}"
+    if _TS.match(text):
+        return None, text
+    return None
+
+
+def _ago(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds // 60 % 60:02d}m"
+
+
+class Commands:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        queue: JobQueue,
+        pipeline: TaskPipeline,
+        poster: SlackPoster,
+        dispatcher: Dispatcher,
+        *,
+        workspace_url: str,
+        spawn: Callable[..., None],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._queue = queue
+        self._pipeline = pipeline
+        self._poster = poster
+        self._dispatcher = dispatcher
+        self._url = workspace_url.rstrip("/") + "/" if workspace_url else ""
+        self._spawn = spawn
+
+    def link(self, channel: str, ts: str, label: str = "thread") -> str:
+        if not self._url:
+            return f"`{ts}`"
+        return f"<{self._url}archives/{channel}/p{ts.replace('.', '')}|{label}>"
+
+    # --- /claude -----------------------------------------------------------------------------------------
+    async def slash(self, command: dict[str, Any], ack: AsyncAck) -> None:
+        text = str(command.get("text") or "").strip()
+        user = str(command.get("user_id") or "")
+        channel = str(command.get("channel_id") or "")
+        word, _, rest = text.partition(" ")
+        sub = word.lower()
+        if not self._settings.is_allowed(user):
+            await ack(
+                text=f"Sorry, you are not on this bot's allow list, so nothing was run: ask its operator to add your "
+                f"member id ({user}) to SLACKBUS_ALLOWED_USERS."
+            )
+            log.info("commands.refused", user=user, channel=channel, sub=sub or "help")
+            return
+        handlers: dict[str, Callable[[str, str, str], Awaitable[str]]] = {
+            "status": self._status,
+            "sessions": self._sessions,
+            "cancel": self._cancel,
+            "stop": self._cancel,
+        }
+        if not text or sub in {"help", "?", "-h", "--help"}:
+            await ack(text=HELP)
+            return
+        if sub in handlers:
+            await ack(text=await handlers[sub](user, channel, rest.strip()))
+            return
+        await ack(text="Got it: starting in a thread here.")
+        await self._start_task(user, channel, text)
+
+    async def _start_task(self, user: str, channel: str, text: str) -> None:
+        try:
+            parent_ts = await self._poster.post(channel, None, renderer.render_notice(f"<@{user}> asked: {text}"))
+        except SlackApiError as exc:
+            await self._poster.post_ephemeral(
+                channel, user, f"I could not post in this channel ({exc.response.get('error')}): invite me with "
+                "`/invite @slackbus` first."
+            )
+            return
+        # The parent stands for the user's request: record it as theirs, so context and follow-ups work.
+        self._store.record_message(StoredMessage(channel, parent_ts, None, user, None, text))
+        if not self._store.claim_request(channel, parent_ts, parent_ts, user, "command"):
+            return
+        self._store.save_thread(ThreadSession(channel, parent_ts, "", str(self._settings.workdir), False, "0", user))
+        self._dispatcher.submit(
+            Job(channel=channel, thread_ts=parent_ts, trigger_ts=parent_ts, user=user, new_session=True,
+                received=time.monotonic(), is_dm=channel.startswith("D"))
+        )
+
+    async def _status(self, user: str, channel: str, rest: str) -> str:
+        now = time.monotonic()
+        lines = []
+        running = sorted(self._pipeline.active.values(), key=lambda h: h.started)
+        cap = self._settings.max_concurrent
+        lines.append(f"*Running* ({len(running)} of {cap}):" if running else "*Running*: none")
+        for h in running:
+            step = f", {h.step}" if h.step else ""
+            where = self.link(h.channel, h.thread_ts)
+            lines.append(f"• <@{h.requester}> in <#{h.channel}>, {where}: for {_ago(now - h.started)}{step}")
+        waiting = self._queue.waiting()
+        lines.append(f"*Queued* ({len(waiting)}):" if waiting else "*Queued*: none")
+        for position, job in enumerate(waiting, start=1):
+            lines.append(
+                f"{position}. <@{job.user}> in <#{job.channel}>, {self.link(job.channel, job.thread_ts)}: waiting "
+                f"{_ago(now - job.received)}"
+            )
+        return "\n".join(lines)
+
+    async def _sessions(self, user: str, channel: str, rest: str) -> str:
+        threads = self._store.recent_threads(channel, limit=10)
+        if not threads:
+            return "No Claude sessions in this channel yet: mention me with a task to start one."
+        lines = ["*Recent sessions in this channel* (reply in a thread to continue it):"]
+        for thread, updated in threads:
+            key = (thread.channel, thread.thread_ts)
+            state = "running" if key in self._pipeline.active else "idle"
+            who = f"<@{thread.requester}>" if thread.requester else "someone"
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(updated))
+            lines.append(
+                f"• {self.link(thread.channel, thread.thread_ts)}: started by {who}, session "
+                f"`{thread.session_id[:8]}`, last active {when}, {state}"
+            )
+        return "\n".join(lines)
+
+    async def _cancel(self, user: str, channel: str, rest: str) -> str:
+        if rest:
+            ref = parse_thread_ref(rest)
+            if ref is None:
+                return "I could not read that: give a thread link (⋮ → Copy link) or nothing, to cancel your own run."
+            ref_channel, ts = ref
+            target_channel = ref_channel or channel
+            handle = self._pipeline.find(target_channel, ts)
+            queued = [
+                j for j in self._queue.waiting() if j.channel == target_channel and ts in (j.thread_ts, j.trigger_ts)
+            ]
+        else:
+            mine = [h for h in self._pipeline.active.values() if h.requester == user and h.channel == channel]
+            mine = mine or [h for h in self._pipeline.active.values() if h.requester == user]
+            handle = max(mine, key=lambda h: h.started) if mine else None
+            queued = [] if handle else [j for j in self._queue.waiting() if j.user == user][-1:]
+        if handle is not None:
+            return await self.cancel_run(handle, user)
+        if queued:
+            job = queued[0]
+            if job.user != user and not self._settings.is_admin(user):
+                return "Only the person who asked, or an admin (SLACKBUS_ADMIN_USERS), can cancel that task."
+            for removed in self._queue.remove(job.key):
+                self._store.set_request_status(removed.channel, [removed.trigger_ts], "cancelled")
+                self._spawn(self._poster.unreact, removed.channel, removed.trigger_ts, WORKING)
+                self._spawn(self._poster.react, removed.channel, removed.trigger_ts, STOPPED)
+            self._spawn(self._poster.post, job.channel, job.thread_ts,
+                        renderer.render_notice(f":octagonal_sign: Cancelled by <@{user}> before it started."))
+            return "Cancelled the queued task."
+        return "Nothing of yours is running or queued." if not rest else "No run or queued task in that thread."
+
+    async def cancel_run(self, handle: RunHandle, user: str) -> str:
+        if user != handle.requester and not self._settings.is_admin(user):
+            log.info("commands.cancel_refused", user=user, run_id=handle.run_id)
+            return (f"Only <@{handle.requester}>, who asked, or an admin (SLACKBUS_ADMIN_USERS) can cancel that run.")
+        self._spawn(self._pipeline.cancel, handle, user)
+        return f"Cancelling the run in {self.link(handle.channel, handle.thread_ts)}."
+
+    # --- 🛑 and the Stop button ----------------------------------------------------------------------------
+    async def on_reaction(self, event: dict[str, Any]) -> None:
+        if event.get("reaction") != STOPPED:
+            return
+        item = event.get("item") or {}
+        user = str(event.get("user") or "")
+        channel, ts = str(item.get("channel") or ""), str(item.get("ts") or "")
+        handle = self._pipeline.find(channel, ts)
+        if handle is None or handle.cancelled_by:
+            return
+        if not self._settings.is_allowed(user):
+            return
+        answer = await self.cancel_run(handle, user)
+        if answer.startswith("Only"):
+            await self._poster.post_ephemeral(channel, user, answer, handle.thread_ts)
+
+    async def on_stop_button(self, body: dict[str, Any]) -> None:
+        user = str((body.get("user") or {}).get("id") or "")
+        action = (body.get("actions") or [{}])[0]
+        channel, _, thread_ts = str(action.get("value") or "").partition("|")
+        handle = self._pipeline.find(channel, thread_ts)
+        if handle is None:
+            await self._poster.post_ephemeral(channel, user, "That run has already finished.", thread_ts or None)
+            return
+        if not self._settings.is_allowed(user):
+            await self._poster.post_ephemeral(channel, user, "You are not on this bot's allow list.", thread_ts)
+            return
+        answer = await self.cancel_run(handle, user)
+        if answer.startswith("Only"):
+            await self._poster.post_ephemeral(channel, user, answer, thread_ts)

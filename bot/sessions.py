@@ -1,0 +1,203 @@
+"""Which `claude` process serves a thread: warm sessions, a pool of pre-started ones, and a cap on them all.
+
+- warm: a thread's session stays alive after its turn (SLACKBUS_IDLE_SECONDS), so a follow-up skips the
+  CLI's cold start; an idle reaper closes it afterwards.
+- pool: SLACKBUS_WARM_POOL pre-started, connected new sessions per working directory, refilled in the
+  background, so a mention's first query goes to a process that is already up.
+- cap: pool + warm + running ≤ SLACKBUS_MAX_PROCESSES. A new process first evicts an idle pooled or warm one
+  (least recently used); pool refills only use free room.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from bot.claude_runner import ClaudeSession, SessionSpec
+from bot.errors import RunError
+from bot.log import get_logger
+
+log = get_logger("slackbus.sessions")
+
+ThreadKey = tuple[str, str]
+
+
+class SessionManager:
+    def __init__(
+        self,
+        make_spec: Callable[[Path, str, bool], SessionSpec],
+        *,
+        max_processes: int,
+        warm_pool: int,
+        idle_seconds: float,
+        default_cwd: Path,
+    ) -> None:
+        self._make_spec = make_spec
+        self.max_processes = max_processes
+        self.warm_pool = warm_pool
+        self.idle_seconds = idle_seconds
+        self.default_cwd = default_cwd
+        self._warm: dict[ThreadKey, ClaudeSession] = {}
+        self._pool: dict[Path, list[ClaudeSession]] = {}
+        self._live: set[ClaudeSession] = set()
+        self._filling: set[Path] = set()
+        self._tg: TaskGroup | None = None
+        self.peak_live = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._reaper)
+            self.refill(self.default_cwd)
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.close_all()
+                tg.cancel_scope.cancel()
+
+    async def close_all(self) -> None:
+        """Abort busy sessions and close idle ones, all at once; bounded by the sessions' own bounds."""
+        sessions = list(self._live)
+        self._warm.clear()
+        self._pool.clear()
+        if not sessions:
+            return
+        async with anyio.create_task_group() as tg:
+            for s in sessions:
+                tg.start_soon(s.close)
+
+    # --- numbers for status and benchmarks ---------------------------------------------------------------
+    @property
+    def live(self) -> int:
+        self._live = {s for s in self._live if s.state != "closed"}
+        return len(self._live)
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in self._live if s.pid and s.state != "closed"]
+
+    def counts(self) -> dict[str, int]:
+        pooled = sum(len(v) for v in self._pool.values())
+        busy = sum(1 for s in self._live if s.state == "busy")
+        return {"live": self.live, "pool": pooled, "warm": len(self._warm), "busy": busy}
+
+    # --- acquire / release ------------------------------------------------------------------------------
+    async def acquire(self, key: ThreadKey, cwd: Path, resume_id: str | None) -> tuple[ClaudeSession, str]:
+        """A session for this thread: its warm one, a pooled one (new sessions), or a new process.
+
+        Returns the session and where it came from ("warm", "pool" or "cold").
+        """
+        warm = self._warm.pop(key, None)
+        if warm is not None:
+            if warm.alive and warm.state == "idle" and warm.session_id == resume_id:
+                return warm, "warm"
+            await warm.close()
+        if resume_id is None:
+            pooled = self._take_pooled(cwd)
+            if pooled is not None:
+                self.refill(cwd)
+                return pooled, "pool"
+        session = await self._start(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None))
+        return session, "cold"
+
+    def release(self, key: ThreadKey, session: ClaudeSession) -> None:
+        """After a turn: keep a healthy session warm for the thread, close anything else."""
+        if session.alive and self.idle_seconds > 0:
+            previous = self._warm.get(key)
+            if previous is not None and previous is not session:
+                self._spawn(previous.close)
+            self._warm[key] = session
+        else:
+            self._spawn(session.close)
+
+    def warm_session(self, key: ThreadKey) -> ClaudeSession | None:
+        return self._warm.get(key)
+
+    # --- internals -----------------------------------------------------------------------------------------
+    def _spawn(self, fn: Callable[[], object]) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(fn)  # type: ignore[arg-type]
+
+    def _take_pooled(self, cwd: Path) -> ClaudeSession | None:
+        pool = self._pool.get(cwd, [])
+        while pool:
+            session = pool.pop(0)
+            if session.alive and session.state == "idle":
+                return session
+            self._spawn(session.close)
+        return None
+
+    async def _start(self, spec: SessionSpec) -> ClaudeSession:
+        assert self._tg is not None, "SessionManager.run must be running"
+        await self._make_room()
+        session = ClaudeSession(spec)
+        self._live.add(session)
+        self.peak_live = max(self.peak_live, self.live)
+        try:
+            await self._tg.start(session.serve)
+        except RunError:
+            self._live.discard(session)
+            raise
+        return session
+
+    async def _make_room(self) -> None:
+        """Close idle sessions until one more process fits under the cap (pool first, then LRU warm)."""
+        while self.live >= self.max_processes:
+            victim = self._pick_victim()
+            if victim is None:
+                log.warning("sessions.over_cap", live=self.live, cap=self.max_processes)
+                return
+            await victim.close()
+            self._live.discard(victim)
+
+    def _pick_victim(self) -> ClaudeSession | None:
+        for cwd, pool in self._pool.items():
+            if pool:
+                victim = pool.pop(0)
+                log.info("sessions.evict", kind="pool", cwd=str(cwd))
+                return victim
+        idle = [(s.last_used, key) for key, s in self._warm.items() if s.state == "idle"]
+        if idle:
+            _, key = min(idle)
+            log.info("sessions.evict", kind="warm", channel=key[0], thread_ts=key[1])
+            return self._warm.pop(key)
+        return None
+
+    def refill(self, cwd: Path) -> None:
+        if self.warm_pool > 0 and cwd not in self._filling:
+            self._spawn(lambda: self._refill(cwd))
+
+    async def _refill(self, cwd: Path) -> None:
+        self._filling.add(cwd)
+        try:
+            pool = self._pool.setdefault(cwd, [])
+            while len([s for s in pool if s.alive]) < self.warm_pool and self.live < self.max_processes:
+                try:
+                    session = await self._start(self._make_spec(cwd, str(uuid.uuid4()), False))
+                except RunError as err:
+                    log.warning("sessions.pool_start_failed", cwd=str(cwd), error=str(err))
+                    return
+                pool.append(session)
+                log.info("sessions.pooled", cwd=str(cwd), session_id=session.session_id, pid=session.pid)
+        finally:
+            self._filling.discard(cwd)
+
+    async def _reaper(self) -> None:
+        interval = max(0.2, min(5.0, self.idle_seconds / 4 if self.idle_seconds > 0 else 5.0))
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            for key, session in list(self._warm.items()):
+                if session.state == "idle" and now - session.last_used >= self.idle_seconds:
+                    self._warm.pop(key, None)
+                    log.info("sessions.reaped_idle", channel=key[0], thread_ts=key[1], session_id=session.session_id)
+                    self._spawn(session.close)
+                elif not session.alive and session.state != "busy":
+                    self._warm.pop(key, None)
