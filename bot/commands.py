@@ -111,6 +111,11 @@ class Commands:
         if sub in handlers:
             await ack(text=await handlers[sub](user, channel, rest.strip()))
             return
+        if not rest and re.fullmatch(r"[a-z][a-z-]{1,15}", word):
+            # one bare word is a mistyped subcommand far more often than a task
+            await ack(text=f"`{word}` is not a subcommand I know. To run a task, describe it: "
+                      f"`/claude {word} the flaky login test`.\n\n{HELP}")
+            return
         await ack(text="Got it: starting in a thread here.")
         await self._start_task(user, channel, text)
 
