@@ -65,26 +65,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from bot.config import load_settings, resolve_cli
+    from bot import doctor
 
-    try:
-        if args.cli_only:
-            from bot.config import read_environment
-
-            path = resolve_cli(read_environment(env_file=args.env_file))
-            print(f"claude CLI: {path} ({check_cli(path)})")
-            return 0
-        settings = load_settings(env_file=args.env_file)
-        print(f"claude CLI: {settings.claude_cli_path} ({check_cli(settings.claude_cli_path)})")
-    except ConfigError as exc:
-        return _fail(str(exc))
-    print(f"Slack Web API: {settings.slack_api_url}")
-    print(f"state: {settings.db_path}")
-    print(f"working directory: {settings.workdir}")
-    allowed = "everyone" if "*" in settings.allowed_users else ", ".join(sorted(settings.allowed_users))
-    print(f"allowed users: {allowed}")
-    print(f"max concurrent runs: {settings.max_concurrent}; run timeout: {settings.run_timeout:g} s")
-    return 0
+    return doctor.run(args.env_file, cli_only=args.cli_only)
 
 
 def build_parser() -> argparse.ArgumentParser:

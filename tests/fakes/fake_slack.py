@@ -94,6 +94,12 @@ class Envelope:
     connection: int  # number of the socket it went out on (1 = first accepted)
 
 
+MANIFEST_BOT_SCOPES = (
+    "app_mentions:read", "channels:history", "groups:history", "im:history", "mpim:history", "channels:read",
+    "groups:read", "chat:write", "commands", "reactions:read", "reactions:write", "users:read", "files:write",
+)
+
+
 class NotConnectedError(RuntimeError):
     """No Socket Mode connection was open to deliver an envelope to."""
 
@@ -238,6 +244,9 @@ class FakeSlack:
         self._connection_count = 0
         self._disconnect_count = 0
         self.internal_errors: list[str] = []
+        # what the bot token was granted (sent as x-oauth-scopes, like Slack) and the channels the bot is in
+        self.scopes: list[str] = list(MANIFEST_BOT_SCOPES)
+        self.bot_channels: list[str] = ["C1"]
         self._ts_us = _FIRST_TS_US
         self._ids = itertools.count(1)
 
@@ -250,6 +259,7 @@ class FakeSlack:
 
         self._methods: dict[str, Callable[[dict[str, Any], Call], dict[str, Any]]] = {
             "auth.test": self._m_auth_test,
+            "users.conversations": self._m_users_conversations,
             "apps.connections.open": self._m_apps_connections_open,
             "chat.postMessage": self._m_chat_post_message,
             "chat.update": self._m_chat_update,
@@ -553,7 +563,8 @@ class FakeSlack:
         except Exception:
             self.internal_errors.append(f"{method}: {traceback.format_exc()}")
             return 500, {"ok": False, "error": "fake_internal_error"}, {}
-        return 200, {"ok": True, **result}, {}
+        headers = {"x-oauth-scopes": ",".join(self.scopes)} if call.token_kind == "bot" else {}
+        return 200, {"ok": True, **result}, headers
 
     def _auth_error(self, method: str, token: str | None, kind: str | None) -> str | None:
         if token is None:
@@ -685,6 +696,12 @@ class FakeSlack:
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
+        }
+
+    def _m_users_conversations(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        return {
+            "channels": [{"id": c, "name": f"chan-{c.lower()}", "is_member": True} for c in self.bot_channels],
+            "response_metadata": {"next_cursor": ""},
         }
 
     def _m_apps_connections_open(self, params: dict[str, Any], call: Call) -> dict[str, Any]:

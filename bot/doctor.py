@@ -1,0 +1,130 @@
+"""`slackbus doctor`: check what a new operator gets wrong, one line per check with the fix.
+
+It never opens a Socket Mode connection (that would take events away from a running bot): it only asks
+apps.connections.open for a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.config import Settings, load_settings, read_environment, resolve_cli
+from bot.errors import ConfigError
+
+REQUIRED_SCOPES = (
+    "app_mentions:read", "channels:history", "groups:history", "im:history", "chat:write", "commands",
+    "reactions:read", "reactions:write", "users:read", "channels:read",
+)
+EVENTS = "app_mention, message.channels, message.groups, message.im, message.mpim, reaction_added"
+ANTHROPIC_CREDENTIALS = (
+    "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool | None  # None: cannot be checked from here (information)
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = {True: "ok  ", False: "FAIL", None: "note"}[self.ok]
+        return f"{mark}  {self.what}" + (f"\n      → {self.fix}" if self.fix and self.ok is not True else "")
+
+
+def _anthropic_credential(env: Mapping[str, str]) -> Check:
+    present = [name for name in ANTHROPIC_CREDENTIALS if env.get(name)]
+    home = Path(env.get("HOME") or Path.home())
+    if present:
+        return Check(True, f"Anthropic credential: {', '.join(present)} set")
+    if (home / ".claude" / ".credentials.json").exists():
+        return Check(True, f"Anthropic credential: a Claude login in {home / '.claude'}")
+    return Check(
+        False,
+        "Anthropic credential: none found",
+        "set ANTHROPIC_API_KEY in .env (or run `claude` once and log in as the user that runs the bot)",
+    )
+
+
+async def _slack_checks(settings: Settings) -> list[Check]:
+    checks: list[Check] = []
+    bot = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=15)
+    app = AsyncWebClient(token=settings.slack_app_token, base_url=settings.slack_api_url, timeout=15)
+    try:
+        with anyio.fail_after(20):
+            auth = await bot.auth_test()
+        checks.append(Check(True, f"SLACK_BOT_TOKEN: valid, bot user {auth.get('user')} ({auth.get('user_id')}) "
+                                  f"in {auth.get('team')}"))
+        granted = {s.strip() for s in str(auth.headers.get("x-oauth-scopes", "")).split(",") if s.strip()}
+        if granted:
+            missing = [s for s in REQUIRED_SCOPES if s not in granted]
+            checks.append(
+                Check(not missing, "bot scopes: " + ("all present" if not missing else f"missing {', '.join(missing)}"),
+                      "add them from manifest.yaml (OAuth & Permissions → Scopes), then reinstall the app")
+            )
+    except SlackApiError as exc:
+        checks.append(Check(False, f"SLACK_BOT_TOKEN: refused ({exc.response.get('error')})",
+                            "copy the Bot User OAuth Token (xoxb-…) from OAuth & Permissions; reinstall if revoked"))
+        return checks
+    except (TimeoutError, OSError) as exc:
+        checks.append(Check(False, f"Slack Web API at {settings.slack_api_url}: unreachable ({type(exc).__name__})",
+                            "check the network, a proxy, or SLACK_API_URL"))
+        return checks
+    try:
+        with anyio.fail_after(20):
+            await app.apps_connections_open(app_token=settings.slack_app_token)
+        checks.append(Check(True, "SLACK_APP_TOKEN: Socket Mode reachable"))
+    except SlackApiError as exc:
+        checks.append(Check(False, f"SLACK_APP_TOKEN: Socket Mode refused ({exc.response.get('error')})",
+                            "enable Socket Mode, and make an app-level token with connections:write"))
+    except (TimeoutError, OSError) as exc:
+        checks.append(Check(False, f"Socket Mode: unreachable ({type(exc).__name__})", "check the network"))
+    try:
+        with anyio.fail_after(20):
+            resp = await bot.users_conversations(types="public_channel,private_channel", limit=200)
+        names = [f"#{c.get('name')}" for c in resp.get("channels") or []]
+        checks.append(Check(bool(names), "channels the bot is in: " + (", ".join(names[:10]) or "none"),
+                            "invite it where it should work: /invite @slackbus"))
+    except SlackApiError as exc:
+        checks.append(Check(None, f"channel membership: cannot list ({exc.response.get('error')})",
+                            "add the channels:read and groups:read scopes to let doctor check"))
+    checks.append(Check(None, f"event subscriptions cannot be read with these tokens; they must include {EVENTS}",
+                        "compare Event Subscriptions with manifest.yaml"))
+    return checks
+
+
+def run(env_file: str | None = None, *, cli_only: bool = False) -> int:
+    from bot.cli import check_cli
+
+    env = read_environment(env_file=env_file)
+    checks: list[Check] = []
+    try:
+        cli = resolve_cli(env)
+        checks.append(Check(True, f"claude CLI: {cli} ({check_cli(cli)})"))
+    except ConfigError as exc:
+        checks.append(Check(False, f"claude CLI: {exc}"))
+    if not cli_only:
+        try:
+            settings = load_settings(env_file=env_file)
+        except ConfigError as exc:
+            checks.append(Check(False, f"settings: {exc}"))
+        else:
+            checks.append(Check(True, f"state folder: {settings.home} (writable)"))
+            checks.append(Check(True, f"working directory: {settings.workdir}"))
+            checks.append(_anthropic_credential({**settings.child_env, "HOME": env.get("HOME", str(Path.home()))}))
+            checks.extend(anyio.run(_slack_checks, settings))
+    for check in checks:
+        print(check.line())
+    failed = sum(1 for c in checks if c.ok is False)
+    print(f"\n{len(checks)} checks, {failed} to fix." if failed else f"\n{len(checks)} checks, all good.")
+    return 1 if failed else 0
+
+
+__all__ = ["Check", "run"]
