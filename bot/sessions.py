@@ -114,7 +114,7 @@ class SessionManager:
             if previous is not None and previous is not session:
                 self._spawn(previous.close)
             self._warm[key] = session
-        else:
+        elif session.state != "closed":
             self._spawn(session.close)
 
     def warm_session(self, key: ThreadKey) -> ClaudeSession | None:
@@ -122,8 +122,13 @@ class SessionManager:
 
     # --- internals -----------------------------------------------------------------------------------------
     def _spawn(self, fn: Callable[[], object]) -> None:
-        if self._tg is not None:
+        """Run in the background; during shutdown the task group is gone and close_all does the closing."""
+        if self._tg is None:
+            return
+        try:
             self._tg.start_soon(fn)  # type: ignore[arg-type]
+        except RuntimeError:
+            log.debug("sessions.spawn_after_shutdown")
 
     def _take_pooled(self, cwd: Path) -> ClaudeSession | None:
         pool = self._pool.get(cwd, [])

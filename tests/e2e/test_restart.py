@@ -53,3 +53,21 @@ def test_a_request_queued_at_shutdown_runs_after_restart(start_bot, fake_slack, 
     answer_in(fake_slack, "C2", waiting, "answer for q1")
     time.sleep(1.0)
     assert not [m for m in fake_slack.bot_messages("C1", busy) if "answer for q0" in m["text"]]
+
+
+def test_sigterm_with_four_runs_in_flight_tells_every_thread_and_exits_quickly(
+    start_bot, fake_slack, fake_model, tmp_path
+):
+    bot = start_bot(**ALLOWED_TOOLS)
+    threads = []
+    for i in range(4):
+        fake_model.enqueue_tool_use("Bash", {"command": "./slow.sh", "description": "wait a long time"})
+        threads.append((f"C{i}", fake_slack.user_says(f"C{i}", "U1", f"long job {i}", mention=True)))
+    fake_slack.wait_for(lambda: sum("sleep 47" in cmd for _p, cmd in processes_in(tmp_path / "work")) == 4,
+                        timeout=30, what="four tools running")
+    started = time.monotonic()
+    assert bot.stop() == 0
+    assert time.monotonic() - started < 15
+    wait_no_processes(tmp_path / "work", timeout=2)
+    for channel, ts in threads:
+        answer_in(fake_slack, channel, ts, "shutting down", timeout=1)

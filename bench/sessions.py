@@ -1,0 +1,166 @@
+"""Warm threads, the pre-started pool, /claude acks, memory, shutdown.
+
+- follow-up → answer in a warm thread vs a cold `--resume` (SLACKBUS_IDLE_SECONDS=0)
+- mention → answer with the pool warm vs off (SLACKBUS_WARM_POOL=0)
+- /claude ack time
+- RSS of the bot and all its claude children after 28 threads
+- shutdown time with 4 runs in flight, and processes left after it
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import rig, summary, write_results
+from tests.conftest import processes_in
+
+SLOW = {"SLACKBUS_ALLOWED_TOOLS": "Bash(./slow.sh)"}
+
+
+def answered_at(slack: Any, channel: str, thread_ts: str, needle: str, timeout: float = 60) -> float:
+    slack.wait_for(lambda: [m for m in slack.bot_messages(channel, thread_ts) if needle in (m.get("text") or "")],
+                   timeout=timeout)
+    for call in slack.calls:
+        if call.method in {"chat.postMessage", "chat.update"} and needle in str(call.params.get("text", "")):
+            return float(call.t)
+    raise AssertionError(f"no call carried {needle!r}")
+
+
+def sent_at(slack: Any, ts: str) -> float:
+    return min(e.t for e in slack.envelopes_for(ts))
+
+
+def follow_ups(n: int, warm: bool) -> list[float]:
+    overrides = {"SLACKBUS_WARM_POOL": "0"} | ({} if warm else {"SLACKBUS_IDLE_SECONDS": "0"})
+    out = []
+    with rig(**overrides) as (slack, _model, _bot, _root):
+        for i in range(n):
+            ts = slack.user_says("C1", "U1", f"start {i} [[id:a{i}]]", mention=True)
+            answered_at(slack, "C1", ts, f"answer for a{i}")
+            slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts))
+            reply = slack.user_says("C1", "U1", f"follow-up {i} [[id:b{i}]]", thread_ts=ts)
+            out.append((answered_at(slack, "C1", ts, f"answer for b{i}") - sent_at(slack, reply)) * 1000)
+            slack.wait_for(lambda r=reply: "white_check_mark" in slack.reactions("C1", r))
+    return out
+
+
+def mentions(n: int, pool: bool) -> list[float]:
+    out = []
+    with rig(SLACKBUS_WARM_POOL="1" if pool else "0", SLACKBUS_IDLE_SECONDS="0") as (slack, _model, bot, _root):
+        for i in range(n):
+            if pool:
+                bot.wait_event("sessions.pooled", count=i + 1, timeout=30)
+            ts = slack.user_says("C1", "U1", f"question {i} [[id:m{i}]]", mention=True)
+            out.append((answered_at(slack, "C1", ts, f"answer for m{i}") - sent_at(slack, ts)) * 1000)
+            slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts))
+    return out
+
+
+def acks(n: int) -> list[float]:
+    out = []
+    with rig() as (slack, _model, _bot, _root):
+        for _ in range(n):
+            envelope = slack.slash_command(text="status", user="U1")
+            acked, _payload = slack.wait_ack(envelope)
+            sent = next(e.t for e in slack.envelopes if e.envelope_id == envelope)
+            out.append((acked - sent) * 1000)
+    return out
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return [int(x) for x in out.stdout.split()]
+
+
+def memory_after_threads(n: int) -> dict[str, Any]:
+    with rig() as (slack, _model, bot, _root):
+        idle_rss = rss_kb(bot.proc.pid)
+        peak_children = 0
+        for i in range(n):
+            ts = slack.user_says(f"C{i % 4}", "U1", f"thread {i} [[id:t{i}]]", mention=True)
+            answered_at(slack, f"C{i % 4}", ts, f"answer for t{i}")
+            peak_children = max(peak_children, len(children(bot.proc.pid)))
+        time.sleep(1.0)
+        kids = children(bot.proc.pid)
+        return {
+            "threads": n,
+            "bot_rss_mb_idle": round(idle_rss / 1024, 1),
+            "bot_rss_mb": round(rss_kb(bot.proc.pid) / 1024, 1),
+            "claude_children": len(kids),
+            "claude_children_peak": peak_children,
+            "claude_rss_mb_total": round(sum(rss_kb(k) for k in kids) / 1024, 1),
+            "claude_rss_mb_each": round(sum(rss_kb(k) for k in kids) / 1024 / max(len(kids), 1), 1),
+        }
+
+
+def shutdown_with_runs(runs: int = 4) -> dict[str, Any]:
+    with rig(**SLOW) as (slack, model, bot, root):
+        work = root / "work"
+        script = work / "slow.sh"
+        script.write_text("#!/bin/sh\nsleep 47\n")
+        script.chmod(0o755)
+        for i in range(runs):
+            model.enqueue_tool_use("Bash", {"command": "./slow.sh", "description": "wait"})
+            slack.user_says(f"C{i}", "U1", f"long job {i}", mention=True)
+        slack.wait_for(lambda: sum("sleep 47" in c for _p, c in processes_in(work)) >= runs, timeout=60)
+        started = time.monotonic()
+        bot.proc.send_signal(signal.SIGTERM)
+        code = bot.proc.wait(30)
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)
+        left = processes_in(work)
+        notices = sum(1 for c in range(runs) for m in slack.bot_messages(f"C{c}") if "shutting down" in m["text"])
+        return {"runs_in_flight": runs, "shutdown_s": round(elapsed, 2), "exit_code": code,
+                "processes_left": len(left), "notices_posted": notices}
+
+
+def run(n: int = 20) -> dict[str, Any]:
+    return {
+        "follow_up_warm_ms": summary(follow_ups(n, warm=True)),
+        "follow_up_cold_resume_ms": summary(follow_ups(n, warm=False)),
+        "mention_pool_warm_ms": summary(mentions(n, pool=True)),
+        "mention_pool_off_ms": summary(mentions(n, pool=False)),
+        "slash_ack_ms": summary(acks(50)),
+        "memory": memory_after_threads(28),
+        "shutdown": shutdown_with_runs(4),
+    }
+
+
+def print_table(f: dict[str, Any]) -> None:
+    print("sessions (ms: p50 / p95 / max)")
+    for key in ("follow_up_warm_ms", "follow_up_cold_resume_ms", "mention_pool_warm_ms", "mention_pool_off_ms",
+                "slash_ack_ms"):
+        s = f[key]
+        print(f"  {key:<26} {s['p50']:>8} / {s['p95']:>8} / {s['max']:>8}   (n={s['n']})")
+    print(f"  memory: {f['memory']}")
+    print(f"  shutdown: {f['shutdown']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=20)
+    args = parser.parse_args()
+    figures = run(args.n)
+    write_results("sessions", figures)
+    print_table(figures)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
