@@ -42,7 +42,8 @@ def run(n: int = 50, channels: int = 5) -> dict[str, Any]:
         time.sleep(0.3)
         window = slack.calls[calls_before:]
         by_method = collections.Counter(c.method for c in window)
-        spawn = [e["since_received_ms"] for e in bot.events("run.spawning")][channels:]
+        # "run.acquiring": the moment the bot asks for a claude process (spawns one, or takes a warm one)
+        spawn = [e["since_received_ms"] for e in bot.events("run.acquiring")][channels:]
         result = [e["since_received_ms"] for e in bot.events("run.result")][channels:]
         posted = [e["since_received_ms"] for e in bot.events("run.answered")][channels:]
         overhead = [s + (p - r) for s, r, p in zip(spawn, result, posted, strict=False)]

@@ -306,19 +306,19 @@ class ClaudeSession:
             await self.abort()
 
     async def abort(self) -> None:
-        """Interrupt whatever runs and close the session; bounded (about 20 s worst case)."""
+        """Stop whatever runs and close the session; bounded (about 20 s worst case).
+
+        SIGINT stops the turn and its tools at once (the interrupt request would need the SDK's reader task,
+        which shutdown may have cancelled already); the owner task then closes stdin and reaps the process.
+        """
         self.healthy = False
         self._send.close()
         client, turn = self._client, self._current
         log.info("claude.abort", session_id=self.session_id, mid_turn=turn is not None)
-        if turn is not None and client is not None:
-            await self._interrupt(client)
-            with anyio.move_on_after(INTERRUPT_GRACE_S):
-                await turn.done.wait()
-            process = _process_of(client)
-            if not turn.done.is_set() and process is not None and process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGINT)
+        process = _process_of(client) if client is not None else None
+        if turn is not None and process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
         with anyio.move_on_after(25.0):
             await self._closed.wait()
 

@@ -264,6 +264,8 @@ class TaskPipeline:
         self, handle: RunHandle, row: ThreadSession, resume_id: str | None, label: str, last: Job
     ) -> tuple[Finished, Context, str]:
         context = self._context(row, last, label, resume=resume_id is not None)
+        log.info("run.acquiring", run_id=handle.run_id, resume=resume_id is not None,
+                 since_received_ms=round((time.monotonic() - last.received) * 1000, 1))
         session, origin = await self._sessions.acquire(handle.key, Path(row.workdir), resume_id)
         handle.session = session
         self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)

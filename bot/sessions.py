@@ -47,6 +47,7 @@ class SessionManager:
         self._live: set[ClaudeSession] = set()
         self._filling: set[Path] = set()
         self._tg: TaskGroup | None = None
+        self._room = anyio.Lock()
         self.peak_live = 0
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class SessionManager:
                 self.refill(cwd)
                 return pooled, "pool"
         session = await self._start(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None))
+        assert session is not None
         return session, "cold"
 
     def release(self, key: ThreadKey, session: ClaudeSession) -> None:
@@ -139,11 +141,15 @@ class SessionManager:
             self._spawn(session.close)
         return None
 
-    async def _start(self, spec: SessionSpec) -> ClaudeSession:
+    async def _start(self, spec: SessionSpec, *, evict: bool = True) -> ClaudeSession | None:
+        """A new process, started and connected. Without `evict`, only if there is free room (else None)."""
         assert self._tg is not None, "SessionManager.run must be running"
-        await self._make_room()
-        session = ClaudeSession(spec)
-        self._live.add(session)
+        async with self._room:  # making room and taking the slot are one step
+            if not evict and self.live >= self.max_processes:
+                return None
+            await self._make_room()
+            session = ClaudeSession(spec)
+            self._live.add(session)
         self.peak_live = max(self.peak_live, self.live)
         try:
             await self._tg.start(session.serve)
@@ -185,9 +191,11 @@ class SessionManager:
             pool = self._pool.setdefault(cwd, [])
             while len([s for s in pool if s.alive]) < self.warm_pool and self.live < self.max_processes:
                 try:
-                    session = await self._start(self._make_spec(cwd, str(uuid.uuid4()), False))
+                    session = await self._start(self._make_spec(cwd, str(uuid.uuid4()), False), evict=False)
                 except RunError as err:
                     log.warning("sessions.pool_start_failed", cwd=str(cwd), error=str(err))
+                    return
+                if session is None:
                     return
                 pool.append(session)
                 log.info("sessions.pooled", cwd=str(cwd), session_id=session.session_id, pid=session.pid)
