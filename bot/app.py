@@ -148,6 +148,7 @@ class Bot:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             await tg.start(sessions.run)
+            tg.start_soon(poster.run_outbox)
             queue.attach(tg)
             tg.start_soon(self._watch_signals, tg.cancel_scope, handler, queue)
             self._recover(dispatcher, poster)

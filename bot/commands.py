@@ -145,9 +145,11 @@ class Commands:
         cap = self._settings.max_concurrent
         lines.append(f"*Running* ({len(running)} of {cap}):" if running else "*Running*: none")
         for h in running:
-            step = f", {h.step}" if h.step else ""
+            step = f", {h.progress.step}" if h.progress and h.progress.step else ""
             where = self.link(h.channel, h.thread_ts)
-            lines.append(f"• <@{h.requester}> in <#{h.channel}>, {where}: for {_ago(now - h.started)}{step}")
+            lines.append(
+                f"• <@{h.requester}> in <#{h.channel}>, {where}: for {_ago(now - h.started)}{step} (run `{h.run_id}`)"
+            )
         waiting = self._queue.waiting()
         lines.append(f"*Queued* ({len(waiting)}):" if waiting else "*Queued*: none")
         for position, job in enumerate(waiting, start=1):
@@ -174,10 +176,14 @@ class Commands:
         return "\n".join(lines)
 
     async def _cancel(self, user: str, channel: str, rest: str) -> str:
+        by_run_id = [h for h in self._pipeline.active.values() if rest and h.run_id == rest.strip()]
+        if by_run_id:
+            return await self.cancel_run(by_run_id[0], user)
         if rest:
             ref = parse_thread_ref(rest)
             if ref is None:
-                return "I could not read that: give a thread link (⋮ → Copy link) or nothing, to cancel your own run."
+                return ("I could not read that: give a thread link (⋮ → Copy link), a run id from `/claude status`, "
+                        "or nothing, to cancel your own run.")
             ref_channel, ts = ref
             target_channel = ref_channel or channel
             handle = self._pipeline.find(target_channel, ts)

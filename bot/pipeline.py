@@ -11,7 +11,6 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -23,6 +22,7 @@ from bot.context_builder import Context, ContextBuilder
 from bot.dispatcher import Job
 from bot.errors import RunCancelledError, RunError, SessionNotFoundError
 from bot.log import get_logger
+from bot.progress import Progress, RateBudget
 from bot.renderer import SlackMessage
 from bot.sessions import SessionManager
 from bot.slack_poster import SlackPoster
@@ -35,8 +35,8 @@ WORKING = "eyes"
 DONE = "white_check_mark"
 FAILED = "x"
 STOPPED = "octagonal_sign"
-STOP_ACTION = "slackbus_stop"
-STATUS_DELAY_S = 1.5  # a run that answers sooner never shows a status message
+NOTIFY_AFTER_S = 30.0  # a longer run's answer is a new message mentioning the requester (edits do not notify)
+MAX_INLINE_PARTS = 4  # a longer answer goes up as a file, with its beginning in the thread
 
 
 @dataclass
@@ -53,28 +53,12 @@ class RunHandle:
     cancelled_by: str | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     lock: anyio.Lock = field(default_factory=anyio.Lock)
-    turns: int = 0
-    step: str = ""
+    progress: Progress | None = None
+    first_event_at: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.channel, self.thread_ts)
-
-
-def stop_button(channel: str, thread_ts: str) -> dict[str, Any]:
-    return {
-        "type": "actions",
-        "block_id": "slackbus_run",
-        "elements": [
-            {
-                "type": "button",
-                "action_id": STOP_ACTION,
-                "text": {"type": "plain_text", "text": "Stop"},
-                "style": "danger",
-                "value": f"{channel}|{thread_ts}",
-            }
-        ],
-    }
 
 
 class TaskPipeline:
@@ -96,6 +80,7 @@ class TaskPipeline:
         self.active: dict[tuple[str, str], RunHandle] = {}
         self.queued_notices: dict[tuple[str, str], str] = {}  # (channel, trigger ts) → "queued" message ts
         self.peak_runs = 0
+        self._edit_budget = RateBudget()  # chat.update for status messages, shared by all runs
 
     # --- cancel -------------------------------------------------------------------------------------
     def find(self, channel: str, ts: str) -> RunHandle | None:
@@ -136,8 +121,9 @@ class TaskPipeline:
                 handle.status_ts = notice
         status = "failed"
         try:
+            handle.progress = Progress(handle, self._poster, self._edit_budget)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._show_status, handle)
+                tg.start_soon(handle.progress.run)
                 with handle.scope:
                     status = await self._run(jobs, handle)
                 if handle.scope.cancelled_caught:
@@ -166,41 +152,42 @@ class TaskPipeline:
             for job in jobs:
                 tg.start_soon(self._poster.unreact, job.channel, job.trigger_ts, WORKING)
                 tg.start_soon(self._poster.react, job.channel, job.trigger_ts, reaction)
-        bound.info("run.end", status=status, total_ms=round((time.monotonic() - jobs[-1].received) * 1000, 1))
-
-    async def _show_status(self, handle: RunHandle) -> None:
-        """After a moment, a status message with a Stop button (or the queued notice turned into one)."""
-        if handle.status_ts is None:
-            await anyio.sleep(STATUS_DELAY_S)
-        async with handle.lock:
-            if handle.answered:
-                return
-            message = SlackMessage(
-                text="Working on it…",
-                blocks=[
-                    {"type": "section", "text": {"type": "mrkdwn", "text": ":hourglass_flowing_sand: Working on it…"}},
-                    stop_button(handle.channel, handle.thread_ts),
-                ],
-            )
-            if handle.status_ts is None:
-                handle.status_ts = await self._poster.post(handle.channel, handle.thread_ts, message)
-            else:
-                await self._poster.update(handle.channel, handle.status_ts, message)
+        progress = handle.progress
+        shown = progress.first_shown_at if progress else None
+        bound.info(
+            "run.end",
+            status=status,
+            total_ms=round((time.monotonic() - jobs[-1].received) * 1000, 1),
+            tool_calls=progress.tool_calls if progress else 0,
+            status_edits=progress.edits if progress else 0,
+            first_event_to_progress_ms=round((shown - handle.first_event_at) * 1000, 1)
+            if shown and handle.first_event_at else None,
+        )
 
     async def _finish(self, handle: RunHandle, text: str) -> None:
         await self._deliver(handle, [renderer.render_notice(text)])
 
-    async def _deliver(self, handle: RunHandle, messages: list[SlackMessage]) -> None:
-        """The first message replaces the status message (if one is showing); the rest follow it."""
+    async def _deliver(
+        self, handle: RunHandle, messages: list[SlackMessage], attachment: str | None = None
+    ) -> None:
+        """The first message replaces the status message (if one is showing); the rest follow it.
+
+        After a long run the answer is posted anew instead (an edit does not notify anyone) and the status
+        message says where it is. Delivery goes through the poster's outbox: kept and retried until Slack
+        takes it.
+        """
         async with handle.lock:
             handle.answered = True
-            first, rest = messages[0], messages[1:]
-            if handle.status_ts is not None:
-                await self._poster.update(handle.channel, handle.status_ts, first)
-            else:
-                await self._poster.post(handle.channel, handle.thread_ts, first)
-            for message in rest:
-                await self._poster.post(handle.channel, handle.thread_ts, message)
+            elapsed = time.monotonic() - handle.started
+            replace_ts = handle.status_ts
+            if replace_ts is not None and elapsed >= NOTIFY_AFTER_S:
+                done = renderer.render_notice(f":white_check_mark: Done after {renderer.duration(elapsed)}; the answer "
+                                              "is below.")
+                await self._poster.update(handle.channel, replace_ts, done)
+                replace_ts = None
+                messages = [renderer.mention(m, handle.requester) for m in messages[:1]] + messages[1:]
+            await self._poster.deliver(handle.channel, handle.thread_ts, messages, replace_ts=replace_ts,
+                                       attachment=attachment)
 
     async def _run(self, jobs: list[Job], handle: RunHandle) -> str:
         first, last = jobs[0], jobs[-1]
@@ -249,7 +236,10 @@ class TaskPipeline:
             await self._finish(handle, renderer.describe_result_error(finished))
             return "failed"
         posted_at = time.monotonic()
-        await self._deliver(handle, renderer.render_answer(finished.text, renderer.footer(finished)))
+        messages, attachment = renderer.render_answer_or_file(
+            finished.text, renderer.footer(finished), max_parts=MAX_INLINE_PARTS
+        )
+        await self._deliver(handle, messages, attachment)
         log.info(
             "run.answered",
             run_id=handle.run_id,
@@ -281,8 +271,11 @@ class TaskPipeline:
         )
 
         def on_event(event: RunEvent) -> None:
+            if handle.first_event_at is None:
+                handle.first_event_at = time.monotonic()
+            if handle.progress is not None:
+                handle.progress.on_event(event)
             if isinstance(event, ToolCall):
-                handle.step = event.name
                 log.debug("run.tool", run_id=handle.run_id, tool=event.name)
             elif isinstance(event, SessionStarted) and not row.started:
                 # the CLI has the session now: a reply after a crash can resume it

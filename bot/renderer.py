@@ -103,13 +103,45 @@ def _lines_within(text: str, limit: int) -> list[str]:
     return out
 
 
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds) // 60} min {int(seconds) % 60:02d} s"
+
+
 def footer(finished: Finished) -> str:
-    seconds = finished.duration_ms / 1000
-    bits = [f"{seconds:.1f} s", f"{finished.num_turns} turn{'s' if finished.num_turns != 1 else ''}"]
+    bits = [duration(finished.duration_ms / 1000), f"{finished.num_turns} turn{'s' if finished.num_turns != 1 else ''}"]
     if finished.cost_usd is not None:
         bits.append(f"${finished.cost_usd:.4f}")
     bits.append(f"session `{finished.session_id[:8]}`")
-    return " · ".join(bits)
+    text = " · ".join(bits)
+    if finished.permission_denials:
+        denied = ", ".join(sorted(set(finished.permission_denials)))
+        text += (f"\n:warning: Claude was not allowed to use {denied}; an operator can allow it with "
+                 "SLACKBUS_ALLOWED_TOOLS.")
+    return text
+
+
+def mention(message: SlackMessage, user: str) -> SlackMessage:
+    """The same message, starting with a mention of `user` (so Slack notifies them)."""
+    return SlackMessage(text=f"<@{user}> {message.text}",
+                        blocks=[_context(f"<@{user}>, here is the answer:"), *message.blocks])
+
+
+def render_answer_or_file(
+    text: str, foot: str | None, *, max_parts: int = 4
+) -> tuple[list[SlackMessage], str | None]:
+    """Up to `max_parts` messages; past that, the beginning of the answer and the whole of it as a file."""
+    messages = render_answer(text, foot)
+    if len(messages) <= max_parts:
+        return messages, None
+    full = redact(text.strip())
+    head = split_markdown(full, 2500)[0]
+    summary = (
+        f"{head}\n\n_… the answer is {len(full):,} characters long: the whole of it is in the attached "
+        "file `answer.md`._"
+    )
+    return render_answer(summary, foot), full
 
 
 def render_answer(text: str, foot: str | None = None) -> list[SlackMessage]:

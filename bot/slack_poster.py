@@ -6,8 +6,10 @@ posts is written to the store at once, so the next context includes it without a
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import anyio
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -21,6 +23,8 @@ from bot.renderer import SlackMessage
 from bot.store import Store, StoredMessage
 
 log = get_logger("slackbus.slack")
+
+INLINE_ATTEMPTS = 3  # beyond the client's own retries (429 × 5 with Retry-After, 5xx × 3)
 
 
 def make_client(token: str, base_url: str) -> AsyncWebClient:
@@ -39,6 +43,7 @@ class SlackPoster:
         self._store = store
         self._bot_user_id = bot_user_id
         self._bot_id = bot_id
+        self._inflight: set[int] = set()
 
     async def post(self, channel: str, thread_ts: str | None, message: SlackMessage) -> str:
         """Post in a thread (or the channel when thread_ts is None); returns the new message's ts."""
@@ -61,6 +66,80 @@ class SlackPoster:
             )
         )
         return ts
+
+    # --- answers: kept in the outbox until Slack has them ------------------------------------------------
+    async def deliver(
+        self,
+        channel: str,
+        thread_ts: str,
+        messages: list[SlackMessage],
+        *,
+        replace_ts: str | None = None,
+        attachment: str | None = None,
+    ) -> bool:
+        """Post an answer (the first message may replace `replace_ts`), then the file, if any.
+
+        It is written to the outbox first; each step that succeeds is struck off, so a retry never repeats
+        it. After INLINE_ATTEMPTS failures the rest is left to the background retrier (`run_outbox`), which
+        keeps trying, across restarts too. Returns whether everything went out now.
+        """
+        payload: dict[str, Any] = {
+            "messages": [{"text": m.text, "blocks": m.blocks} for m in messages],
+            "replace_ts": replace_ts,
+            "attachment": attachment,
+        }
+        item = self._store.outbox_add(channel, thread_ts, json.dumps(payload))
+        self._inflight.add(item)
+        try:
+            for attempt in range(INLINE_ATTEMPTS):
+                if await self._drain(item, channel, thread_ts, payload):
+                    return True
+                await anyio.sleep(min(2.0**attempt, 8.0))
+            return False
+        finally:
+            self._inflight.discard(item)
+
+    async def _drain(self, item: int, channel: str, thread_ts: str, payload: dict[str, Any]) -> bool:
+        try:
+            while payload["messages"]:
+                first = payload["messages"][0]
+                message = SlackMessage(text=first["text"], blocks=first["blocks"])
+                if payload.get("replace_ts"):
+                    await self.update(channel, payload["replace_ts"], message)
+                    payload["replace_ts"] = None
+                else:
+                    await self.post(channel, thread_ts, message)
+                payload["messages"].pop(0)
+                self._store.outbox_update(item, json.dumps(payload), None)
+            if payload.get("attachment"):
+                await self.client.files_upload_v2(
+                    channel=channel,
+                    thread_ts=thread_ts,
+                    content=payload["attachment"],
+                    filename="answer.md",
+                    title="The whole answer",
+                )
+            self._store.outbox_update(item, None, None)
+            return True
+        except (SlackApiError, OSError, TimeoutError) as exc:
+            error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+            log.warning("slack.deliver_failed", channel=channel, thread_ts=thread_ts, error=error)
+            self._store.outbox_update(item, json.dumps(payload), str(error))
+            return False
+
+    async def run_outbox(self, interval: float = 15.0) -> None:
+        """Background: deliver what earlier attempts (or an earlier process) could not."""
+        while True:
+            for item, channel, thread_ts, raw in self._store.outbox_pending():
+                if item in self._inflight:
+                    continue
+                self._inflight.add(item)
+                try:
+                    if await self._drain(item, channel, thread_ts, json.loads(raw)):
+                        log.info("slack.delivered_late", channel=channel, thread_ts=thread_ts)
+                finally:
+                    self._inflight.discard(item)
+            await anyio.sleep(interval)
 
     async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
         """Replace a message the bot posted (status → answer); the store follows."""

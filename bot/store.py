@@ -96,7 +96,20 @@ def _script(db: sqlite3.Connection, sql: str) -> None:
             db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1]
+def _m2_outbox(db: sqlite3.Connection) -> None:
+    """Answers not yet accepted by Slack: kept until they are, across restarts."""
+    _script(
+        db,
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, thread_ts TEXT NOT NULL,
+            payload TEXT NOT NULL, created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT
+        )
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_outbox]
 
 
 class Store:
@@ -286,6 +299,31 @@ class Store:
             (channel, limit),
         ).fetchall()
         return [(ThreadSession(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]), float(r[7])) for r in rows]
+
+    # --- outbox -------------------------------------------------------------------------------------------
+    def outbox_add(self, channel: str, thread_ts: str, payload: str) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO outbox (channel, thread_ts, payload, created_at) VALUES (?, ?, ?, ?)",
+                (channel, thread_ts, payload, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def outbox_update(self, item_id: int, payload: str | None, error: str | None) -> None:
+        with self._tx() as db:
+            if payload is None:
+                db.execute("DELETE FROM outbox WHERE id=?", (item_id,))
+            else:
+                db.execute(
+                    "UPDATE outbox SET payload=?, attempts=attempts+1, last_error=? WHERE id=?",
+                    (payload, error, item_id),
+                )
+
+    def outbox_pending(self) -> list[tuple[int, str, str, str]]:
+        return [
+            (int(r[0]), str(r[1]), str(r[2]), str(r[3]))
+            for r in self._db.execute("SELECT id, channel, thread_ts, payload FROM outbox ORDER BY id").fetchall()
+        ]
 
     # --- channels and users ------------------------------------------------------------------------
     def is_backfilled(self, channel: str) -> bool:

@@ -71,3 +71,9 @@ def test_stopping_the_bot_mid_run_reaps_claude_and_tells_the_thread(start_bot, f
     wait_no_processes(tmp_path / "work", timeout=5)
     notice = answer_in(fake_slack, "C1", ts, "shutting down", timeout=5)
     assert "Reply here to continue" in notice["text"]
+
+    # back up: a reply in the thread resumes the session, which holds the interrupted request
+    start_bot(**ALLOWED_TOOLS)
+    fake_slack.user_says("C1", "U1", "carry on [[id:resumed]]", thread_ts=ts)
+    answer_in(fake_slack, "C1", ts, "answer for resumed")
+    assert "long job" in "\n".join(fake_model.user_texts(len(fake_model.requests) - 1))
