@@ -1,0 +1,117 @@
+"""What a user sees while a run goes and when it ends: progress, long answers, Slack errors, denials."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.e2e.test_reactive import answer_in
+from tests.e2e.test_safety import ALLOWED_TOOLS, show_env_script  # noqa: F401 - fixture
+from tests.fakes.fake_model import Reply
+
+pytestmark = pytest.mark.e2e
+
+
+def texts_of(calls) -> list[str]:
+    return [str(c.params.get("text", "")) for c in calls]
+
+
+def balanced(markdown: str) -> bool:
+    return len(re.findall(r"^\s*```", markdown, flags=re.M)) % 2 == 0
+
+
+def test_the_status_message_follows_a_tool_run_and_becomes_the_answer(start_bot, fake_slack, fake_model):
+    bot = start_bot(**ALLOWED_TOOLS)
+    fake_model.enqueue_tool_use("Bash", {"command": "./show_env.sh", "description": "look around"})
+    fake_model.enqueue(Reply(text="all done [[id:st]]", delay=3.0))
+    ts = fake_slack.user_says("C1", "U1", "look around", mention=True)
+    status = fake_slack.wait_for(
+        lambda: next((c for c in fake_slack.calls_of("chat.postMessage") if "Running `./show_env.sh`" in
+                      str(c.params.get("text"))), None),
+        timeout=20, what="a status message naming the command",
+    )
+    answer = answer_in(fake_slack, "C1", ts, "all done")
+    assert answer["ts"] == status.response["ts"]  # the status message became the answer
+    assert len(fake_slack.bot_messages("C1", ts)) == 1
+    assert "Stop" not in str(answer["blocks"])
+    end = bot.wait_event("run.end")[0]
+    assert end["tool_calls"] == 1 and end["first_event_to_progress_ms"] is not None
+
+
+def test_a_500_event_run_stays_within_slacks_pace(start_bot, fake_slack, fake_model, tmp_path):
+    (tmp_path / "work").mkdir(exist_ok=True)
+    (tmp_path / "work" / "notes.txt").write_text("a note\n")
+    bot = start_bot()
+    calls = 250  # each tool call is two events (tool_use, tool_result): 500 events
+    for i in range(calls):
+        fake_model.enqueue_tool_use("Read", {"file_path": str(tmp_path / "work" / "notes.txt")})
+    fake_model.enqueue_text("read it 250 times [[id:many]]")
+    ts = fake_slack.user_says("C1", "U1", "read the notes, many times", mention=True)
+    answer_in(fake_slack, "C1", ts, "read it 250 times", timeout=110)
+    end = bot.wait_event("run.end")[0]
+    assert end["tool_calls"] == calls
+    writes = [c for c in fake_slack.calls if c.method in {"chat.update", "chat.postMessage"}]
+    # never more than one edit or post per second for this run, and few of them in all
+    times = sorted(c.t for c in writes)
+    per_second = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert per_second <= 2  # the last status edit and the answer may land in the same second
+    assert len(writes) <= 3 + (times[-1] - times[0]) / 2.0
+    assert "Reading notes.txt" in " ".join(texts_of(writes)) or "Reading" in " ".join(texts_of(writes))
+
+
+def test_a_60000_character_answer_arrives_whole_as_a_file(start_bot, fake_slack, fake_model):
+    start_bot()
+    code = "```python\n" + "\n".join(f"print({i})  # line {i}" for i in range(1500)) + "\n```"
+    prose = "\n\n".join(f"Paragraph {i}: " + "words " * 40 for i in range(120))
+    long_answer = f"Start of the answer.\n\n{prose}\n\n{code}\n\nEnd of the answer."
+    assert len(long_answer) > 60_000
+    fake_model.enqueue_text(long_answer)
+    ts = fake_slack.user_says("C1", "U1", "write a lot", mention=True)
+    summary = answer_in(fake_slack, "C1", ts, "the whole of it is in the attached file")
+    assert summary["text"].startswith("Start of the answer.")
+    upload = fake_slack.wait_for(lambda: fake_slack.files, what="the uploaded file")[0]
+    content = fake_slack.file_content(upload["id"]).decode()
+    assert content == long_answer.strip()
+    assert balanced(content)
+
+
+def test_a_30000_character_answer_is_split_without_breaking_its_code_block(start_bot, fake_slack, fake_model):
+    start_bot()
+    code = "```js\n" + "\n".join(f"console.log({i});" for i in range(1300)) + "\n```"
+    long_answer = "Intro.\n\n" + code + "\n\nOutro [[id:split]]"
+    assert 20_000 < len(long_answer) < 40_000
+    fake_model.enqueue_text(long_answer)
+    ts = fake_slack.user_says("C1", "U1", "write code", mention=True)
+    answer_in(fake_slack, "C1", ts, "Outro")
+    parts = [m["blocks"][0]["text"] for m in fake_slack.bot_messages("C1", ts)]
+    assert len(parts) >= 2
+    for part in parts:
+        assert balanced(part), part[:200]
+        assert len(part) <= 12_000
+    joined = "\n".join(parts)
+    for i in (0, 650, 1299):
+        assert f"console.log({i});" in joined
+    assert parts[1].startswith("```js")  # reopened with its language
+
+
+def test_the_answer_survives_429_and_503_from_slack(start_bot, fake_slack, fake_model):
+    start_bot()
+    fake_slack.fail_next("chat.postMessage", status=429, retry_after=1, count=2)
+    fake_slack.fail_next("chat.postMessage", status=503, count=2)
+    ts = fake_slack.user_says("C1", "U1", "answer anyway [[id:rl]]", mention=True)
+    answer_in(fake_slack, "C1", ts, "answer for rl", timeout=40)
+    time.sleep(1.0)
+    assert len([m for m in fake_slack.bot_messages("C1", ts) if "answer for rl" in m["text"]]) == 1
+    assert [c.status for c in fake_slack.calls_of("chat.postMessage")][:4] == [429, 429, 503, 503]
+
+
+def test_a_denied_tool_is_named_in_the_answer(start_bot, fake_slack, fake_model, tmp_path):
+    start_bot()
+    fake_model.enqueue_tool_use("Write", {"file_path": str(tmp_path / "work" / "x.txt"), "content": "x"})
+    fake_model.enqueue_text("could not write [[id:deny]]")
+    ts = fake_slack.user_says("C1", "U1", "write a file", mention=True)
+    answer = answer_in(fake_slack, "C1", ts, "could not write")
+    assert "not allowed to use Write" in str(answer["blocks"])
+    assert "SLACKBUS_ALLOWED_TOOLS" in str(answer["blocks"])
