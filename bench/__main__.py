@@ -1,15 +1,14 @@
 """`python -m bench`: run every benchmark, print the figures, write bench/results.json.
 
-`python -m bench.reactive` and `python -m bench.sessions` run one of them.
+`python -m bench.reactive`, `python -m bench.sessions` and `python -m bench.progress` run one of them.
 """
 
-from bench import reactive, sessions
+from bench import progress, reactive, sessions
 from bench.common import write_results
 
 if __name__ == "__main__":
-    figures = reactive.run(50)
-    write_results("reactive", figures)
-    reactive.print_table(figures)
-    figures = sessions.run(20)
-    write_results("sessions", figures)
-    sessions.print_table(figures)
+    for name, module, args in (("reactive", reactive, (50,)), ("sessions", sessions, (20,)),
+                               ("progress", progress, (20,))):
+        figures = module.run(*args)  # type: ignore[attr-defined]
+        write_results(name, figures)
+        module.print_table(figures)  # type: ignore[attr-defined]

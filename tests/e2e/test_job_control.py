@@ -109,7 +109,7 @@ def test_cancel_stops_the_run_and_leaves_no_process(start_bot, fake_slack, fake_
     if how == "reaction":
         fake_slack.reaction_added("U1", "C1", ts, "octagonal_sign")
     elif how == "button":
-        status = answer_in(fake_slack, "C1", ts, "Working on it")
+        status = answer_in(fake_slack, "C1", ts, "Running `./slow.sh`")
         assert status["blocks"][-1]["elements"][0]["action_id"] == "slackbus_stop"
         fake_slack.block_action("U1", "C1", status["ts"], "slackbus_stop", value=f"C1|{ts}")
     else:

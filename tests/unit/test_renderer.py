@@ -233,7 +233,7 @@ def finished(**kw: object) -> Finished:
 def test_footer():
     assert footer(finished(num_turns=1, duration_ms=2500)) == "2.5 s · 1 turn · session `01234567`"
     assert footer(finished(num_turns=4, duration_ms=61234, cost_usd=0.01234)) == (
-        "61.2 s · 4 turns · $0.0123 · session `01234567`"
+        "1 min 01 s · 4 turns · $0.0123 · session `01234567`"
     )
 
 
