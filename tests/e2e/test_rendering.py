@@ -45,7 +45,7 @@ def test_a_500_event_run_stays_within_slacks_pace(start_bot, fake_slack, fake_mo
     (tmp_path / "work" / "notes.txt").write_text("a note\n")
     bot = start_bot()
     calls = 250  # each tool call is two events (tool_use, tool_result): 500 events
-    for i in range(calls):
+    for _ in range(calls):
         fake_model.enqueue_tool_use("Read", {"file_path": str(tmp_path / "work" / "notes.txt")})
     fake_model.enqueue_text("read it 250 times [[id:many]]")
     ts = fake_slack.user_says("C1", "U1", "read the notes, many times", mention=True)
