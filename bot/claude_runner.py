@@ -119,6 +119,8 @@ class ClaudeSession:
         self._client: ClaudeSDKClient | None = None
         self._current: _Turn | None = None
         self._closed = anyio.Event()
+        self.ready = anyio.Event()  # set once connected (or failed to)
+        self.claimed = False  # taken by a task while still starting (see SessionManager)
 
     # --- owner task -----------------------------------------------------------------------------
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -143,6 +145,7 @@ class ClaudeSession:
             self.state = "idle"
             bound.info("claude.connected", pid=self.pid, resume=self.spec.resume,
                        ms=round((time.monotonic() - started) * 1000))
+            self.ready.set()
             task_status.started()
             async with self._receive:
                 async for turn in self._receive:
@@ -165,6 +168,7 @@ class ClaudeSession:
             with anyio.CancelScope(shield=True):
                 await _stop_process(client, mid_turn=mid_turn)
             self.state = "closed"
+            self.ready.set()
             self._closed.set()
             bound.info("claude.reaped", pid=self.pid, turns=self.turns)
 

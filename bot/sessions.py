@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from bot.claude_runner import ClaudeSession, SessionSpec
+from bot.claude_runner import CONNECT_TIMEOUT_S, ClaudeSession, SessionSpec
 from bot.errors import RunError
 from bot.log import get_logger
 
@@ -46,6 +46,7 @@ class SessionManager:
         self._pool: dict[Path, list[ClaudeSession]] = {}
         self._live: set[ClaudeSession] = set()
         self._filling: set[Path] = set()
+        self._starting: dict[Path, ClaudeSession] = {}  # a pool process being started, per cwd
         self._tg: TaskGroup | None = None
         self._room = anyio.Lock()
         self.peak_live = 0
@@ -105,8 +106,18 @@ class SessionManager:
             if pooled is not None:
                 self.refill(cwd)
                 return pooled, "pool"
-        session = await self._start(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None))
-        assert session is not None
+            # a pool process already starting is closer to ready than a new one (and two cold starts at
+            # once slow each other down)
+            starting = self._starting.get(cwd)
+            if starting is not None and not starting.claimed:
+                starting.claimed = True
+                with anyio.move_on_after(CONNECT_TIMEOUT_S):
+                    await starting.ready.wait()
+                if starting.alive and starting.state == "idle":
+                    self.refill(cwd)
+                    return starting, "pool"
+        session = ClaudeSession(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None))
+        await self._start(session)
         return session, "cold"
 
     def release(self, key: ThreadKey, session: ClaudeSession) -> None:
@@ -141,14 +152,13 @@ class SessionManager:
             self._spawn(session.close)
         return None
 
-    async def _start(self, spec: SessionSpec, *, evict: bool = True) -> ClaudeSession | None:
-        """A new process, started and connected. Without `evict`, only if there is free room (else None)."""
+    async def _start(self, session: ClaudeSession, *, evict: bool = True) -> bool:
+        """Start and connect a process. Without `evict`, only if there is free room (else False)."""
         assert self._tg is not None, "SessionManager.run must be running"
         async with self._room:  # making room and taking the slot are one step
             if not evict and self.live >= self.max_processes:
-                return None
+                return False
             await self._make_room()
-            session = ClaudeSession(spec)
             self._live.add(session)
         self.peak_live = max(self.peak_live, self.live)
         try:
@@ -156,7 +166,7 @@ class SessionManager:
         except RunError:
             self._live.discard(session)
             raise
-        return session
+        return True
 
     async def _make_room(self) -> None:
         """Close idle sessions until one more process fits under the cap (pool first, then LRU warm)."""
@@ -190,13 +200,19 @@ class SessionManager:
         try:
             pool = self._pool.setdefault(cwd, [])
             while len([s for s in pool if s.alive]) < self.warm_pool and self.live < self.max_processes:
+                session = ClaudeSession(self._make_spec(cwd, str(uuid.uuid4()), False))
+                self._starting[cwd] = session
                 try:
-                    session = await self._start(self._make_spec(cwd, str(uuid.uuid4()), False), evict=False)
+                    started = await self._start(session, evict=False)
                 except RunError as err:
                     log.warning("sessions.pool_start_failed", cwd=str(cwd), error=str(err))
                     return
-                if session is None:
+                finally:
+                    self._starting.pop(cwd, None)
+                if not started:
                     return
+                if session.claimed:  # a task took it while it was starting
+                    continue
                 pool.append(session)
                 log.info("sessions.pooled", cwd=str(cwd), session_id=session.session_id, pid=session.pid)
         finally:

@@ -99,7 +99,7 @@ def test_a_follow_up_during_a_run_is_answered_after_it(start_bot, fake_slack, fa
     assert len(fake_model.requests) == 2
     assert "and a follow-up" in fake_model.last_user_text(1)
     # the follow-up went to the same, still running claude process
-    assert [e["origin"] for e in bot.events("run.reusing")] == ["warm"]
+    assert bot.events("run.reusing")[-1]["origin"] == "warm"
 
 
 @pytest.mark.parametrize("how", ["reaction", "button", "command"])

@@ -115,3 +115,52 @@ def test_a_denied_tool_is_named_in_the_answer(start_bot, fake_slack, fake_model,
     answer = answer_in(fake_slack, "C1", ts, "could not write")
     assert "not allowed to use Write" in str(answer["blocks"])
     assert "SLACKBUS_ALLOWED_TOOLS" in str(answer["blocks"])
+
+
+def test_an_answer_slack_keeps_refusing_is_kept_and_posted_after_a_restart(start_bot, fake_slack, fake_model):
+    bot = start_bot()
+    fake_slack.fail_next("chat.postMessage", status=503, count=1000)
+    ts = fake_slack.user_says("C1", "U1", "an answer to keep [[id:kept]]", mention=True)
+    bot.wait_event("slack.deliver_failed", count=3, timeout=60)
+    assert bot.stop() == 0
+    fake_slack.clear_failures()
+
+    start_bot()
+    answer_in(fake_slack, "C1", ts, "answer for kept", timeout=30)
+    time.sleep(1.0)
+    assert len([m for m in fake_slack.bot_messages("C1", ts) if "answer for kept" in m["text"]]) == 1
+    assert len(fake_model.requests) == 1  # delivered from the outbox, not run again
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "expected"),
+    [
+        (401, "authentication_error", "could not authenticate"),
+        (429, "rate_limit_error", "rate-limiting"),
+        (529, "overloaded_error", "overloaded"),
+    ],
+)
+def test_each_api_failure_has_its_sentence(start_bot, fake_slack, fake_model, status, kind, expected):
+    start_bot(SLACKBUS_WARM_POOL="0")
+    fake_model.set_responder(lambda body: Reply(error=(status, kind, "nope")))
+    ts = fake_slack.user_says("C1", "U1", "fail please", mention=True)
+    msg = answer_in(fake_slack, "C1", ts, expected, timeout=60)
+    assert f"HTTP {status}" in msg["text"]
+
+
+def test_a_crashing_cli_is_reported_with_its_stderr_redacted(start_bot, fake_slack, fake_model, tmp_path):
+    broken = tmp_path / "broken-claude"
+    broken.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "9.9.9 (Claude Code)"; exit 0; fi\n'
+        'echo "boom: could not start, key sk-ant-api03-abcdefghijklmnop" >&2\n'
+        "exit 3\n"
+    )
+    broken.chmod(0o755)
+    start_bot(CLAUDE_CLI_PATH=str(broken), SLACKBUS_WARM_POOL="0")
+    ts = fake_slack.user_says("C1", "U1", "crash please", mention=True)
+    msg = answer_in(fake_slack, "C1", ts, "Claude Code CLI")
+    text = str(msg["blocks"])
+    assert "exited with code 3" in text or "failed" in text
+    assert "boom: could not start" in text
+    assert "sk-ant-api03" not in text

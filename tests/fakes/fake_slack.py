@@ -482,6 +482,14 @@ class FakeSlack:
         with self._cond:
             self._calls.clear()
 
+    def clear_failures(self, method: str | None = None) -> None:
+        """Drop the failures still queued by fail_next (for one method, or all)."""
+        with self._cond:
+            if method is None:
+                self._failures.clear()
+            else:
+                self._failures.pop(method, None)
+
     # ------------------------------------------------------------------ Web API server
 
     async def _read_params(self, request: web.Request) -> dict[str, Any]:
