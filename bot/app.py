@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -81,6 +82,18 @@ class Bot:
         )
 
     async def serve(self, *, ready: anyio.Event | None = None) -> None:
+        # one HTTP session for every Web API call: slack_sdk otherwise opens a new connection per call
+        # (about 10 ms each on loopback, more to Slack), which is most of the time to the first 👀
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60), connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=60)
+        ) as session:
+            self.client.session = session
+            try:
+                await self._serve(ready)
+            finally:
+                self.client.session = None
+
+    async def _serve(self, ready: anyio.Event | None) -> None:
         s = self.settings
         auth = await self._identify()
         bot_user_id, bot_id = str(auth["user_id"]), auth.get("bot_id")
@@ -104,9 +117,13 @@ class Bot:
         pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions)
         queue = JobQueue(self._starting(pipeline, poster), s.max_concurrent)
 
+        def on_seen(job: Job) -> None:
+            self._tg.start_soon(self._first_sign, poster, job)
+
         def on_accepted(job: Job, position: int) -> None:
-            behind_own_thread = position > 0 and queue.thread_busy(job.key)
-            self._tg.start_soon(self._first_sign, poster, pipeline, queue, job, position, behind_own_thread)
+            if position > 0:
+                behind_own_thread = queue.thread_busy(job.key)
+                self._tg.start_soon(self._queued_sign, poster, pipeline, queue, job, position, behind_own_thread)
             self._tg.start_soon(backfill.ensure, job.channel)
 
         def on_refused(msg: IncomingMessage) -> None:
@@ -127,6 +144,7 @@ class Bot:
             on_accepted=on_accepted,
             on_refused=on_refused,
             workdir=str(s.workdir),
+            on_seen=on_seen,
         )
         commands = Commands(
             s, self.store, queue, pipeline, poster, dispatcher,
@@ -187,10 +205,7 @@ class Bot:
 
         return handle
 
-    async def _first_sign(
-        self, poster: SlackPoster, pipeline: TaskPipeline, queue: JobQueue, job: Job, position: int,
-        behind_own_thread: bool,
-    ) -> None:
+    async def _first_sign(self, poster: SlackPoster, job: Job) -> None:
         await poster.react(job.channel, job.trigger_ts, WORKING)
         log.info(
             "run.first_sign",
@@ -198,8 +213,11 @@ class Bot:
             ts=job.trigger_ts,
             ms=round((time.monotonic() - job.received) * 1000, 2),
         )
-        if position == 0:
-            return
+
+    async def _queued_sign(
+        self, poster: SlackPoster, pipeline: TaskPipeline, queue: JobQueue, job: Job, position: int,
+        behind_own_thread: bool,
+    ) -> None:
         if behind_own_thread:
             # a follow-up while its thread's run is going: answered right after it
             self._follow_up_waiting.add((job.channel, job.trigger_ts))

@@ -191,7 +191,9 @@ class Dispatcher:
         on_accepted: Callable[[Job, int], None],
         on_refused: Callable[[IncomingMessage], None],
         workdir: str,
+        on_seen: Callable[[Job], None] | None = None,
     ) -> None:
+        self._on_seen = on_seen
         self._store = store
         self._queue = queue
         self._bot = bot_user_id
@@ -264,6 +266,8 @@ class Dispatcher:
         return self.submit(job)
 
     def submit(self, job: Job) -> Job:
+        if self._on_seen is not None:
+            self._on_seen(job)  # the first visible sign is scheduled before any of the job's own work
         position = self._queue.submit(job)
         log.info(
             "dispatch.accepted",

@@ -152,13 +152,16 @@ class SessionManager:
             self._spawn(session.close)
         return None
 
-    async def _start(self, session: ClaudeSession, *, evict: bool = True) -> bool:
-        """Start and connect a process. Without `evict`, only if there is free room (else False)."""
+    async def _start(self, session: ClaudeSession, *, for_pool: bool = False) -> bool:
+        """Start and connect a process, closing an idle one first if the cap is reached.
+
+        A task may close a pooled or a warm session (pool first); a pool refill only the least recently
+        used warm one, so a busy bot keeps its pool instead of filling the cap with old threads.
+        """
         assert self._tg is not None, "SessionManager.run must be running"
         async with self._room:  # making room and taking the slot are one step
-            if not evict and self.live >= self.max_processes:
+            if not await self._make_room(warm_only=for_pool):
                 return False
-            await self._make_room()
             self._live.add(session)
         self.peak_live = max(self.peak_live, self.live)
         try:
@@ -168,19 +171,21 @@ class SessionManager:
             raise
         return True
 
-    async def _make_room(self) -> None:
-        """Close idle sessions until one more process fits under the cap (pool first, then LRU warm)."""
+    async def _make_room(self, *, warm_only: bool = False) -> bool:
+        """Close idle sessions until one more process fits under the cap; False if none can go."""
         while self.live >= self.max_processes:
-            victim = self._pick_victim()
+            victim = self._pick_victim(warm_only)
             if victim is None:
-                log.warning("sessions.over_cap", live=self.live, cap=self.max_processes)
-                return
+                if not warm_only:
+                    log.warning("sessions.over_cap", live=self.live, cap=self.max_processes)
+                return not warm_only
             await victim.close()
             self._live.discard(victim)
+        return True
 
-    def _pick_victim(self) -> ClaudeSession | None:
+    def _pick_victim(self, warm_only: bool) -> ClaudeSession | None:
         for cwd, pool in self._pool.items():
-            if pool:
+            if pool and not warm_only:
                 victim = pool.pop(0)
                 log.info("sessions.evict", kind="pool", cwd=str(cwd))
                 return victim
@@ -199,11 +204,11 @@ class SessionManager:
         self._filling.add(cwd)
         try:
             pool = self._pool.setdefault(cwd, [])
-            while len([s for s in pool if s.alive]) < self.warm_pool and self.live < self.max_processes:
+            while len([s for s in pool if s.alive]) < self.warm_pool:
                 session = ClaudeSession(self._make_spec(cwd, str(uuid.uuid4()), False))
                 self._starting[cwd] = session
                 try:
-                    started = await self._start(session, evict=False)
+                    started = await self._start(session, for_pool=True)
                 except RunError as err:
                     log.warning("sessions.pool_start_failed", cwd=str(cwd), error=str(err))
                     return
