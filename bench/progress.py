@@ -31,7 +31,9 @@ def run(n: int = 20) -> dict[str, Any]:
             slack.wait_for(lambda t=t: "white_check_mark" in slack.reactions("C2", t), timeout=60)
         ends = bot.events("run.end")[1:]
         delays = [e["first_event_to_progress_ms"] for e in ends if e.get("first_event_to_progress_ms") is not None]
+        tool_delays = [e["first_tool_to_progress_ms"] for e in ends if e.get("first_tool_to_progress_ms") is not None]
         return {
+            "first_tool_call_to_progress_ms": summary(tool_delays),
             "twenty_tool_calls": {"slack_calls": sum(by_method.values()), "by_method": dict(sorted(by_method.items()))},
             "first_event_to_progress_ms": summary(delays),
         }
@@ -42,6 +44,9 @@ def print_table(f: dict[str, Any]) -> None:
     print(f"progress: a 20-tool-call run made {t['slack_calls']} Slack calls {t['by_method']}")
     s = f["first_event_to_progress_ms"]
     print(f"  CLI's first event → first visible progress (ms): p50 {s.get('p50')} / p95 {s.get('p95')} "
+          f"/ max {s.get('max')} (n={s['n']})")
+    s = f["first_tool_call_to_progress_ms"]
+    print(f"  first tool call event → its status message (ms): p50 {s.get('p50')} / p95 {s.get('p95')} "
           f"/ max {s.get('max')} (n={s['n']})")
 
 

@@ -162,6 +162,8 @@ class TaskPipeline:
             status_edits=progress.edits if progress else 0,
             first_event_to_progress_ms=round((shown - handle.first_event_at) * 1000, 1)
             if shown and handle.first_event_at else None,
+            first_tool_to_progress_ms=round((shown - progress.first_step_at) * 1000, 1)
+            if shown and progress and progress.first_step_at else None,
         )
 
     async def _finish(self, handle: RunHandle, text: str) -> None:

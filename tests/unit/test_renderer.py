@@ -327,3 +327,27 @@ def test_other_run_errors():
     assert describe_run_error(CLINotFoundError("The CLI is gone.")) == ":x: The CLI is gone."
     assert "Start a new thread" in describe_run_error(SessionNotFoundError("No conversation found."))
     assert describe_run_error(RunError(f"odd {BOT_TOKEN}")) == ":x: odd [redacted]"
+
+
+def test_a_long_runs_answer_mentions_the_requester_first():
+    from bot.renderer import mention, render_answer
+
+    first = render_answer("the answer", "1 min 05 s · 3 turns")[0]
+    tagged = mention(first, "U42")
+    assert tagged.text.startswith("<@U42> ")
+    notice = {"type": "context", "elements": [{"type": "mrkdwn", "text": "<@U42>, here is the answer:"}]}
+    assert tagged.blocks[0] == notice
+    assert tagged.blocks[1:] == first.blocks
+
+
+def test_status_message_names_the_step_and_offers_stop():
+    from bot.progress import describe_step, render_status
+    from bot.stream_parser import ToolCall
+
+    assert describe_step(ToolCall("t1", "Bash", {"command": "pytest -q"})) == "Running `pytest -q`"
+    assert describe_step(ToolCall("t2", "Edit", {"file_path": "/srv/repo/src/app.py"})) == "Editing repo/src/app.py"
+    assert describe_step(ToolCall("t3", "Read", {"file_path": "/a/b"}), same_kind_in_a_row=3) == "Reading 3 files"
+    status = render_status("C1", "1.2", "Running `make`", 75, 4)
+    assert "Running `make`" in status.blocks[0]["text"]["text"]
+    assert status.blocks[1]["elements"][0]["text"] == "1 min 15 s · 4 tool calls"
+    assert status.blocks[2]["elements"][0]["value"] == "C1|1.2"
