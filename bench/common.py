@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ALLOWED, BotProcess, claude_cli
+from tests.conftest import BotProcess, fake_environment
 from tests.fakes.fake_model import FakeModel
 from tests.fakes.fake_slack import FakeSlack
 
@@ -38,22 +38,7 @@ def rig(**overrides: str) -> Iterator[tuple[FakeSlack, FakeModel, BotProcess, Pa
     """A bot process wired to a fresh fake Slack and fake model, in a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="slackbus-bench-") as tmp, FakeSlack() as slack, FakeModel() as model:
         root = Path(tmp)
-        (root / "home").mkdir()
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            "SLACK_BOT_TOKEN": "xoxb-bench-bot-token",
-            "SLACK_APP_TOKEN": "xapp-bench-app-token",
-            "SLACK_API_URL": slack.api_url,
-            "CLAUDE_CLI_PATH": claude_cli(),
-            "SLACKBUS_HOME": str(root / "state"),
-            "SLACKBUS_WORKDIR": str(root / "work"),
-            "SLACKBUS_ALLOWED_USERS": ALLOWED,
-            "SLACKBUS_ENV_FILE": str(root / "no.env"),
-            **model.cli_env(root / "home"),
-            **overrides,
-        }
+        env = {**fake_environment(root, slack, model), **overrides}
         bot = BotProcess(env, root / "bot.log")
         try:
             bot.wait_ready(60)

@@ -117,11 +117,11 @@ def fake_slack() -> Iterator[FakeSlack]:
         yield fs
 
 
-@pytest.fixture
-def bot_env(tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {
+def fake_environment(root: Path, fake_slack: FakeSlack, fake_model: FakeModel) -> dict[str, str]:
+    """The environment of a bot wired to the fakes, with its state, work folder and HOME under `root`."""
+    home = root / "home"
+    home.mkdir(exist_ok=True)
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
@@ -129,16 +129,22 @@ def bot_env(tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel) -> dic
         "SLACK_APP_TOKEN": "xapp-test-app-token-456",
         "SLACK_API_URL": fake_slack.api_url,
         "CLAUDE_CLI_PATH": claude_cli(),
-        "SLACKBUS_HOME": str(tmp_path / "state"),
-        "SLACKBUS_WORKDIR": str(tmp_path / "work"),
+        "SLACKBUS_HOME": str(root / "state"),
+        "SLACKBUS_WORKDIR": str(root / "work"),
         "SLACKBUS_ALLOWED_USERS": ALLOWED,
+        "SLACKBUS_ENV_FILE": str(root / "no.env"),
+        **fake_model.cli_env(home),
+    }
+
+
+@pytest.fixture
+def bot_env(tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel) -> dict[str, str]:
+    return {
+        **fake_environment(tmp_path, fake_slack, fake_model),
         "SLACKBUS_MAX_CONCURRENT": "4",
         "SLACKBUS_RUN_TIMEOUT": "60",
         "SLACKBUS_IDLE_SECONDS": "30",
-        "SLACKBUS_ENV_FILE": str(tmp_path / "no.env"),
-        **fake_model.cli_env(home),
     }
-    return env
 
 
 @pytest.fixture
