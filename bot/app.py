@@ -65,6 +65,10 @@ class Bot:
         data = auth.data
         return data if isinstance(data, dict) else {}
 
+    def workdir_for(self, channel: str) -> str:
+        """An admin's `/claude cwd` for the channel, else the configured map, else SLACKBUS_WORKDIR."""
+        return self.store.channel_workdir(channel) or str(self.settings.workdir_for(channel))
+
     def session_spec(self, cwd: Path, session_id: str, resume: bool) -> SessionSpec:
         s = self.settings
         return SessionSpec(
@@ -79,6 +83,7 @@ class Bot:
             disallowed_tools=s.disallowed_tools,
             max_turns=s.max_turns,
             max_budget_usd=s.max_budget_usd,
+            permission_mode=s.permission_mode,
         )
 
     async def serve(self, *, ready: anyio.Event | None = None) -> None:
@@ -126,15 +131,15 @@ class Bot:
                 self._tg.start_soon(self._queued_sign, poster, pipeline, queue, job, position, behind_own_thread)
             self._tg.start_soon(backfill.ensure, job.channel)
 
-        def on_refused(msg: IncomingMessage) -> None:
-            self._tg.start_soon(
-                poster.post_ephemeral,
-                msg.channel,
-                msg.user or "",
+        def on_refused(msg: IncomingMessage, why: str) -> None:
+            text = (
                 f"Sorry <@{msg.user}>, you are not on this bot's allow list, so nothing was run. Ask the person who "
-                f"runs slackbus to add your member id ({msg.user}) to SLACKBUS_ALLOWED_USERS.",
-                msg.thread_ts,
+                f"runs slackbus to add your member id ({msg.user}) to SLACKBUS_ALLOWED_USERS."
+                if why == "user"
+                else "I am not enabled in this channel, so nothing was run. Ask the person who runs slackbus to add "
+                f"it ({msg.channel}) to SLACKBUS_ALLOWED_CHANNELS."
             )
+            self._tg.start_soon(poster.post_ephemeral, msg.channel, msg.user or "", text, msg.thread_ts)
 
         dispatcher = Dispatcher(
             self.store,
@@ -143,12 +148,14 @@ class Bot:
             is_allowed=s.is_allowed,
             on_accepted=on_accepted,
             on_refused=on_refused,
-            workdir=str(s.workdir),
+            workdir_for=self.workdir_for,
+            is_channel_allowed=s.is_channel_allowed,
             on_seen=on_seen,
         )
         commands = Commands(
             s, self.store, queue, pipeline, poster, dispatcher,
             workspace_url=str(auth.get("url") or ""),
+            workdir_for=self.workdir_for,
             spawn=lambda fn, *args: self._tg.start_soon(fn, *args),
         )
         app = AsyncApp(client=self.client, process_before_response=False, ignoring_self_events_enabled=True)

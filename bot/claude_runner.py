@@ -64,6 +64,7 @@ class SessionSpec:
     disallowed_tools: tuple[str, ...] = ()
     max_turns: int | None = None
     max_budget_usd: float | None = None
+    permission_mode: str | None = None
 
 
 @dataclass
@@ -95,6 +96,7 @@ def _options(spec: SessionSpec, stderr_lines: deque[str]) -> ClaudeAgentOptions:
         disallowed_tools=list(spec.disallowed_tools),
         max_turns=spec.max_turns,
         max_budget_usd=spec.max_budget_usd,
+        permission_mode=spec.permission_mode,  # type: ignore[arg-type]
         stderr=lambda line: stderr_lines.append(redact(line.rstrip())),
     )
 

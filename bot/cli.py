@@ -40,13 +40,14 @@ def check_cli(path: str, timeout: float = 30.0) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import Bot
-    from bot.config import load_settings, scrub_process_environment
+    from bot.config import load_settings, read_environment, scrub_process_environment, secret_values
     from bot.log import configure_logging
     from bot.redact import redactor
 
     try:
         settings = load_settings(env_file=args.env_file)
         redactor.add(settings.slack_bot_token, settings.slack_app_token)
+        redactor.add(*secret_values(read_environment(env_file=args.env_file)))
         scrub_process_environment()
         configure_logging(settings.log_level, settings.log_format)
         check_cli(settings.claude_cli_path)

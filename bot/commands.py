@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck
@@ -32,6 +33,7 @@ as context. Reply in the thread to continue the same Claude session (no mention 
 • `/claude sessions`: this channel's recent sessions, with links to their threads.
 • `/claude cancel [thread link]`: stop your run (admins: any run). A :octagonal_sign: reaction on the request, \
 or the Stop button, does the same.
+• `/claude cwd [path]`: the folder Claude works in here (admins can change it, within the allowed roots).
 • `/claude help`: this text."""
 
 _LINK = re.compile(r"archives/([CDG][A-Z0-9]+)/p(\d{10})(\d{6})(?:\S*?thread_ts=(\d+\.\d+))?")
@@ -70,7 +72,9 @@ class Commands:
         *,
         workspace_url: str,
         spawn: Callable[..., None],
+        workdir_for: Callable[[str], str],
     ) -> None:
+        self._workdir_for = workdir_for
         self._settings = settings
         self._store = store
         self._queue = queue
@@ -99,11 +103,17 @@ class Commands:
             )
             log.info("commands.refused", user=user, channel=channel, sub=sub or "help")
             return
+        if not self._settings.is_channel_allowed(channel):
+            await ack(text=f"I am not enabled in this channel, so nothing was run: ask the person who runs slackbus "
+                      f"to add it ({channel}) to SLACKBUS_ALLOWED_CHANNELS.")
+            log.info("commands.channel_refused", user=user, channel=channel, sub=sub or "help")
+            return
         handlers: dict[str, Callable[[str, str, str], Awaitable[str]]] = {
             "status": self._status,
             "sessions": self._sessions,
             "cancel": self._cancel,
             "stop": self._cancel,
+            "cwd": self._cwd,
         }
         if not text or sub in {"help", "?", "-h", "--help"}:
             await ack(text=HELP)
@@ -132,7 +142,7 @@ class Commands:
         self._store.record_message(StoredMessage(channel, parent_ts, None, user, None, text))
         if not self._store.claim_request(channel, parent_ts, parent_ts, user, "command"):
             return
-        self._store.save_thread(ThreadSession(channel, parent_ts, "", str(self._settings.workdir), False, "0", user))
+        self._store.save_thread(ThreadSession(channel, parent_ts, "", self._workdir_for(channel), False, "0", user))
         self._dispatcher.submit(
             Job(channel=channel, thread_ts=parent_ts, trigger_ts=parent_ts, user=user, new_session=True,
                 received=time.monotonic(), is_dm=channel.startswith("D"))
@@ -210,6 +220,24 @@ class Commands:
             return "Cancelled the queued task."
         return "Nothing of yours is running or queued." if not rest else "No run or queued task in that thread."
 
+    async def _cwd(self, user: str, channel: str, rest: str) -> str:
+        current = self._workdir_for(channel)
+        if not rest:
+            roots = ", ".join(f"`{r}`" for r in self._settings.roots)
+            return f"Claude works in `{current}` in this channel (allowed roots: {roots})."
+        if not self._settings.is_admin(user):
+            return "Only an admin (SLACKBUS_ADMIN_USERS) can change this channel's directory."
+        real = self._settings.within_roots(Path(rest.strip().strip("`")))
+        if real is None:
+            roots = ", ".join(f"`{r}`" for r in self._settings.roots)
+            return (f"`{rest.strip()}` is outside the allowed roots ({roots}) once links and `..` are resolved, "
+                    "so the directory was not changed.")
+        if not real.is_dir():
+            return f"`{real}` is not a directory on the bot's host, so the directory was not changed."
+        self._store.set_channel_workdir(channel, str(real))
+        log.info("commands.cwd", channel=channel, by=user, workdir=str(real))
+        return f"New sessions in this channel now work in `{real}` (threads already going keep theirs)."
+
     async def cancel_run(self, handle: RunHandle, user: str) -> str:
         if user != handle.requester and not self._settings.is_admin(user):
             log.info("commands.cancel_refused", user=user, run_id=handle.run_id)
@@ -228,6 +256,8 @@ class Commands:
         if handle is None or handle.cancelled_by:
             return
         if not self._settings.is_allowed(user):
+            await self._poster.post_ephemeral(channel, user, "You are not on this bot's allow list, so you cannot "
+                                              "stop runs.", handle.thread_ts)
             return
         answer = await self.cancel_run(handle, user)
         if answer.startswith("Only"):

@@ -62,6 +62,10 @@ class Settings:
     model: str | None
     allowed_tools: tuple[str, ...]
     disallowed_tools: tuple[str, ...]
+    allowed_channels: frozenset[str] | None  # None: every channel the bot is in
+    permission_mode: str
+    roots: tuple[Path, ...]
+    channel_dirs: Mapping[str, Path]
     child_env: Mapping[str, str] = field(repr=False)
 
     @property
@@ -73,6 +77,18 @@ class Settings:
 
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.admin_users
+
+    def is_channel_allowed(self, channel: str) -> bool:
+        """Direct messages follow the user rules alone; channels may be restricted further."""
+        return self.allowed_channels is None or channel in self.allowed_channels or channel.startswith("D")
+
+    def workdir_for(self, channel: str) -> Path:
+        return self.channel_dirs.get(channel, self.workdir)
+
+    def within_roots(self, path: Path) -> Path | None:
+        """The real path (symlinks and .. resolved) if it lies under an allowed root, else None."""
+        real = path.expanduser().resolve()
+        return real if any(real == root or real.is_relative_to(root) for root in self.roots) else None
 
 
 def read_environment(env: Mapping[str, str] | None = None, env_file: str | None = None) -> dict[str, str]:
@@ -125,6 +141,72 @@ def _token(env: Mapping[str, str], name: str, prefix: str, what: str) -> str:
             f"(got a value starting with {value[:5]!r}...)."
         )
     return value
+
+
+PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
+
+
+def _permission_mode(env: Mapping[str, str], allowed: frozenset[str]) -> str:
+    mode = env.get("SLACKBUS_PERMISSION_MODE", "").strip() or "default"
+    if mode not in PERMISSION_MODES:
+        raise ConfigError(f"SLACKBUS_PERMISSION_MODE must be one of {', '.join(PERMISSION_MODES)}, got {mode!r}.")
+    if mode != "bypassPermissions":
+        return mode
+    if (len(allowed) > 1 or "*" in allowed) and env.get("SLACKBUS_I_UNDERSTAND_BYPASS") != "1":
+        raise ConfigError(
+            "SLACKBUS_PERMISSION_MODE=bypassPermissions lets every allowed user run any command on this host "
+            "without being asked, and more than one user is allowed: use acceptEdits or default, or set "
+            "SLACKBUS_I_UNDERSTAND_BYPASS=1 if that is really what you want."
+        )
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and env.get("IS_SANDBOX") != "1":
+        raise ConfigError(
+            "Claude Code refuses bypassPermissions as root unless IS_SANDBOX=1 is set: run the bot as an "
+            "unprivileged user, or set IS_SANDBOX=1 if this host is a disposable sandbox."
+        )
+    return mode
+
+
+def _directories(env: Mapping[str, str], workdir: Path) -> tuple[tuple[Path, ...], dict[str, Path]]:
+    """SLACKBUS_ROOTS and the channel → directory map (SLACKBUS_CHANNEL_DIRS, or [channels] in SLACKBUS_CONFIG)."""
+    roots_raw = [r.strip() for r in env.get("SLACKBUS_ROOTS", "").split(",") if r.strip()]
+    roots = tuple(Path(r).expanduser().resolve() for r in roots_raw) or (workdir,)
+    pairs: dict[str, str] = {}
+    config_file = env.get("SLACKBUS_CONFIG", "").strip()
+    if config_file:
+        import tomllib
+
+        try:
+            data = tomllib.loads(Path(config_file).expanduser().read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"SLACKBUS_CONFIG={config_file} cannot be read ({exc}).") from None
+        pairs.update({str(k): str(v) for k, v in (data.get("channels") or {}).items()})
+    for item in env.get("SLACKBUS_CHANNEL_DIRS", "").split(","):
+        if item.strip():
+            channel, sep, directory = item.partition("=")
+            if not sep or not channel.strip() or not directory.strip():
+                raise ConfigError(
+                    f"SLACKBUS_CHANNEL_DIRS holds {item.strip()!r}: write CHANNEL_ID=/path, comma-separated."
+                )
+            pairs[channel.strip()] = directory.strip()
+    if not any(workdir == r or workdir.is_relative_to(r) for r in roots):
+        raise ConfigError(f"SLACKBUS_WORKDIR={workdir} is not under SLACKBUS_ROOTS ({', '.join(map(str, roots))}).")
+    dirs: dict[str, Path] = {}
+    for channel, raw in pairs.items():
+        real = Path(raw).expanduser().resolve()
+        if not any(real == r or real.is_relative_to(r) for r in roots):
+            raise ConfigError(
+                f"The directory for channel {channel}, {raw}, is {real} once links and .. are resolved, which is "
+                f"outside SLACKBUS_ROOTS ({', '.join(map(str, roots))}): move it or add a root."
+            )
+        if not real.is_dir():
+            raise ConfigError(f"The directory for channel {channel}, {raw}, does not exist.")
+        dirs[channel] = real
+    return roots, dirs
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """Values of variables named like a secret (*TOKEN*, *SECRET*, *KEY*, *PASSWORD*): masked wherever shown."""
+    return [v for k, v in env.items() if re.search(r"TOKEN|SECRET|KEY|PASSWORD", k, re.IGNORECASE) and len(v) >= 8]
 
 
 def _tool_list(raw: str | None) -> tuple[str, ...]:
@@ -245,6 +327,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
             "every running task needs its own claude process."
         )
     admins = frozenset(u.strip() for u in merged.get("SLACKBUS_ADMIN_USERS", "").split(",") if u.strip())
+    permission_mode = _permission_mode(merged, allowed)
+    channels_raw = merged.get("SLACKBUS_ALLOWED_CHANNELS", "").strip()
+    allowed_channels = (
+        frozenset(c.strip() for c in channels_raw.split(",") if c.strip()) if channels_raw and channels_raw != "*"
+        else None
+    )
+    roots, channel_dirs = _directories(merged, workdir.resolve())
     budget = merged.get("SLACKBUS_MAX_BUDGET_USD", "").strip()
     idle_off = merged.get("SLACKBUS_IDLE_SECONDS", "").strip() == "0"  # 0: no warm sessions
     return Settings(
@@ -269,6 +358,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
         log_level=(merged.get("SLACKBUS_LOG_LEVEL", "").strip() or "info").lower(),
         log_format=log_format,
         model=merged.get("SLACKBUS_MODEL", "").strip() or None,
+        allowed_channels=allowed_channels,
+        permission_mode=permission_mode,
+        roots=roots,
+        channel_dirs=channel_dirs,
         allowed_tools=_tool_list(merged.get("SLACKBUS_ALLOWED_TOOLS")),
         disallowed_tools=_tool_list(merged.get("SLACKBUS_DISALLOWED_TOOLS")),
         child_env=child_environment(merged),

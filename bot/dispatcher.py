@@ -189,18 +189,20 @@ class Dispatcher:
         bot_user_id: str,
         is_allowed: Callable[[str], bool],
         on_accepted: Callable[[Job, int], None],
-        on_refused: Callable[[IncomingMessage], None],
-        workdir: str,
+        on_refused: Callable[[IncomingMessage, str], None],
+        workdir_for: Callable[[str], str],
+        is_channel_allowed: Callable[[str], bool] = lambda _c: True,
         on_seen: Callable[[Job], None] | None = None,
     ) -> None:
         self._on_seen = on_seen
+        self._workdir_for = workdir_for
+        self._is_channel_allowed = is_channel_allowed
         self._store = store
         self._queue = queue
         self._bot = bot_user_id
         self._is_allowed = is_allowed
         self._on_accepted = on_accepted
         self._on_refused = on_refused
-        self._workdir = workdir
         self._refused_in_thread: set[tuple[str, str, str]] = set()
 
     def on_message(self, msg: IncomingMessage) -> Job | None:
@@ -226,6 +228,11 @@ class Dispatcher:
         if not (msg.mentions_bot or msg.is_dm or in_session_thread):
             return None  # ordinary channel talk: context only
 
+        if not self._is_channel_allowed(msg.channel):
+            if msg.mentions_bot:
+                log.info("dispatch.channel_not_allowed", channel=msg.channel, user=msg.user)
+                self._on_refused(msg, "channel")
+            return None
         if not self._is_allowed(msg.user):
             # once per message (a mention arrives twice), and once per thread for plain replies
             thread_key = (msg.channel, msg.reply_target, msg.user)
@@ -236,7 +243,7 @@ class Dispatcher:
             if explicit or thread_key not in self._refused_in_thread:
                 self._refused_in_thread.update({thread_key, message_key})
                 log.info("dispatch.refused", channel=msg.channel, thread_ts=msg.reply_target, user=msg.user)
-                self._on_refused(msg)
+                self._on_refused(msg, "user")
             return None
 
         if not self._store.claim_request(msg.channel, msg.ts, msg.reply_target, msg.user, "message"):
@@ -248,7 +255,7 @@ class Dispatcher:
                     channel=msg.channel,
                     thread_ts=msg.reply_target,
                     session_id="",
-                    workdir=self._workdir,
+                    workdir=self._workdir_for(msg.channel),
                     started=False,
                     last_ts="0",
                     requester=msg.user,

@@ -196,7 +196,7 @@ class TaskPipeline:
         with anyio.move_on_after(5.0):
             await self._backfill.ensure(first.channel)
         row = self._store.get_thread(first.channel, first.thread_ts) or ThreadSession(
-            first.channel, first.thread_ts, "", str(self._settings.workdir), False, "0", first.user
+            first.channel, first.thread_ts, "", str(self._settings.workdir_for(first.channel)), False, "0", first.user
         )
         label = self._backfill.label(first.channel, first.is_dm)
         await self._resolve_names(first)

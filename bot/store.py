@@ -109,7 +109,12 @@ def _m2_outbox(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_outbox]
+def _m3_channel_workdir(db: sqlite3.Connection) -> None:
+    """A channel's working directory as set by an admin with `/claude cwd` (over the configured one)."""
+    db.execute("ALTER TABLE channels ADD COLUMN workdir TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_outbox, _m3_channel_workdir]
 
 
 class Store:
@@ -337,6 +342,18 @@ class Store:
                 " ON CONFLICT(channel) DO UPDATE SET backfilled_at=excluded.backfilled_at,"
                 " name=coalesce(excluded.name, channels.name)",
                 (channel, name, time.time()),
+            )
+
+    def channel_workdir(self, channel: str) -> str | None:
+        row = self._db.execute("SELECT workdir FROM channels WHERE channel=?", (channel,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def set_channel_workdir(self, channel: str, workdir: str | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO channels (channel, workdir) VALUES (?, ?)"
+                " ON CONFLICT(channel) DO UPDATE SET workdir=excluded.workdir",
+                (channel, workdir),
             )
 
     def channel_name(self, channel: str) -> str | None:

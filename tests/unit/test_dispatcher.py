@@ -202,8 +202,8 @@ class Harness:
             bot_user_id=BOT,
             is_allowed=lambda user: user in ALLOWED,
             on_accepted=lambda j, position: self.accepted.append((j, position)),
-            on_refused=self.refused.append,
-            workdir="/work/dir",
+            on_refused=lambda msg, _why: self.refused.append(msg),
+            workdir_for=lambda _channel: "/work/dir",
         )
 
     @staticmethod
