@@ -18,6 +18,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
 from bot import renderer, slack_events
+from bot.approvals import Approvals
 from bot.backfill import Backfill
 from bot.claude_runner import SessionSpec
 from bot.commands import Commands
@@ -44,6 +45,7 @@ class Bot:
         self.client = make_client(settings.slack_bot_token, settings.slack_api_url)
         self._tg: Any = None
         self._follow_up_waiting: set[tuple[str, str]] = set()  # (channel, ts) showing the ⏳ reaction
+        self.approvals: Approvals | None = None
 
     async def _identify(self) -> dict[str, Any]:
         try:
@@ -84,6 +86,7 @@ class Bot:
             max_turns=s.max_turns,
             max_budget_usd=s.max_budget_usd,
             permission_mode=s.permission_mode,
+            approvals=self.approvals,
         )
 
     async def serve(self, *, ready: anyio.Event | None = None) -> None:
@@ -103,6 +106,12 @@ class Bot:
         auth = await self._identify()
         bot_user_id, bot_id = str(auth["user_id"]), auth.get("bot_id")
         poster = SlackPoster(self.client, self.store, bot_user_id=bot_user_id, bot_id=bot_id)
+        self.approvals = Approvals(
+            post=lambda channel, thread_ts, message: poster.post(channel, thread_ts, message),
+            update=poster.update,
+            is_admin=s.is_admin,
+            timeout=s.approval_seconds,
+        )
         backfill = Backfill(self.client, self.store, bot_user_id=bot_user_id, limit=s.context_messages or 1)
         contexts = ContextBuilder(
             self.store,
@@ -157,6 +166,7 @@ class Bot:
             workspace_url=str(auth.get("url") or ""),
             workdir_for=self.workdir_for,
             spawn=lambda fn, *args: self._tg.start_soon(fn, *args),
+            approvals=self.approvals,
         )
         app = AsyncApp(client=self.client, process_before_response=False, ignoring_self_events_enabled=True)
         slack_events.register(
@@ -167,6 +177,7 @@ class Bot:
             on_slash=commands.slash,
             on_reaction=commands.on_reaction,
             on_stop=commands.on_stop_button,
+            on_approval=commands.on_approval_button,
         )
         handler = AsyncSocketModeHandler(app, s.slack_app_token)
 

@@ -65,6 +65,7 @@ class SessionSpec:
     max_turns: int | None = None
     max_budget_usd: float | None = None
     permission_mode: str | None = None
+    approvals: Any = field(default=None, compare=False, repr=False)  # bot.approvals.Approvals
 
 
 @dataclass
@@ -75,12 +76,13 @@ class _Turn:
     timeout: float
     stall: float
     run_id: str
+    where: tuple[str, str, str] | None = None  # (channel, thread_ts, requester): who can approve tools
     done: anyio.Event = field(default_factory=anyio.Event)
     outcome: Finished | RunError | None = None
     cancelled_by: str | None = None
 
 
-def _options(spec: SessionSpec, stderr_lines: deque[str]) -> ClaudeAgentOptions:
+def _options(spec: SessionSpec, stderr_lines: deque[str], can_use_tool: Any = None) -> ClaudeAgentOptions:
     system_prompt: Any = None
     if spec.system_prompt_append:
         system_prompt = {"type": "preset", "preset": "claude_code", "append": spec.system_prompt_append}
@@ -97,6 +99,7 @@ def _options(spec: SessionSpec, stderr_lines: deque[str]) -> ClaudeAgentOptions:
         max_turns=spec.max_turns,
         max_budget_usd=spec.max_budget_usd,
         permission_mode=spec.permission_mode,  # type: ignore[arg-type]
+        can_use_tool=can_use_tool,
         stderr=lambda line: stderr_lines.append(redact(line.rstrip())),
     )
 
@@ -122,11 +125,23 @@ class ClaudeSession:
         self._current: _Turn | None = None
         self._closed = anyio.Event()
         self.ready = anyio.Event()  # set once connected (or failed to)
+        self.waiting_approval = 0
         self.claimed = False  # taken by a task while still starting (see SessionManager)
 
     # --- owner task -----------------------------------------------------------------------------
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        client = ClaudeSDKClient(options=_options(self.spec, self._stderr))
+        can_use_tool = None
+        if self.spec.approvals is not None:
+            ask = self.spec.approvals.callback_for(self.session_id, lambda: self._current and self._current.where)
+
+            async def can_use_tool(tool: str, args: dict[str, Any], context: Any) -> Any:
+                self.waiting_approval += 1  # a person is deciding: not a stall
+                try:
+                    return await ask(tool, args, context)
+                finally:
+                    self.waiting_approval -= 1
+
+        client = ClaudeSDKClient(options=_options(self.spec, self._stderr, can_use_tool))
         self._client = client
         bound = log.bind(session_id=self.session_id)
         started = time.monotonic()
@@ -176,33 +191,53 @@ class ClaudeSession:
 
     async def _run_turn(self, client: ClaudeSDKClient, turn: _Turn) -> None:
         finished: Finished | None = None
+        ended = False
+        # A pump task moves the SDK's messages into a stream, so waiting for the next one can time out and
+        # wait again (while a person decides on a tool) without tearing the SDK's generator down.
+        send, receive = anyio.create_memory_object_stream[Any](64)
+
+        async def pump() -> None:
+            async with send:
+                async for item in client.receive_response():
+                    await send.send(item)
+
         try:
             await client.query(turn.prompt, session_id=self.session_id)
-            messages = client.receive_response().__aiter__()
-            while finished is None:
-                remaining = turn.deadline - time.monotonic()
-                wait = min(turn.stall, remaining)
-                message: Any = None
-                with anyio.move_on_after(max(wait, 0)):
-                    message = await messages.__anext__()
-                if message is None:
-                    self.healthy = False
-                    if turn.cancelled_by is None:
-                        turn.outcome = self._limit_error(turn, stalled=remaining > turn.stall)
-                    await self._interrupt(client)
-                    break
-                for event in stream_parser.parse(message):
-                    if isinstance(event, Finished):
-                        finished = event
-                    turn.on_event(event)
-        except StopAsyncIteration:
-            self.healthy = False
-            process = _process_of(client)
-            turn.outcome = self._process_error(getattr(process, "returncode", None))
-            return
+            async with anyio.create_task_group() as tg, receive:
+                tg.start_soon(pump)
+                while finished is None:
+                    remaining = turn.deadline - time.monotonic()
+                    wait = min(turn.stall, remaining)
+                    message: Any = None
+                    with anyio.move_on_after(max(wait, 0)):
+                        try:
+                            message = await receive.receive()
+                        except anyio.EndOfStream:
+                            ended = True
+                            break
+                    if message is None and self.waiting_approval and remaining > turn.stall:
+                        continue  # silent because a person is deciding on a tool: not a stall
+                    if message is None:
+                        self.healthy = False
+                        if turn.cancelled_by is None:
+                            turn.outcome = self._limit_error(turn, stalled=remaining > turn.stall)
+                        await self._interrupt(client)
+                        break
+                    for event in stream_parser.parse(message):
+                        if isinstance(event, Finished):
+                            finished = event
+                        turn.on_event(event)
+                tg.cancel_scope.cancel()
+            if ended:  # the CLI stopped talking without a result
+                self.healthy = False
+                process = _process_of(client)
+                with anyio.move_on_after(2.0):
+                    await process.wait()
+                turn.outcome = self._process_error(getattr(process, "returncode", None))
+                return
         except Exception as exc:
             self.healthy = False
-            turn.outcome = self._error(exc)
+            turn.outcome = self._error(_first_error(exc))
             return
         if turn.cancelled_by is not None:
             self.healthy = False
@@ -274,13 +309,20 @@ class ClaudeSession:
         return self.state in {"idle", "busy"} and self.healthy
 
     async def turn(
-        self, prompt: str, on_event: EventSink, *, timeout: float, stall: float, run_id: str = ""  # noqa: ASYNC109
+        self,
+        prompt: str,
+        on_event: EventSink,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the bound is enforced by the owner task, per message
+        stall: float,
+        run_id: str = "",
+        where: tuple[str, str, str] | None = None,
     ) -> Finished:
         """Run one turn; returns the CLI's result or raises a RunError. Cancelling the caller aborts the
         turn and closes the session (shielded, bounded) before the cancellation goes on."""
         if not self.alive:
             raise CLIProcessError("The Claude session is not running.", session_id=self.session_id)
-        turn = _Turn(prompt, on_event, time.monotonic() + timeout, timeout, stall, run_id)
+        turn = _Turn(prompt, on_event, time.monotonic() + timeout, timeout, stall, run_id, where)
         try:
             await self._send.send(turn)
             await turn.done.wait()
@@ -336,6 +378,13 @@ class ClaudeSession:
         self._send.close()
         with anyio.move_on_after(25.0):
             await self._closed.wait()
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The pump's own error out of a task group's ExceptionGroup."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _process_of(client: ClaudeSDKClient) -> Any:

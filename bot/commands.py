@@ -73,8 +73,10 @@ class Commands:
         workspace_url: str,
         spawn: Callable[..., None],
         workdir_for: Callable[[str], str],
+        approvals: Any = None,
     ) -> None:
         self._workdir_for = workdir_for
+        self._approvals = approvals
         self._settings = settings
         self._store = store
         self._queue = queue
@@ -262,6 +264,19 @@ class Commands:
         answer = await self.cancel_run(handle, user)
         if answer.startswith("Only"):
             await self._poster.post_ephemeral(channel, user, answer, handle.thread_ts)
+
+    async def on_approval_button(self, body: dict[str, Any]) -> None:
+        user = str((body.get("user") or {}).get("id") or "")
+        action = (body.get("actions") or [{}])[0]
+        channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id") or "")
+        thread_ts = (body.get("message") or {}).get("thread_ts")
+        if not self._settings.is_allowed(user) or self._approvals is None:
+            await self._poster.post_ephemeral(channel, user, "You are not on this bot's allow list.", thread_ts)
+            return
+        action_id, request_id = str(action.get("action_id")), str(action.get("value") or "")
+        refusal = await self._approvals.on_click(action_id, request_id, user)
+        if refusal:
+            await self._poster.post_ephemeral(channel, user, refusal, thread_ts)
 
     async def on_stop_button(self, body: dict[str, Any]) -> None:
         user = str((body.get("user") or {}).get("id") or "")

@@ -66,6 +66,7 @@ class Settings:
     permission_mode: str
     roots: tuple[Path, ...]
     channel_dirs: Mapping[str, Path]
+    approval_seconds: float
     child_env: Mapping[str, str] = field(repr=False)
 
     @property
@@ -362,6 +363,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
         permission_mode=permission_mode,
         roots=roots,
         channel_dirs=channel_dirs,
+        approval_seconds=_float(merged, "SLACKBUS_APPROVAL_SECONDS", 300.0),
         allowed_tools=_tool_list(merged.get("SLACKBUS_ALLOWED_TOOLS")),
         disallowed_tools=_tool_list(merged.get("SLACKBUS_DISALLOWED_TOOLS")),
         child_env=child_environment(merged),

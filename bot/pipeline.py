@@ -297,6 +297,7 @@ class TaskPipeline:
                 timeout=self._settings.run_timeout,
                 stall=self._settings.stall_seconds,
                 run_id=handle.run_id,
+                where=(handle.channel, handle.thread_ts, handle.requester),
             )
         finally:
             self._sessions.release(handle.key, session)

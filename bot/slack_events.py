@@ -55,6 +55,7 @@ def register(
     on_slash: SlashHandler,
     on_reaction: EventHandler,
     on_stop: EventHandler,
+    on_approval: EventHandler,
 ) -> None:
     @app.middleware
     async def stamp_and_dedupe(
@@ -99,6 +100,11 @@ def register(
     async def stop_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
         await on_stop(body)
+
+    @app.action(re.compile(r"^slackbus_(approve_once|approve_session|deny)$"))
+    async def approval_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        await on_approval(body)
 
     @app.action(re.compile(".*"))
     async def other_action(ack: AsyncAck) -> None:
