@@ -69,7 +69,7 @@ def test_a_60000_character_answer_arrives_whole_as_a_file(start_bot, fake_slack,
     assert len(long_answer) > 60_000
     fake_model.enqueue_text(long_answer)
     ts = fake_slack.user_says("C1", "U1", "write a lot", mention=True)
-    summary = answer_in(fake_slack, "C1", ts, "the whole of it is in the attached file")
+    summary = answer_in(fake_slack, "C1", ts, "the whole of it is in the attached file", timeout=60)
     assert summary["text"].startswith("Start of the answer.")
     upload = fake_slack.wait_for(lambda: fake_slack.files, what="the uploaded file")[0]
     content = fake_slack.file_content(upload["id"]).decode()
@@ -108,7 +108,7 @@ def test_the_answer_survives_429_and_503_from_slack(start_bot, fake_slack, fake_
 
 
 def test_a_denied_tool_is_named_in_the_answer(start_bot, fake_slack, fake_model, tmp_path):
-    start_bot()
+    start_bot(SLACKBUS_APPROVAL_SECONDS="1")  # nobody answers the approval question: denied
     fake_model.enqueue_tool_use("Write", {"file_path": str(tmp_path / "work" / "x.txt"), "content": "x"})
     fake_model.enqueue_text("could not write [[id:deny]]")
     ts = fake_slack.user_says("C1", "U1", "write a file", mention=True)
