@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from bot.renderer import SlackMessage
-from bot.stream_parser import RunEvent, ToolCall, ToolOutput
+from bot.stream_parser import RunEvent, ToolCall
 
 STATUS_DELAY_S = 1.5
 MIN_EDIT_INTERVAL_S = 2.0
@@ -130,8 +130,6 @@ class Progress:
             if self.first_step_at is None:
                 self.first_step_at = time.monotonic()
             self._changed.set()
-        elif isinstance(event, ToolOutput):
-            pass
 
     async def run(self) -> None:
         h = self._handle
