@@ -6,7 +6,9 @@ recorded as interrupted), close the warm and pooled ones, exit — all bounded.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from slack_sdk.errors import SlackApiError
 from bot import renderer, slack_events
 from bot.approvals import Approvals
 from bot.backfill import Backfill
+from bot.blackboard import MCP_SERVER, MCP_TOOLS, Blackboard
 from bot.claude_runner import SessionSpec
 from bot.commands import Commands
 from bot.config import Settings
@@ -46,6 +49,7 @@ class Bot:
         self._tg: Any = None
         self._follow_up_waiting: set[tuple[str, str]] = set()  # (channel, ts) showing the ⏳ reaction
         self.approvals: Approvals | None = None
+        self.blackboard: Blackboard | None = None
 
     async def _identify(self) -> dict[str, Any]:
         try:
@@ -71,17 +75,29 @@ class Bot:
         """An admin's `/claude cwd` for the channel, else the configured map, else SLACKBUS_WORKDIR."""
         return self.store.channel_workdir(channel) or str(self.settings.workdir_for(channel))
 
-    def session_spec(self, cwd: Path, session_id: str, resume: bool) -> SessionSpec:
+    def session_spec(self, cwd: Path, session_id: str, resume: bool, key: tuple[str, str] | None = None) -> SessionSpec:
         s = self.settings
+        env = dict(s.child_env)
+        # the session's hooks and `slackbus post` reach the channel through the bot's socket (no token here)
+        env.update(SLACKBUS_SPAWNED="1", SLACKBUS_SESSION_ID=session_id, SLACKBUS_HOME=str(s.home))
+        env["PATH"] = f"{s.home / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+        if key is not None:  # a pooled session learns its thread later, through its session id
+            env.update(SLACKBUS_CHANNEL=key[0], SLACKBUS_THREAD_TS=key[1])
+        allowed = s.allowed_tools
+        mcp: dict[str, Any] = {}
+        if self.blackboard is not None:
+            mcp[MCP_SERVER] = self.blackboard.mcp_server(session_id)
+            allowed = (*allowed, MCP_TOOLS)
         return SessionSpec(
             cwd=cwd,
             session_id=session_id,
             resume=resume,
             cli_path=s.claude_cli_path,
-            env=s.child_env,
+            env=env,
+            mcp_servers=mcp,
             system_prompt_append=SYSTEM_PROMPT_APPEND,
             model=s.model,
-            allowed_tools=s.allowed_tools,
+            allowed_tools=allowed,
             disallowed_tools=s.disallowed_tools,
             max_turns=s.max_turns,
             max_budget_usd=s.max_budget_usd,
@@ -121,6 +137,10 @@ class Bot:
             name_of=backfill.name_of,
             is_allowed=s.is_allowed,
         )
+        self.blackboard = blackboard = Blackboard(
+            s, self.store, poster, name_of=backfill.name_of, cwd_of=lambda sid: sessions.cwd_of(sid)
+        )
+        install_shim(s.home / "bin")
         sessions = SessionManager(
             self.session_spec,
             max_processes=s.max_processes,
@@ -168,12 +188,13 @@ class Bot:
             spawn=lambda fn, *args: self._tg.start_soon(fn, *args),
             approvals=self.approvals,
         )
-        app = AsyncApp(client=self.client, process_before_response=False, ignoring_self_events_enabled=True)
+        app = AsyncApp(client=self.client, process_before_response=False, ignoring_self_events_enabled=False)
         slack_events.register(
             app,
             dispatcher=dispatcher,
             store=self.store,
             bot_user_id=bot_user_id,
+            bot_id=bot_id,
             on_slash=commands.slash,
             on_reaction=commands.on_reaction,
             on_stop=commands.on_stop_button,
@@ -183,6 +204,7 @@ class Bot:
 
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            await tg.start(blackboard.serve_socket)
             await tg.start(sessions.run)
             tg.start_soon(poster.run_outbox)
             queue.attach(tg)
@@ -304,3 +326,22 @@ class Bot:
 
     def close(self) -> None:
         self.store.close()
+
+
+def install_shim(bin_dir: Path) -> None:
+    """SLACKBUS_HOME/bin/slackbus, first on the PATH of the sessions the bot spawns, so their Bash tool and
+    hooks find this slackbus without the bot's virtualenv (and its `python`) on their PATH."""
+    from bot.cli import slackbus_argv
+
+    argv = slackbus_argv()
+    target = bin_dir / "slackbus"
+    try:
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        body = "#!/bin/sh\nexec " + " ".join(f"'{a}'" for a in argv) + ' "$@"\n'
+        if not target.is_file() or target.read_text() != body:
+            tmp = bin_dir / f".slackbus.{os.getpid()}"
+            tmp.write_text(body)
+            tmp.chmod(0o755)
+            os.replace(tmp, target)
+    except OSError as exc:
+        log.warning("bot.shim_failed", path=str(target), error=str(exc), python=sys.executable)

@@ -66,6 +66,7 @@ class SessionSpec:
     max_budget_usd: float | None = None
     permission_mode: str | None = None
     approvals: Any = field(default=None, compare=False, repr=False)  # bot.approvals.Approvals
+    mcp_servers: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -100,6 +101,7 @@ def _options(spec: SessionSpec, stderr_lines: deque[str], can_use_tool: Any = No
         max_budget_usd=spec.max_budget_usd,
         permission_mode=spec.permission_mode,  # type: ignore[arg-type]
         can_use_tool=can_use_tool,
+        mcp_servers=dict(spec.mcp_servers),
         stderr=lambda line: stderr_lines.append(redact(line.rstrip())),
     )
 

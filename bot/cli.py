@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
-
-import anyio
+from pathlib import Path
 
 from bot import __version__
 from bot.errors import ConfigError, StoreError
@@ -39,6 +39,8 @@ def check_cli(path: str, timeout: float = 30.0) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
     from bot.app import Bot
     from bot.config import load_settings, read_environment, scrub_process_environment, secret_values
     from bot.log import configure_logging
@@ -71,6 +73,96 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.run(args.env_file, cli_only=args.cli_only)
 
 
+def cmd_hook(args: argparse.Namespace) -> int:
+    try:
+        from bot import hooks
+    except Exception as exc:
+        print(f"slackbus hook {args.event}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 0
+    return hooks.run(args.event, env_file=args.env_file, channel=args.channel)
+
+
+def cmd_post(args: argparse.Namespace) -> int:
+    from bot import bus, identity
+
+    text = " ".join(args.text)
+    if text == "-" or (not text and not sys.stdin.isatty()):
+        text = sys.stdin.read(bus.MAX_POST_CHARS * 4)
+    if not text.strip():
+        return _fail("nothing to post: give the text as arguments, or - to read it from stdin.")
+    try:
+        settings = bus.load(env_file=args.env_file)
+        posted = bus.post(settings, text, identity.resolve(), channel=args.channel, thread_ts=args.thread)
+    except bus.BusError as exc:
+        return _fail(str(exc), 1)
+    where = f" in {posted.channel}" if posted.channel else ""
+    print(f"posted{where} via {posted.via}" + (f" (ts {posted.ts})" if posted.ts else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from bot import bus
+
+    try:
+        settings = bus.load(env_file=args.env_file)
+        messages, source = bus.read(
+            settings, args.channel, thread_ts=args.thread, since=bus.parse_since(args.since), limit=args.limit
+        )
+    except bus.BusError as exc:
+        return _fail(str(exc), 1)
+    if args.json:
+        print(json.dumps({"source": source, "messages": [asdict(m) for m in messages]}, ensure_ascii=False))
+    else:
+        for m in messages:
+            print(m.line(limit=100_000))
+    return 0
+
+
+def slackbus_argv() -> list[str]:
+    """How to run this slackbus from a hook: the console script beside this Python, else `python -m bot`."""
+    script = Path(sys.executable).parent / "slackbus"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "bot"]
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    from bot import hooks_install
+
+    try:
+        path = hooks_install.settings_path(
+            project=Path(args.project).expanduser() if args.project else None, user=args.user
+        )
+        if args.uninstall:
+            result = hooks_install.uninstall(path)
+        else:
+            channel = args.channel or os.environ.get("SLACKBUS_CHANNEL") or None
+            events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events else None
+            tools = [t.strip() for t in (args.tools or "").split(",") if t.strip()]
+            env_file = str(Path(args.env_file).resolve()) if args.env_file else None
+            kwargs: dict[str, object] = {"tools": tools, "channel": channel, "env_file": env_file}
+            if events:
+                kwargs["events"] = events
+            result = hooks_install.install(path, slackbus_argv(), **kwargs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot write the settings file: {exc}")
+    verb = "removed from" if args.uninstall else "installed in"
+    if result.changed:
+        names = ", ".join(result.removed if args.uninstall else result.added) or "hooks"
+        print(f"slackbus hooks ({names}) {verb} {result.path}")
+    else:
+        print(f"{result.path}: nothing to change")
+    if not args.uninstall and not (args.channel or os.environ.get("SLACKBUS_CHANNEL")):
+        print("note: no channel given: set SLACKBUS_CHANNEL in the session's environment, or re-run with --channel.",
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slackbus", description="Claude Code in Slack, and Slack as a bus "
                                                                  "between Claude Code sessions.")
@@ -82,6 +174,39 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the settings and the claude CLI, then exit")
     doctor.add_argument("--cli-only", action="store_true", help="only check that the claude CLI runs")
     doctor.set_defaults(func=cmd_doctor)
+
+    hook = sub.add_parser("hook", help="run one Claude Code hook event (reads the hook's JSON on stdin)")
+    hook.add_argument("event", help="SessionStart, Stop, SubagentStop, SessionEnd, PostToolUse, Notification, "
+                                    "UserPromptSubmit")
+    hook.add_argument("--channel", help="the channel (default: SLACKBUS_CHANNEL)")
+    hook.set_defaults(func=cmd_hook)
+
+    post = sub.add_parser("post", help="post a message to the channel, tagged with this session")
+    post.add_argument("text", nargs="*", help="the message (- or nothing with a pipe: read stdin)")
+    post.add_argument("--channel", help="channel id (default: SLACKBUS_CHANNEL)")
+    post.add_argument("--thread", help="thread ts (default: SLACKBUS_THREAD_TS)")
+    post.set_defaults(func=cmd_post)
+
+    read = sub.add_parser("read", help="print the channel's recent history")
+    read.add_argument("--channel", help="channel id or #name (default: SLACKBUS_CHANNEL)")
+    read.add_argument("--thread", help="read this thread instead of the channel")
+    read.add_argument("--since", help="only newer messages: 10m, 2h, 1d, a Slack ts or an ISO time")
+    read.add_argument("--limit", type=int, default=50, help="at most this many messages (default 50)")
+    read.add_argument("--json", action="store_true", help="JSON instead of text")
+    read.set_defaults(func=cmd_read)
+
+    hooks = sub.add_parser("hooks", help="install slackbus's hooks into a Claude Code settings.json")
+    hooks_sub = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
+    install = hooks_sub.add_parser("install", help="merge the hook entries (idempotent); --uninstall removes ours")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--project", metavar="DIR", help="DIR/.claude/settings.json (default: the current directory)")
+    where.add_argument("--user", action="store_true", help="~/.claude/settings.json: every session of this user")
+    install.add_argument("--channel", help="the channel the hooks post to and read (default: SLACKBUS_CHANNEL)")
+    install.add_argument("--tools", help="also post a line per call of these tools (PostToolUse), e.g. Bash,Edit")
+    install.add_argument("--events", help="hook events to install (default: SessionStart,Stop,SubagentStop,"
+                                          "Notification,SessionEnd)")
+    install.add_argument("--uninstall", action="store_true", help="remove exactly slackbus's entries")
+    install.set_defaults(func=cmd_hooks)
     return parser
 
 

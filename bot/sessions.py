@@ -30,7 +30,7 @@ ThreadKey = tuple[str, str]
 class SessionManager:
     def __init__(
         self,
-        make_spec: Callable[[Path, str, bool], SessionSpec],
+        make_spec: Callable[[Path, str, bool, ThreadKey | None], SessionSpec],
         *,
         max_processes: int,
         warm_pool: int,
@@ -116,7 +116,7 @@ class SessionManager:
                 if starting.alive and starting.state == "idle":
                     self.refill(cwd)
                     return starting, "pool"
-        session = ClaudeSession(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None))
+        session = ClaudeSession(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None, key))
         await self._start(session)
         return session, "cold"
 
@@ -129,6 +129,12 @@ class SessionManager:
             self._warm[key] = session
         elif session.state != "closed":
             self._spawn(session.close)
+
+    def cwd_of(self, session_id: str) -> Path | None:
+        for s in self._live:
+            if s.session_id == session_id:
+                return s.spec.cwd
+        return None
 
     def warm_session(self, key: ThreadKey) -> ClaudeSession | None:
         return self._warm.get(key)
@@ -205,7 +211,7 @@ class SessionManager:
         try:
             pool = self._pool.setdefault(cwd, [])
             while len([s for s in pool if s.alive]) < self.warm_pool:
-                session = ClaudeSession(self._make_spec(cwd, str(uuid.uuid4()), False))
+                session = ClaudeSession(self._make_spec(cwd, str(uuid.uuid4()), False, None))
                 self._starting[cwd] = session
                 try:
                     started = await self._start(session, for_pool=True)

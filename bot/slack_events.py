@@ -14,6 +14,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.response import BoltResponse
 
+from bot import identity
 from bot.dispatcher import Dispatcher, IncomingMessage
 from bot.log import get_logger
 from bot.store import Store
@@ -52,6 +53,7 @@ def register(
     dispatcher: Dispatcher,
     store: Store,
     bot_user_id: str,
+    bot_id: str | None = None,
     on_slash: SlashHandler,
     on_reaction: EventHandler,
     on_stop: EventHandler,
@@ -68,8 +70,13 @@ def register(
             return BoltResponse(status=200, body="")
         return await next()
 
+    def from_self(event: dict[str, Any]) -> bool:
+        return event.get("user") == bot_user_id or (bot_id is not None and event.get("bot_id") == bot_id)
+
     @app.event("app_mention")
     async def on_app_mention(event: dict[str, Any], body: dict[str, Any], context: dict[str, Any]) -> None:
+        if from_self(event):
+            return
         dispatcher.on_message(
             incoming(event, body, bot_user_id=bot_user_id, received=context["received"], mention_event=True)
         )
@@ -77,6 +84,13 @@ def register(
     @app.event("message")
     async def on_message(event: dict[str, Any], body: dict[str, Any], context: dict[str, Any]) -> None:
         subtype = event.get("subtype")
+        if from_self(event):
+            # Our own posts are recorded when we make them. A session's post made with our token elsewhere
+            # (another host, an Incoming Webhook of this app) is new to the record: keep it for the blackboard.
+            tagged = identity.parse(str(event.get("text") or ""))[0] is not None
+            if tagged and event.get("ts") and store.get_message(str(event.get("channel")), str(event["ts"])) is None:
+                dispatcher.on_message(incoming(event, body, bot_user_id=bot_user_id, received=context["received"]))
+            return
         if subtype == "message_changed":
             changed = event.get("message") or {}
             if changed.get("ts") and not changed.get("bot_id"):

@@ -114,7 +114,13 @@ def _m3_channel_workdir(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE channels ADD COLUMN workdir TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_outbox, _m3_channel_workdir]
+def _m4_run_lookups(db: sqlite3.Connection) -> None:
+    """The blackboard asks which thread a session serves, and which sessions ran in a channel lately."""
+    db.execute("CREATE INDEX runs_session ON runs(session_id, started_at)")
+    db.execute("CREATE INDEX runs_channel ON runs(channel, started_at)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups]
 
 
 class Store:
@@ -225,6 +231,22 @@ class Store:
             (channel, thread_ts, thread_ts, after_ts, after_ts, upto_ts, upto_ts),
         ).fetchall()
         return [_message(r) for r in rows]
+
+    def messages_after(
+        self, channel: str, after_ts: str, limit: int, *, thread_ts: str | None = None
+    ) -> list[StoredMessage]:
+        """The newest `limit` top-level messages (or that thread's) after `after_ts`, oldest first."""
+        args: tuple[str, ...] = ()
+        if thread_ts:
+            where, args = "(thread_ts=? OR ts=?)", (thread_ts, thread_ts)
+        else:
+            where = "(thread_ts IS NULL OR thread_ts=ts)"
+        rows = self._db.execute(
+            "SELECT channel, ts, thread_ts, user, bot_id, text, from_self, subtype FROM messages"
+            f" WHERE channel=? AND {where} AND ts > ? ORDER BY ts DESC LIMIT ?",
+            (channel, *args, after_ts, limit),
+        ).fetchall()
+        return [_message(r) for r in reversed(rows)]
 
     def get_message(self, channel: str, ts: str) -> StoredMessage | None:
         row = self._db.execute(
@@ -396,6 +418,22 @@ class Store:
                 " WHERE run_id=?",
                 (status, time.time(), error, num_turns, cost_usd, duration_ms, run_id),
             )
+
+    def thread_of_session(self, session_id: str) -> tuple[str, str] | None:
+        """The thread a session the bot runs (or ran last) serves."""
+        row = self._db.execute(
+            "SELECT channel, thread_ts FROM runs WHERE session_id=? ORDER BY started_at DESC LIMIT 1", (session_id,)
+        ).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def recent_runs(self, channel: str, since: float) -> list[tuple[str, str, str, float]]:
+        """(session_id, thread_ts, status, started_at) of the channel's runs since `since`, newest first."""
+        rows = self._db.execute(
+            "SELECT session_id, thread_ts, status, started_at FROM runs WHERE channel=? AND started_at >= ?"
+            " AND session_id IS NOT NULL ORDER BY started_at DESC LIMIT 200",
+            (channel, since),
+        ).fetchall()
+        return [(str(a), str(b), str(c), float(d)) for a, b, c, d in rows]
 
     def interrupted_runs(self) -> list[tuple[str, str, str]]:
         """(run_id, channel, thread_ts) of runs a previous process left 'running'."""

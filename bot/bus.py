@@ -1,0 +1,461 @@
+"""The bus client: how a hook, `slackbus post` or `slackbus read` reaches the shared channel.
+
+Posting, first that works:
+  1. the bot's local socket (SLACKBUS_HOME/bot.sock) when the bot runs on this host: no token needed, the
+     bot records the post at once, and sessions it spawned are resolved to their thread;
+  2. the Web API with SLACK_BOT_TOKEN (chat.postMessage);
+  3. an Incoming Webhook (SLACK_WEBHOOK_URL): push-only, the channel is fixed by the webhook.
+Reading, first that works:
+  1. the bot's own record (SQLite, opened read-only) when it knows the channel: no Slack call at all;
+  2. the Web API with SLACK_BOT_TOKEN, paced: at most one conversations.history call per channel per
+     SLACKBUS_HISTORY_INTERVAL seconds (Slack allows self-hosted apps about one a minute); in between, a cache
+     file plus what this host posted since.
+
+Stdlib only (and bot.config / bot.identity, themselves light): a hook runs as a fresh process per event,
+so start-up time is latency every Claude Code session pays. Nothing here opens a Socket Mode connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import socket
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bot import identity as ident
+from bot.config import DEFAULT_SLACK_API_URL, read_environment
+
+MAX_POST_CHARS = 3900  # one readable Slack message; hooks trim before this
+SOCKET_NAME = "bot.sock"
+DB_NAME = "slackbus.db"
+
+
+class BusError(Exception):
+    """A post or read that cannot be done; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    home: Path
+    channel: str | None
+    thread_ts: str | None
+    session_id: str | None
+    bot_token: str | None
+    webhook_url: str | None
+    api_url: str
+    timeout: float  # per network call
+    history_interval: float
+    spawned: bool  # a session the bot started (it gives context and posts answers itself)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / SOCKET_NAME
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / DB_NAME
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        value = float(env.get(name, "") or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def load(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -> BusSettings:
+    merged = read_environment(env, env_file)
+    api_url = merged.get("SLACK_API_URL", "").strip() or DEFAULT_SLACK_API_URL
+    if not api_url.endswith("/"):
+        api_url += "/"
+    home = Path(merged.get("SLACKBUS_HOME", "").strip() or Path.home() / ".slackbus").expanduser()
+    token = merged.get("SLACK_BOT_TOKEN", "").strip()
+    webhook = merged.get("SLACK_WEBHOOK_URL", "").strip()
+    return BusSettings(
+        home=home,
+        channel=merged.get("SLACKBUS_CHANNEL", "").strip() or None,
+        thread_ts=merged.get("SLACKBUS_THREAD_TS", "").strip() or None,
+        session_id=merged.get("SLACKBUS_SESSION_ID", "").strip() or None,
+        bot_token=token if token.startswith("xoxb-") else None,
+        webhook_url=webhook if re.match(r"https?://", webhook) else None,
+        api_url=api_url,
+        timeout=_float(merged, "SLACKBUS_HOOK_TIMEOUT", 3.0),
+        history_interval=_float(merged, "SLACKBUS_HISTORY_INTERVAL", 60.0),
+        spawned=merged.get("SLACKBUS_SPAWNED", "") == "1",
+    )
+
+
+@dataclass(frozen=True)
+class BusMessage:
+    channel: str
+    ts: str
+    thread_ts: str | None
+    author: str  # "alice", "session 1a2b3c4d (api-server)", "slackbus"
+    text: str  # without the identity tag
+
+    def line(self, limit: int = 2000) -> str:
+        text = self.text.strip()
+        if len(text) > limit:
+            text = text[:limit].rstrip() + f" … [{len(text) - limit} more characters]"
+        return f"[{clock(self.ts)}] {self.author}: {text}"
+
+
+def clock(ts: str) -> str:
+    try:
+        return datetime.fromtimestamp(float(ts)).strftime("%H:%M")
+    except (ValueError, OverflowError, OSError):
+        return "--:--"
+
+
+def parse_since(raw: str | None, now: float | None = None) -> str | None:
+    """`10m`, `2h`, `1d`, `90s`, a Slack ts or epoch seconds, or an ISO time → a Slack ts to read after."""
+    if not raw:
+        return None
+    now = time.time() if now is None else now
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", raw)
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return f"{now - seconds:.6f}"
+    if re.fullmatch(r"\d+(\.\d+)?", raw.strip()):
+        return f"{float(raw):.6f}"
+    try:
+        return f"{datetime.fromisoformat(raw.strip()).timestamp():.6f}"
+    except ValueError:
+        raise BusError(f"--since {raw!r} is not a time: use 10m, 2h, 1d, a Slack ts or an ISO time.") from None
+
+
+# --- posting -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Posted:
+    via: str  # "bot", "api", "webhook"
+    channel: str | None
+    ts: str | None
+
+
+def post(
+    s: BusSettings,
+    text: str,
+    who: ident.Identity,
+    *,
+    channel: str | None = None,
+    thread_ts: str | None = None,
+    deadline: float | None = None,
+) -> Posted:
+    """Post `text`, tagged with `who`, to the channel (in thread_ts when given)."""
+    channel = channel or s.channel
+    thread_ts = thread_ts if thread_ts is not None else s.thread_ts
+    body = who.tag(text.strip())
+    if len(body) > MAX_POST_CHARS:
+        body = body[: MAX_POST_CHARS - 20].rstrip() + " … [trimmed]"
+    deadline = deadline or time.monotonic() + s.timeout
+    if s.socket_path.exists():
+        answer = _ask_bot(
+            s,
+            {"op": "post", "channel": channel, "thread_ts": thread_ts, "session_id": who.session_id, "text": body},
+            deadline,
+        )
+        if answer is not None:
+            if not answer.get("ok"):
+                raise BusError(str(answer.get("error") or "the bot refused the post"))
+            return Posted("bot", answer.get("channel"), answer.get("ts"))
+    if s.bot_token and channel:
+        params: dict[str, Any] = {"channel": channel, "text": body, "unfurl_links": False}
+        if thread_ts:
+            params["thread_ts"] = thread_ts
+        data = _api(s, "chat.postMessage", params, deadline)
+        ts = str(data.get("ts") or "")
+        _remember_post(s, channel, BusMessage(channel, ts, thread_ts, who.label, text.strip()))
+        return Posted("api", channel, ts)
+    if s.webhook_url:
+        payload: dict[str, Any] = {"text": body}
+        if thread_ts:
+            payload["thread_ts"] = thread_ts
+        _http(s.webhook_url, json.dumps(payload).encode(), {"Content-Type": "application/json"}, deadline)
+        return Posted("webhook", channel, None)
+    if not channel and (s.bot_token or s.socket_path.exists()):
+        raise BusError("No channel to post to: set SLACKBUS_CHANNEL or pass --channel.")
+    raise BusError(
+        "Nothing to post with: run the slackbus bot on this host, or set SLACK_BOT_TOKEN (with SLACKBUS_CHANNEL) "
+        "or SLACK_WEBHOOK_URL."
+    )
+
+
+def _ask_bot(s: BusSettings, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+    """One request to the bot's socket; None when no bot listens there (a stale socket file)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(max(deadline - time.monotonic(), 0.05))
+            sock.connect(str(s.socket_path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            chunks: list[bytes] = []
+            while True:
+                sock.settimeout(max(deadline - time.monotonic(), 0.05))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+    except (ConnectionRefusedError, FileNotFoundError):
+        return None
+    except TimeoutError:
+        raise BusError("The slackbus bot did not answer in time.") from None
+    except OSError as exc:
+        raise BusError(f"The slackbus bot's socket failed ({exc.strerror or exc}).") from None
+    try:
+        answer = json.loads(b"".join(chunks) or b"{}")
+    except ValueError:
+        raise BusError("The slackbus bot sent an unreadable answer.") from None
+    return answer if isinstance(answer, dict) else None
+
+
+def ask_bot(s: BusSettings, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any] | None:
+    if not s.socket_path.exists():
+        return None
+    return _ask_bot(s, request, time.monotonic() + (timeout or s.timeout))
+
+
+def _http(url: str, data: bytes, headers: dict[str, str], deadline: float) -> tuple[int, bytes, Mapping[str, str]]:
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=max(deadline - time.monotonic(), 0.05)) as resp:
+            return int(resp.status), resp.read(), resp.headers
+    except urllib.error.HTTPError as exc:
+        if exc.code == 429:
+            raise RateLimited(float(exc.headers.get("Retry-After") or 60)) from None
+        raise BusError(f"Slack answered HTTP {exc.code}.") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BusError(f"Slack cannot be reached ({reason}).") from None
+
+
+class RateLimited(BusError):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"Slack is rate-limiting this call; try again in {retry_after:g} s.")
+        self.retry_after = retry_after
+
+
+def _api(s: BusSettings, method: str, params: dict[str, Any], deadline: float) -> dict[str, Any]:
+    assert s.bot_token
+    _, raw, _ = _http(
+        s.api_url + method,
+        json.dumps(params).encode(),
+        {"Content-Type": "application/json; charset=utf-8", "Authorization": f"Bearer {s.bot_token}"},
+        deadline,
+    )
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BusError(f"Slack's {method} sent an unreadable answer.") from None
+    if not data.get("ok"):
+        error = data.get("error", "unknown_error")
+        hint = {
+            "not_in_channel": " (invite the bot to the channel)",
+            "channel_not_found": " (check SLACKBUS_CHANNEL: a channel id like C0123ABCD)",
+            "invalid_auth": " (check SLACK_BOT_TOKEN)",
+            "missing_scope": " (the app needs the scope Slack names; see manifest.yaml)",
+        }.get(str(error), "")
+        raise BusError(f"Slack's {method} failed: {error}{hint}.")
+    return dict(data)
+
+
+# --- reading -----------------------------------------------------------------------------------------------
+def read(
+    s: BusSettings,
+    channel: str | None = None,
+    *,
+    thread_ts: str | None = None,
+    since: str | None = None,
+    limit: int = 50,
+    deadline: float | None = None,
+) -> tuple[list[BusMessage], str]:
+    """The channel's newest `limit` top-level messages after `since` (or that thread's), oldest first, and
+    where they came from ("record" or "api")."""
+    channel = channel or s.channel
+    if not channel:
+        raise BusError("No channel to read: set SLACKBUS_CHANNEL or pass --channel.")
+    deadline = deadline or time.monotonic() + s.timeout
+    channel = resolve_channel(s, channel)
+    found = read_record(s, channel, thread_ts=thread_ts, since=since, limit=limit)
+    if found is not None:
+        return found, "record"
+    if s.bot_token:
+        return _read_api(s, channel, thread_ts=thread_ts, since=since, limit=limit, deadline=deadline), "api"
+    raise BusError(
+        "Reading the channel needs the slackbus bot's record on this host (run `slackbus run` here) or "
+        "SLACK_BOT_TOKEN; an Incoming Webhook can only post."
+    )
+
+
+@contextlib.contextmanager
+def _record(s: BusSettings) -> Iterator[sqlite3.Connection | None]:
+    if not s.db_path.is_file():
+        yield None
+        return
+    try:
+        db = sqlite3.connect(f"file:{s.db_path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        yield None
+        return
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def resolve_channel(s: BusSettings, channel: str) -> str:
+    """`#name` → its id, from the bot's record."""
+    if not channel.startswith("#"):
+        return channel
+    with _record(s) as db:
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                row = db.execute("SELECT channel FROM channels WHERE name=?", (channel[1:],)).fetchone()
+                if row:
+                    return str(row[0])
+    raise BusError(f"Channel {channel} is unknown here: use its id (like C0123ABCD).")
+
+
+def read_record(
+    s: BusSettings, channel: str, *, thread_ts: str | None = None, since: str | None = None, limit: int = 50
+) -> list[BusMessage] | None:
+    """From the bot's SQLite record; None when there is no record or it does not know the channel."""
+    with _record(s) as db:
+        if db is None:
+            return None
+        try:
+            known = db.execute(
+                "SELECT 1 FROM channels WHERE channel=? UNION ALL SELECT 1 FROM messages WHERE channel=? LIMIT 1",
+                (channel, channel),
+            ).fetchone()
+            if not known:
+                return None
+            if thread_ts:
+                rows = db.execute(
+                    "SELECT ts, thread_ts, user, bot_id, text, from_self FROM messages WHERE channel=?"
+                    " AND (thread_ts=? OR ts=?) AND ts > ? ORDER BY ts DESC LIMIT ?",
+                    (channel, thread_ts, thread_ts, since or "", limit),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT ts, thread_ts, user, bot_id, text, from_self FROM messages WHERE channel=?"
+                    " AND (thread_ts IS NULL OR thread_ts=ts) AND ts > ? ORDER BY ts DESC LIMIT ?",
+                    (channel, since or "", limit),
+                ).fetchall()
+            names = dict(db.execute("SELECT user_id, name FROM users").fetchall())
+        except sqlite3.Error:
+            return None
+    out: list[BusMessage] = []
+    for ts, t_ts, user, bot_id, text, from_self in reversed(rows):
+        author, body = author_of(str(text or ""), user, bot_id, bool(from_self), names)
+        out.append(BusMessage(channel, str(ts), t_ts, author, body))
+    return out
+
+
+def author_of(
+    text: str, user: str | None, bot_id: str | None, from_self: bool, names: Mapping[str, str]
+) -> tuple[str, str]:
+    """(who wrote it, the text without an identity tag)."""
+    who, body = ident.parse(text)
+    if who is not None:
+        return who.label, body
+    if from_self:
+        return "slackbus", text
+    if user:
+        return names.get(user, user), text
+    return f"bot {bot_id}" if bot_id else "unknown", text
+
+
+def _cache_path(s: BusSettings, channel: str, thread_ts: str | None) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{channel}-{thread_ts or 'channel'}")
+    return s.home / "cache" / f"history-{name}.json"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _remember_post(s: BusSettings, channel: str, m: BusMessage) -> None:
+    """What this host posted goes into the history cache, so the next session sees it before the next fetch."""
+    with contextlib.suppress(OSError):
+        path = _cache_path(s, channel, None if m.thread_ts is None else m.thread_ts)
+        with _locked(path):
+            data = _load_cache(path)
+            if data:
+                data.setdefault("messages", []).append(asdict(m))
+                _save_cache(path, data)
+
+
+def _read_api(
+    s: BusSettings, channel: str, *, thread_ts: str | None, since: str | None, limit: int, deadline: float
+) -> list[BusMessage]:
+    path = _cache_path(s, channel, thread_ts)
+    with _locked(path):
+        data = _load_cache(path)
+        fresh = time.time() - float(data.get("fetched_at") or 0) < s.history_interval
+        if not fresh and time.time() >= float(data.get("retry_after") or 0):
+            try:
+                data = {"fetched_at": time.time(), "messages": _fetch(s, channel, thread_ts, deadline)}
+                _save_cache(path, data)
+            except RateLimited as exc:
+                data["retry_after"] = time.time() + exc.retry_after
+                with contextlib.suppress(OSError):
+                    _save_cache(path, data)
+                if "messages" not in data:
+                    raise
+    messages = [BusMessage(**m) for m in data.get("messages", []) if isinstance(m, dict)]
+    messages = sorted({m.ts: m for m in messages}.values(), key=lambda m: m.ts)
+    if since:
+        messages = [m for m in messages if m.ts > since]
+    return messages[-limit:]
+
+
+def _fetch(s: BusSettings, channel: str, thread_ts: str | None, deadline: float) -> list[dict[str, Any]]:
+    if thread_ts:
+        data = _api(s, "conversations.replies", {"channel": channel, "ts": thread_ts, "limit": 100}, deadline)
+    else:
+        data = _api(s, "conversations.history", {"channel": channel, "limit": 100}, deadline)
+    out: list[dict[str, Any]] = []
+    for raw in data.get("messages") or []:
+        if not isinstance(raw, dict) or raw.get("subtype") in ("channel_join", "channel_leave"):
+            continue
+        author, body = author_of(
+            str(raw.get("text") or ""), raw.get("user"), raw.get("bot_id"), False, {}
+        )
+        if author.startswith("bot ") and raw.get("username"):
+            author = str(raw["username"])
+        out.append(asdict(BusMessage(channel, str(raw.get("ts")), raw.get("thread_ts"), author, body)))
+    return sorted(out, key=lambda m: m["ts"])
