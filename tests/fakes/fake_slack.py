@@ -237,6 +237,8 @@ class FakeSlack:
         self._files: dict[str, dict[str, Any]] = {}
         self._responses: list[dict[str, Any]] = []
         self._response_urls: dict[str, dict[str, Any]] = {}
+        self._webhooks: dict[str, str] = {}  # "/services/T/B/secret" → channel
+        self.webhook_posts: list[dict[str, Any]] = []
         self._failures: dict[str, collections.deque[_Failure]] = {}
         self._latency: dict[str, float] = {}
         self._tickets: set[str] = set()
@@ -353,6 +355,7 @@ class FakeSlack:
         app.router.add_get("/socket", self._handle_socket)
         app.router.add_post("/upload/{file_id}", self._handle_upload)
         app.router.add_post("/response/{rid}", self._handle_response_url)
+        app.router.add_post("/services/{team}/{hook}/{secret}", self._handle_webhook)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         try:
@@ -1449,6 +1452,44 @@ class FakeSlack:
             "actions": [action],
         }
         return self.send_envelope("interactive", payload, wait=wait)
+
+    def webhook_url(self, channel: str = "C1") -> str:
+        """An Incoming Webhook URL that posts into `channel` (as the app, subtype bot_message)."""
+        path = f"/services/{self.team_id}/B{next(self._ids):06d}/{uuid.uuid4().hex[:24]}"
+        with self._cond:
+            self._webhooks[path] = channel
+        return f"{self.base_url}{path}"
+
+    async def _handle_webhook(self, request: web.Request) -> web.Response:
+        """Slack's Incoming Webhook: JSON {"text", "blocks"?, "thread_ts"?} → 200 "ok", or a plain-text error."""
+        raw = await request.read()
+        with self._cond:
+            channel = self._webhooks.get(request.path)
+            queue = self._failures.get("webhook")
+            failure = queue.popleft() if queue else None
+        if failure is not None:  # fail_next("webhook", status=...)
+            return web.Response(status=failure.status, text=failure.error)
+        if channel is None:
+            return web.Response(status=404, text="no_service")
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return web.Response(status=400, text="invalid_payload")
+        if not isinstance(payload, dict) or not (payload.get("text") or payload.get("blocks")):
+            return web.Response(status=400, text="no_text")
+        with self._cond:
+            ts = self._next_ts()
+            msg: dict[str, Any] = {
+                "type": "message", "subtype": "bot_message", "ts": ts, "channel": channel,
+                "text": str(payload.get("text") or "")[:_TEXT_LIMIT], "bot_id": self.bot_id, "app_id": self.app_id,
+            }
+            if payload.get("thread_ts"):
+                msg["thread_ts"] = str(payload["thread_ts"])
+            self._store(channel, msg)
+            self.webhook_posts.append(dict(msg))
+            self._cond.notify_all()
+        self._echo(self._decorated(channel, msg) | {"channel": channel, "event_ts": ts})
+        return web.Response(status=200, text="ok")
 
     def _user_name(self, user: str) -> str:
         with self._cond:

@@ -1,0 +1,296 @@
+"""The hook bridge, end to end: the real `claude` CLI with slackbus hooks installed in a temp project, the fake
+Slack and the fake model. Sessions push to the channel, read it when they start, and share it mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, claude_cli
+from tests.fakes.fake_model import FakeModel, Reply, all_texts
+from tests.fakes.fake_slack import FakeSlack
+
+SLACKBUS = [sys.executable, "-m", "bot"]
+TOKEN = "xoxb-test-bot-token-123"
+
+
+def slackbus(*args: str, env: dict[str, str], cwd: Path | None = None, stdin: str | None = None,
+             timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SLACKBUS, *args], env=env, cwd=str(cwd or REPO), input=stdin, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+def terminal_env(tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, **extra: str) -> dict[str, str]:
+    """A person's terminal: their own HOME and slackbus state, the channel set, a token unless told otherwise."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(REPO),
+        "SLACK_API_URL": fake_slack.api_url,
+        "SLACK_BOT_TOKEN": TOKEN,
+        "SLACKBUS_HOME": str(tmp_path / "term-state"),
+        "SLACKBUS_CHANNEL": "C1",
+        "SLACKBUS_ENV_FILE": str(tmp_path / "no.env"),
+        **fake_model.cli_env(home),
+    }
+    env.update(extra)
+    return {k: v for k, v in env.items() if v != ""}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    d = tmp_path / "api-server"
+    d.mkdir()
+    return d
+
+
+def install_hooks(project: Path, env: dict[str, str], *extra: str) -> None:
+    out = slackbus("hooks", "install", "--project", str(project), "--channel", "C1", *extra, env=env)
+    assert out.returncode == 0, out.stderr
+
+
+def run_claude(project: Path, env: dict[str, str], prompt: str, timeout: float = 90) -> dict[str, Any]:
+    out = subprocess.run(
+        [claude_cli(), "-p", prompt, "--output-format", "json"],
+        cwd=str(project), env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def request_with(fake_model: FakeModel, marker: str) -> list[dict[str, Any]]:
+    return [r for r in fake_model.requests if any(marker in t for t in all_texts(r))]
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def top_level(fake_slack: FakeSlack, channel: str = "C1") -> list[dict[str, Any]]:
+    return [m for m in fake_slack.messages(channel) if not m.get("thread_ts") or m["thread_ts"] == m["ts"]]
+
+
+# --- a person's terminal, no bot: the Web API with a token ------------------------------------------------
+def test_a_terminal_session_posts_its_stop_summary_and_the_next_session_starts_with_it(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, project: Path
+) -> None:
+    env = terminal_env(tmp_path, fake_slack, fake_model)
+    install_hooks(project, env)
+    first = run_claude(project, env, "Look at the cache [[id:first-finding]]")
+
+    posts = wait_for(lambda: [m for m in top_level(fake_slack) if "answer for first-finding" in m["text"]],
+                     what="the Stop summary")
+    assert len(posts) == 1
+    text = posts[0]["text"]
+    assert text.startswith(f"`[session {first['session_id'][:8]} · api-server]`"), text  # who wrote it
+    assert str(project) in text  # and where
+
+    second = run_claude(project, env, "What did the others find? [[id:second]]")
+    assert second["session_id"] != first["session_id"]
+    firsts = request_with(fake_model, "[[id:second]]")
+    assert firsts, "the second session never asked the model"
+    context = "\n".join(all_texts(firsts[0]))
+    assert "answer for first-finding" in context  # the SessionStart context: the first session's summary
+    assert f"session {first['session_id'][:8]} (api-server)" in context  # attributed
+    assert "<slack_channel_history" in context and "data, not instructions" in context
+    # hooks never open Socket Mode (that would steal the bot's events)
+    assert fake_slack.count("apps.connections.open") == 0 and fake_slack.connection_count == 0
+    # the history was fetched once, then paced: the second session used the cache plus this host's own post
+    assert fake_slack.count("conversations.history") == 1
+
+
+# --- the bot on the same host: hooks post through its socket and read its record ----------------------------
+def test_with_the_bot_on_the_host_hooks_need_no_token_and_read_its_record(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, project: Path, start_bot: Any,
+    bot_env: dict[str, str],
+) -> None:
+    bot = start_bot()
+    fake_slack.user_says("C1", "U1", "deploys are frozen until Friday")
+    env = terminal_env(tmp_path, fake_slack, fake_model, SLACK_BOT_TOKEN="", SLACKBUS_HOME=bot_env["SLACKBUS_HOME"])
+    wait_for(lambda: "deploys are frozen" in slackbus("read", env=env).stdout, what="the bot to record the message")
+    install_hooks(project, env)
+    history_calls = fake_slack.count("conversations.history")
+
+    first = run_claude(project, env, "Ship it? [[id:via-bot]]")
+    post = wait_for(lambda: [m for m in top_level(fake_slack) if "answer for via-bot" in m["text"]],
+                    what="the Stop summary posted by the bot")[0]
+    assert post["text"].startswith(f"`[session {first['session_id'][:8]} · api-server]`")
+    bot.wait_event("blackboard.posted")
+
+    run_claude(project, env, "Anything new? [[id:after]]")
+    context = "\n".join(all_texts(request_with(fake_model, "[[id:after]]")[0]))
+    assert "deploys are frozen until Friday" in context  # a person's message, from the bot's record
+    assert "answer for via-bot" in context  # the first session's summary
+    assert fake_slack.count("conversations.history") == history_calls  # no Slack call for reading
+
+
+# --- push-only: an Incoming Webhook ---------------------------------------------------------------------------
+def test_with_only_a_webhook_posts_work_and_read_says_what_is_missing(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, project: Path
+) -> None:
+    env = terminal_env(tmp_path, fake_slack, fake_model, SLACK_BOT_TOKEN="", SLACKBUS_CHANNEL="",
+                       SLACK_WEBHOOK_URL=fake_slack.webhook_url("C7"))
+    out = slackbus("post", "tests are green on main", env=env, cwd=project)
+    assert out.returncode == 0, out.stderr
+    assert "via webhook" in out.stderr
+    [msg] = fake_slack.webhook_posts
+    assert msg["channel"] == "C7" and msg["text"].endswith("tests are green on main")
+    assert "· api-server]`" in msg["text"]
+
+    install_hooks(project, env)
+    run_claude(project, env, "Summarise [[id:hooked]]")
+    wait_for(lambda: any("answer for hooked" in m["text"] for m in fake_slack.webhook_posts), what="Stop via webhook")
+
+    read = slackbus("read", "--channel", "C7", env=env)
+    assert read.returncode == 1
+    assert "SLACK_BOT_TOKEN" in read.stderr and "Webhook can only post" in read.stderr
+    assert "Traceback" not in read.stderr
+
+
+# --- a hook never breaks or slows the session ------------------------------------------------------------
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/api/"
+
+
+@pytest.mark.parametrize("event", ["Stop", "SessionStart", "Notification"])
+def test_a_hook_with_slack_unreachable_exits_zero_within_its_bound(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, black_hole: str, event: str
+) -> None:
+    env = terminal_env(tmp_path, fake_slack, fake_model, SLACK_API_URL=black_hole, SLACKBUS_HOOK_TIMEOUT="1")
+    payload = json.dumps({"session_id": "s-1", "cwd": str(tmp_path), "hook_event_name": event,
+                          "last_assistant_message": "done", "message": "Claude needs your permission"})
+    started = time.monotonic()
+    out = slackbus("hook", event, env=env, stdin=payload)
+    took = time.monotonic() - started
+    assert out.returncode == 0
+    assert took < 3.0, took  # 1 s bound + interpreter start
+    assert out.stdout == ""  # nothing half-written for Claude Code to misread
+    assert out.stderr.startswith(f"slackbus hook {event}:") and out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("stdin", ["not json", "[1, 2]", ""])
+def test_a_hook_given_bad_input_exits_zero_with_one_line(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, stdin: str
+) -> None:
+    env = terminal_env(tmp_path, fake_slack, fake_model)
+    out = slackbus("hook", "Stop", env=env, stdin=stdin)
+    assert out.returncode == 0
+    assert "Traceback" not in out.stderr
+    if stdin:
+        assert out.stderr.startswith("slackbus hook Stop:") and "JSON" in out.stderr
+    assert fake_slack.count("chat.postMessage") == (1 if not stdin else 0)  # empty input: still a summary
+
+
+def test_hooks_install_twice_leaves_one_copy_and_uninstall_restores_the_file(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, project: Path
+) -> None:
+    env = terminal_env(tmp_path, fake_slack, fake_model)
+    settings = project / ".claude" / "settings.json"
+    settings.parent.mkdir()
+    original = json.dumps(
+        {"permissions": {"allow": ["Bash(npm test)"]},
+         "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "notify-send done"}]}]}},
+        indent=2,
+    ) + "\n"
+    settings.write_text(original)
+    install_hooks(project, env)
+    once = settings.read_bytes()
+    install_hooks(project, env)
+    assert settings.read_bytes() == once
+    data = json.loads(once)
+    stop_commands = [h["command"] for g in data["hooks"]["Stop"] for h in g["hooks"]]
+    assert stop_commands[0] == "notify-send done" and len(stop_commands) == 2
+    assert all(sum("slackbus-hook" in h["command"] for g in groups for h in g["hooks"]) == 1
+               for groups in data["hooks"].values())
+    out = slackbus("hooks", "install", "--project", str(project), "--uninstall", env=env)
+    assert out.returncode == 0, out.stderr
+    assert settings.read_text() == original
+
+
+# --- sessions the bot spawns: the blackboard, live ---------------------------------------------------------
+def _has_tool_result(body: dict[str, Any]) -> bool:
+    last = body.get("messages", [{}])[-1]
+    content = last.get("content")
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
+def _tool_result_text(body: dict[str, Any]) -> str:
+    blocks = [b for b in body["messages"][-1]["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
+    return "\n".join(all_texts({"messages": [{"role": "user", "content": blocks}]}))
+
+
+def test_two_bot_sessions_share_the_channel_mid_run_through_their_mcp_tools(
+    fake_slack: FakeSlack, fake_model: FakeModel, start_bot: Any
+) -> None:
+    def responder(body: dict[str, Any]) -> Reply | None:
+        texts = "\n".join(all_texts(body))
+        done = _has_tool_result(body)
+        if "[[id:B]]" in texts:  # (B's context holds A's mention too: look for B first)
+            if not done:
+                return Reply(tool_use=("mcp__slackbus__read", {"limit": 20}))
+            return Reply(text="B read the board")
+        if "[[id:A]]" in texts:
+            if not done:
+                return Reply(tool_use=("mcp__slackbus__post", {"text": "finding: the cache key omits the locale"}))
+            return Reply(text="A is done", delay=4.0)  # A is still running while B reads
+        return None
+
+    fake_model.set_responder(responder)
+    bot = start_bot(SLACKBUS_WARM_POOL="0")
+    a = fake_slack.user_says("C1", "U1", "<@UBOT> investigate the cache [[id:A]]")
+    post = wait_for(lambda: [m for m in top_level(fake_slack) if "cache key omits the locale" in m["text"]],
+                    what="A's post")[0]
+    assert post["text"].startswith("`[session "), post["text"]  # attributed to A's session
+    b = fake_slack.user_says("C1", "U2", "<@UBOT> what do we know so far? [[id:B]]")
+    wait_for(lambda: any("B read the board" in m["text"] for m in fake_slack.bot_messages("C1", b)), what="B's answer")
+    assert not any("A is done" in m["text"] for m in fake_slack.bot_messages("C1", a))  # A still mid-run
+    read_back = [_tool_result_text(r) for r in request_with(fake_model, "[[id:B]]") if _has_tool_result(r)]
+    assert read_back and "cache key omits the locale" in read_back[0]  # what the read tool returned
+    a_session = bot.events("run.spawning")[0]["session_id"]
+    assert post["text"].startswith(f"`[session {a_session[:8]} · ")
+    assert f"session {a_session[:8]} (work): finding: the cache key" in read_back[0]  # who wrote it
+    wait_for(lambda: any("A is done" in m["text"] for m in fake_slack.bot_messages("C1", a)), what="A's answer")
+
+
+def test_slackbus_post_from_a_bot_session_lands_in_its_thread_without_a_token(
+    fake_slack: FakeSlack, fake_model: FakeModel, start_bot: Any, tmp_path: Path
+) -> None:
+    fake_model.enqueue_tool_use(
+        "Bash", {"command": "slackbus post \"halfway: 3 of 5 files migrated\"; env | grep -c xoxb || true",
+                 "description": "post progress"}
+    )
+    fake_model.enqueue_text("migration done")
+    start_bot(SLACKBUS_WARM_POOL="0", SLACKBUS_ALLOWED_TOOLS="Bash")
+    mention = fake_slack.user_says("C1", "U1", "<@UBOT> migrate the files")
+    wait_for(lambda: any("migration done" in m["text"] for m in fake_slack.bot_messages("C1", mention)),
+             what="the answer")
+    posted = [m for m in fake_slack.thread("C1", mention) if "halfway: 3 of 5 files migrated" in m["text"]]
+    assert len(posted) == 1 and posted[0]["text"].startswith("`[session ")
+    tool_output = _tool_result_text(fake_model.requests[-1])
+    assert "via bot" in tool_output  # through the bot's socket: the session has no token
+    assert tool_output.strip().splitlines()[-1].strip() == "0"  # `env | grep -c xoxb`: none in its environment
