@@ -21,20 +21,15 @@ import contextlib
 import fcntl
 import json
 import os
-import re
-import socket
-import sqlite3
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bot import identity as ident
-from bot.config import DEFAULT_SLACK_API_URL, read_environment
+from bot.envfile import DEFAULT_SLACK_API_URL, read_environment
+
+if TYPE_CHECKING:
+    import sqlite3
 
 MAX_POST_CHARS = 3900  # one readable Slack message; hooks trim before this
 SOCKET_NAME = "bot.sock"
@@ -45,9 +40,8 @@ class BusError(Exception):
     """A post or read that cannot be done; the message says what to set."""
 
 
-@dataclass(frozen=True)
-class BusSettings:
-    home: Path
+class BusSettings(NamedTuple):
+    home: str
     channel: str | None
     thread_ts: str | None
     session_id: str | None
@@ -59,12 +53,12 @@ class BusSettings:
     spawned: bool  # a session the bot started (it gives context and posts answers itself)
 
     @property
-    def socket_path(self) -> Path:
-        return self.home / SOCKET_NAME
+    def socket_path(self) -> str:
+        return os.path.join(self.home, SOCKET_NAME)
 
     @property
-    def db_path(self) -> Path:
-        return self.home / DB_NAME
+    def db_path(self) -> str:
+        return os.path.join(self.home, DB_NAME)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -80,7 +74,7 @@ def load(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -
     api_url = merged.get("SLACK_API_URL", "").strip() or DEFAULT_SLACK_API_URL
     if not api_url.endswith("/"):
         api_url += "/"
-    home = Path(merged.get("SLACKBUS_HOME", "").strip() or Path.home() / ".slackbus").expanduser()
+    home = os.path.expanduser(merged.get("SLACKBUS_HOME", "").strip() or os.path.join("~", ".slackbus"))
     token = merged.get("SLACK_BOT_TOKEN", "").strip()
     webhook = merged.get("SLACK_WEBHOOK_URL", "").strip()
     return BusSettings(
@@ -89,7 +83,7 @@ def load(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -
         thread_ts=merged.get("SLACKBUS_THREAD_TS", "").strip() or None,
         session_id=merged.get("SLACKBUS_SESSION_ID", "").strip() or None,
         bot_token=token if token.startswith("xoxb-") else None,
-        webhook_url=webhook if re.match(r"https?://", webhook) else None,
+        webhook_url=webhook if webhook.startswith(("http://", "https://")) else None,
         api_url=api_url,
         timeout=_float(merged, "SLACKBUS_HOOK_TIMEOUT", 3.0),
         history_interval=_float(merged, "SLACKBUS_HISTORY_INTERVAL", 60.0),
@@ -97,8 +91,7 @@ def load(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -
     )
 
 
-@dataclass(frozen=True)
-class BusMessage:
+class BusMessage(NamedTuple):
     channel: str
     ts: str
     thread_ts: str | None
@@ -113,6 +106,8 @@ class BusMessage:
 
 
 def clock(ts: str) -> str:
+    from datetime import datetime
+
     try:
         return datetime.fromtimestamp(float(ts)).strftime("%H:%M")
     except (ValueError, OverflowError, OSError):
@@ -123,22 +118,28 @@ def parse_since(raw: str | None, now: float | None = None) -> str | None:
     """`10m`, `2h`, `1d`, `90s`, a Slack ts or epoch seconds, or an ISO time → a Slack ts to read after."""
     if not raw:
         return None
+    from datetime import datetime
+
     now = time.time() if now is None else now
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", raw)
-    if m:
-        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return f"{now - seconds:.6f}"
-    if re.fullmatch(r"\d+(\.\d+)?", raw.strip()):
-        return f"{float(raw):.6f}"
+    value = raw.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and _number(value[:-1].strip()):
+        return f"{now - float(value[:-1]) * units[value[-1]]:.6f}"
+    if _number(value):
+        return f"{float(value):.6f}"
     try:
         return f"{datetime.fromisoformat(raw.strip()).timestamp():.6f}"
     except ValueError:
         raise BusError(f"--since {raw!r} is not a time: use 10m, 2h, 1d, a Slack ts or an ISO time.") from None
 
 
+def _number(text: str) -> bool:
+    whole, _, frac = text.partition(".")
+    return whole.isdigit() and (not frac or frac.isdigit()) and whole.isascii() and frac.isascii()
+
+
 # --- posting -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Posted:
+class Posted(NamedTuple):
     via: str  # "bot", "api", "webhook"
     channel: str | None
     ts: str | None
@@ -160,7 +161,7 @@ def post(
     if len(body) > MAX_POST_CHARS:
         body = body[: MAX_POST_CHARS - 20].rstrip() + " … [trimmed]"
     deadline = deadline or time.monotonic() + s.timeout
-    if s.socket_path.exists():
+    if os.path.exists(s.socket_path):
         answer = _ask_bot(
             s,
             {"op": "post", "channel": channel, "thread_ts": thread_ts, "session_id": who.session_id, "text": body},
@@ -184,7 +185,7 @@ def post(
             payload["thread_ts"] = thread_ts
         _http(s.webhook_url, json.dumps(payload).encode(), {"Content-Type": "application/json"}, deadline)
         return Posted("webhook", channel, None)
-    if not channel and (s.bot_token or s.socket_path.exists()):
+    if not channel and (s.bot_token or os.path.exists(s.socket_path)):
         raise BusError("No channel to post to: set SLACKBUS_CHANNEL or pass --channel.")
     raise BusError(
         "Nothing to post with: run the slackbus bot on this host, or set SLACK_BOT_TOKEN (with SLACKBUS_CHANNEL) "
@@ -194,10 +195,12 @@ def post(
 
 def _ask_bot(s: BusSettings, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
     """One request to the bot's socket; None when no bot listens there (a stale socket file)."""
+    import socket
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(max(deadline - time.monotonic(), 0.05))
-            sock.connect(str(s.socket_path))
+            sock.connect(s.socket_path)
             sock.sendall(json.dumps(request).encode() + b"\n")
             chunks: list[bytes] = []
             while True:
@@ -222,23 +225,38 @@ def _ask_bot(s: BusSettings, request: dict[str, Any], deadline: float) -> dict[s
 
 
 def ask_bot(s: BusSettings, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any] | None:
-    if not s.socket_path.exists():
+    if not os.path.exists(s.socket_path):
         return None
     return _ask_bot(s, request, time.monotonic() + (timeout or s.timeout))
 
 
 def _http(url: str, data: bytes, headers: dict[str, str], deadline: float) -> tuple[int, bytes, Mapping[str, str]]:
-    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    """POST with http.client: urllib.request would cost a hook process tens of ms more to import."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    timeout = max(deadline - time.monotonic(), 0.05)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.netloc, timeout=timeout)
+    else:
+        conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
     try:
-        with urllib.request.urlopen(req, timeout=max(deadline - time.monotonic(), 0.05)) as resp:
-            return int(resp.status), resp.read(), resp.headers
-    except urllib.error.HTTPError as exc:
-        if exc.code == 429:
-            raise RateLimited(float(exc.headers.get("Retry-After") or 60)) from None
-        raise BusError(f"Slack answered HTTP {exc.code}.") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise BusError(f"Slack cannot be reached ({reason}).") from None
+        conn.request("POST", path or "/", body=data, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise BusError(f"Slack cannot be reached ({type(exc).__name__}: {exc}).") from None
+    finally:
+        conn.close()
+    if resp.status == 429:
+        raise RateLimited(float(resp.getheader("Retry-After") or 60))
+    if resp.status >= 400:
+        detail = body.decode("utf-8", "replace").strip()[:100]
+        raise BusError(f"Slack answered HTTP {resp.status}{f' ({detail})' if detail else ''}.")
+    return resp.status, body, dict(resp.getheaders())
 
 
 class RateLimited(BusError):
@@ -301,7 +319,9 @@ def read(
 
 @contextlib.contextmanager
 def _record(s: BusSettings) -> Iterator[sqlite3.Connection | None]:
-    if not s.db_path.is_file():
+    import sqlite3
+
+    if not os.path.isfile(s.db_path):
         yield None
         return
     try:
@@ -317,6 +337,8 @@ def _record(s: BusSettings) -> Iterator[sqlite3.Connection | None]:
 
 def resolve_channel(s: BusSettings, channel: str) -> str:
     """`#name` → its id, from the bot's record."""
+    import sqlite3
+
     if not channel.startswith("#"):
         return channel
     with _record(s) as db:
@@ -332,6 +354,8 @@ def read_record(
     s: BusSettings, channel: str, *, thread_ts: str | None = None, since: str | None = None, limit: int = 50
 ) -> list[BusMessage] | None:
     """From the bot's SQLite record; None when there is no record or it does not know the channel."""
+    import sqlite3
+
     with _record(s) as db:
         if db is None:
             return None
@@ -378,15 +402,16 @@ def author_of(
     return f"bot {bot_id}" if bot_id else "unknown", text
 
 
-def _cache_path(s: BusSettings, channel: str, thread_ts: str | None) -> Path:
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{channel}-{thread_ts or 'channel'}")
-    return s.home / "cache" / f"history-{name}.json"
+def _cache_path(s: BusSettings, channel: str, thread_ts: str | None) -> str:
+    raw = f"{channel}-{thread_ts or 'channel'}"
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in raw)
+    return os.path.join(s.home, "cache", f"history-{name}.json")
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(path.with_suffix(".lock"), "a") as lock:
+def _locked(path: str) -> Iterator[None]:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -394,17 +419,19 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _load_cache(path: Path) -> dict[str, Any]:
+def _load_cache(path: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        with open(path) as f:
+            data = json.load(f)
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
-def _save_cache(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
+def _save_cache(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
     os.replace(tmp, path)
 
 
@@ -415,7 +442,7 @@ def _remember_post(s: BusSettings, channel: str, m: BusMessage) -> None:
         with _locked(path):
             data = _load_cache(path)
             if data:
-                data.setdefault("messages", []).append(asdict(m))
+                data.setdefault("messages", []).append(m._asdict())
                 _save_cache(path, data)
 
 
@@ -457,5 +484,5 @@ def _fetch(s: BusSettings, channel: str, thread_ts: str | None, deadline: float)
         )
         if author.startswith("bot ") and raw.get("username"):
             author = str(raw["username"])
-        out.append(asdict(BusMessage(channel, str(raw.get("ts")), raw.get("thread_ts"), author, body)))
+        out.append(BusMessage(channel, str(raw.get("ts")), raw.get("thread_ts"), author, body)._asdict())
     return sorted(out, key=lambda m: m["ts"])

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot import __version__
 from bot.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -20,6 +21,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 def check_cli(path: str, timeout: float = 30.0) -> str:
     """`claude --version`, or a ConfigError saying why the CLI cannot run."""
+    import subprocess
+
     try:
         out = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
@@ -102,7 +105,6 @@ def cmd_post(args: argparse.Namespace) -> int:
 
 def cmd_read(args: argparse.Namespace) -> int:
     import json
-    from dataclasses import asdict
 
     from bot import bus
 
@@ -114,7 +116,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     except bus.BusError as exc:
         return _fail(str(exc), 1)
     if args.json:
-        print(json.dumps({"source": source, "messages": [asdict(m) for m in messages]}, ensure_ascii=False))
+        print(json.dumps({"source": source, "messages": [m._asdict() for m in messages]}, ensure_ascii=False))
     else:
         for m in messages:
             print(m.line(limit=100_000))
@@ -123,6 +125,8 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 def slackbus_argv() -> list[str]:
     """How to run this slackbus from a hook: the console script beside this Python, else `python -m bot`."""
+    from pathlib import Path
+
     script = Path(sys.executable).parent / "slackbus"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
@@ -130,6 +134,8 @@ def slackbus_argv() -> list[str]:
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from bot import hooks_install
 
     try:
@@ -164,6 +170,8 @@ def cmd_hooks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="slackbus", description="Claude Code in Slack, and Slack as a bus "
                                                                  "between Claude Code sessions.")
     parser.add_argument("--version", action="version", version=f"slackbus {__version__}")
@@ -210,7 +218,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hook_fast_path(argv: list[str]) -> int | None:
+    """`[--env-file F] hook EVENT [--channel C]` without argparse: hooks run once per event, start-up is latency."""
+    env_file = None
+    if argv[:1] == ["--env-file"] and len(argv) >= 2:
+        env_file, argv = argv[1], argv[2:]
+    if len(argv) < 2 or argv[0] != "hook" or argv[1].startswith("-"):
+        return None
+    channel = None
+    if argv[2:4] and argv[2] == "--channel" and len(argv) == 4:
+        channel = argv[3]
+    elif len(argv) != 2:
+        return None
+    try:
+        from bot import hooks
+    except Exception as exc:  # a hook must never break the session, even a broken install
+        print(f"slackbus hook {argv[1]}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 0
+    return hooks.run(argv[1], env_file=env_file, channel=channel)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    fast = _hook_fast_path(list(sys.argv[1:] if argv is None else argv))
+    if fast is not None:
+        return fast
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

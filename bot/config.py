@@ -9,16 +9,15 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dotenv import dotenv_values
-
+from bot.envfile import DEFAULT_SLACK_API_URL, read_environment
 from bot.errors import ConfigError
 
-DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+__all__ = ["DEFAULT_SLACK_API_URL", "Settings", "load_settings", "read_environment"]
+
 
 # Variables that must never reach the `claude` child (nor anything it spawns).
 SECRET_ENV_NAMES = frozenset(
@@ -90,17 +89,6 @@ class Settings:
         """The real path (symlinks and .. resolved) if it lies under an allowed root, else None."""
         real = path.expanduser().resolve()
         return real if any(real == root or real.is_relative_to(root) for root in self.roots) else None
-
-
-def read_environment(env: Mapping[str, str] | None = None, env_file: str | None = None) -> dict[str, str]:
-    """The process environment over the .env file (the environment wins)."""
-    env = dict(os.environ if env is None else env)
-    path = env_file or env.get("SLACKBUS_ENV_FILE") or ".env"
-    merged: dict[str, str] = {}
-    if Path(path).is_file():
-        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
-    merged.update(env)
-    return merged
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -241,6 +229,8 @@ def resolve_cli(env: Mapping[str, str]) -> str:
     """CLAUDE_CLI_PATH, else `claude` on PATH, else the CLI bundled with claude-agent-sdk."""
     configured = env.get("CLAUDE_CLI_PATH", "").strip()
     if configured:
+        import shutil
+
         found = shutil.which(configured, path=env.get("PATH"))
         if found is None:
             if Path(configured).exists():
@@ -250,6 +240,8 @@ def resolve_cli(env: Mapping[str, str]) -> str:
                 "or unset it to use the CLI bundled with claude-agent-sdk."
             )
         return found
+    import shutil
+
     found = shutil.which("claude", path=env.get("PATH"))
     if found:
         return found

@@ -25,7 +25,6 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TextIO
 
 from bot import bus
@@ -84,9 +83,7 @@ def _note(event: str, why: str) -> int:
 
 
 def _with_channel(s: bus.BusSettings, channel: str) -> bus.BusSettings:
-    from dataclasses import replace
-
-    return replace(s, channel=channel)
+    return s._replace(channel=channel)
 
 
 def _arm_alarm(seconds: float) -> Any:
@@ -262,14 +259,14 @@ def _post(s: bus.BusSettings, who: ident.Identity, text: str, deadline: float, *
     bus.post(s, text, who, deadline=deadline)
 
 
-def _state_path(s: bus.BusSettings, who: ident.Identity) -> Path:
-    return s.home / "hooks" / f"{ident.short_id(who.session_id)}.json"
+def _state_path(s: bus.BusSettings, who: ident.Identity) -> str:
+    return os.path.join(s.home, "hooks", f"{ident.short_id(who.session_id)}.json")
 
 
 @contextlib.contextmanager
 def _state(s: bus.BusSettings, who: ident.Identity) -> Any:
     path = _state_path(s, who)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
@@ -288,7 +285,7 @@ def _state(s: bus.BusSettings, who: ident.Identity) -> Any:
 
 
 def _take_held(s: bus.BusSettings, who: ident.Identity) -> list[str]:
-    if not _state_path(s, who).exists():
+    if not os.path.exists(_state_path(s, who)):
         return []
     with _state(s, who) as state:
         held = [str(x) for x in state.get("held", [])]

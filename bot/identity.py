@@ -11,18 +11,16 @@ Stdlib only: imported by hooks, which must start fast.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 SHORT = 8
-_TAG = re.compile(r"^`\[session (?P<short>[0-9A-Za-z_-]{1,16}) · (?P<name>[^`\]\n]{1,80})\]`[ \t]*\n?")
-_NAME_BAD = re.compile(r"[`\]\n\r\t]+")
+_OPEN = "`[session "
+_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
+_NAME_BAD = frozenset("`]\n\r\t")
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     session_id: str
     name: str
 
@@ -41,20 +39,32 @@ class Identity:
 
 
 def short_id(session_id: str) -> str:
-    cleaned = re.sub(r"[^0-9A-Za-z_-]", "", session_id)
+    cleaned = "".join(c for c in session_id if c in _ID_CHARS)
     return (cleaned or "unknown")[:SHORT]
 
 
 def clean_name(name: str) -> str:
-    return _NAME_BAD.sub(" ", name).strip()[:80] or "session"
+    return " ".join("".join(" " if c in _NAME_BAD else c for c in name).split())[:80] or "session"
 
 
 def parse(text: str) -> tuple[Identity | None, str]:
-    """(the identity a tagged message carries, the text without the tag); (None, text) when untagged."""
-    m = _TAG.match(text)
-    if not m:
+    """(the identity a tagged message carries, the text without the tag); (None, text) when untagged.
+
+    Plain string work, no regular expressions: `re` alone costs a hook process ~15 ms to import."""
+    if not text.startswith(_OPEN):
         return None, text
-    return Identity(m.group("short"), m.group("name")), text[m.end():]
+    end = text.find("]`", len(_OPEN), len(_OPEN) + 100)
+    if end < 0:
+        return None, text
+    short, sep, name = text[len(_OPEN):end].partition(" · ")
+    if (not sep or not 1 <= len(short) <= 16 or not set(short) <= _ID_CHARS or not 1 <= len(name) <= 80
+            or any(c in _NAME_BAD for c in name)):
+        return None, text
+    rest = text[end + 2:]
+    rest = rest.lstrip(" \t")
+    if rest.startswith("\n"):
+        rest = rest[1:]
+    return Identity(short, name), rest
 
 
 def resolve(env: Mapping[str, str] | None = None, *, session_id: str | None = None, cwd: str | None = None) -> Identity:
@@ -65,5 +75,5 @@ def resolve(env: Mapping[str, str] | None = None, *, session_id: str | None = No
     name = env.get("SLACKBUS_AGENT_NAME", "").strip()
     if not name:
         where = cwd or env.get("CLAUDE_PROJECT_DIR") or os.getcwd()
-        name = Path(where).name or where
+        name = os.path.basename(os.path.normpath(where)) or where
     return Identity(sid, clean_name(name))
