@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bot import identity
 from bot.store import Store, StoredMessage, ThreadSession
 
 SYSTEM_PROMPT_APPEND = """\
@@ -69,7 +70,8 @@ class ContextBuilder:
 
     def _author(self, m: StoredMessage) -> str:
         if m.from_self:
-            return "slackbus (you, an earlier answer)"
+            who, _ = identity.parse(m.text)
+            return who.label if who is not None else "slackbus (you, an earlier answer)"
         if m.user:
             name = self._name_of(m.user)
             return name if self._is_allowed(m.user) else f"{name} (not a bot user)"
@@ -77,7 +79,7 @@ class ContextBuilder:
 
     def _line(self, m: StoredMessage) -> str:
         limit = MAX_OWN_ANSWER_CHARS if m.from_self else MAX_MESSAGE_CHARS
-        text = self.clean(m.text)
+        text = self.clean(identity.parse(m.text)[1])
         if len(text) > limit:
             text = text[:limit].rstrip() + f" … [{len(text) - limit} more characters]"
         return f"[{_clock(m.ts)}] {self._author(m)}: {text}"

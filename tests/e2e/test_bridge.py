@@ -294,3 +294,91 @@ def test_slackbus_post_from_a_bot_session_lands_in_its_thread_without_a_token(
     tool_output = _tool_result_text(fake_model.requests[-1])
     assert "via bot" in tool_output  # through the bot's socket: the session has no token
     assert tool_output.strip().splitlines()[-1].strip() == "0"  # `env | grep -c xoxb`: none in its environment
+
+
+# --- what gets posted, and how often ------------------------------------------------------------------------
+def _hook(event: str, env: dict[str, str], **payload: Any) -> subprocess.CompletedProcess[str]:
+    body = {"session_id": "5e55105e-0000", "cwd": "/src/api-server", "hook_event_name": event, **payload}
+    out = slackbus("hook", event, env=env, stdin=json.dumps(body))
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    return out
+
+
+def test_tool_calls_are_filtered_throttled_and_coalesced_into_the_next_post(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel
+) -> None:
+    env = terminal_env(tmp_path, fake_slack, fake_model, SLACKBUS_HOOK_TOOLS="Bash,Edit", SLACKBUS_HOOK_THROTTLE="60")
+    _hook("PostToolUse", env, tool_name="Bash", tool_input={"command": "pytest -q"}, tool_response={})
+    _hook("PostToolUse", env, tool_name="Read", tool_input={"file_path": "/src/a.py"})  # not configured
+    _hook("PostToolUse", env, tool_name="Edit", tool_input={"file_path": "/src/cache.py"})
+    _hook("PostToolUse", env, tool_name="Bash", tool_input={"command": "pytest -q -k cache"})
+    posts = [m["text"] for m in top_level(fake_slack)]
+    assert len(posts) == 1 and posts[0].endswith("🔧 Bash `pytest -q`")  # the first at once, the rest held
+    _hook("Stop", env, last_assistant_message="Fixed the cache key.")
+    posts = [m["text"] for m in top_level(fake_slack)]
+    assert len(posts) == 2
+    assert posts[1].startswith("`[session 5e55105e · api-server]` 🔧 Edit `/src/cache.py`\n🔧 Bash `pytest -q -k cache`\n")
+    assert "✅ finished a turn in `/src/api-server`\nFixed the cache key." in posts[1]
+    assert "Read" not in "".join(posts)
+
+
+def test_a_notification_that_needs_a_human_is_posted(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel
+) -> None:
+    env = terminal_env(tmp_path, fake_slack, fake_model)
+    _hook("Notification", env, message="Claude needs your permission to use Bash",
+          notification_type="permission_prompt")
+    [post] = top_level(fake_slack)
+    assert post["text"] == ("`[session 5e55105e · api-server]` ⚠️ needs a human (permission_prompt): "
+                            "Claude needs your permission to use Bash")
+
+
+def test_three_concurrent_sessions_arrive_in_order_and_attributed(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, start_bot: Any, bot_env: dict[str, str]
+) -> None:
+    start_bot(SLACKBUS_WARM_POOL="0")
+    per_writer = 8
+    writers = []
+    for w in range(3):
+        env = terminal_env(tmp_path, fake_slack, fake_model, SLACK_BOT_TOKEN="",
+                           SLACKBUS_HOME=bot_env["SLACKBUS_HOME"], SLACKBUS_SESSION_ID=f"w{w}aaaaaa-1",
+                           SLACKBUS_AGENT_NAME=f"agent-{w}")
+        script = ("import subprocess, sys\n"
+                  f"for i in range({per_writer}):\n"
+                  f"    subprocess.run({SLACKBUS!r} + ['post', f'step {{i}} of writer {w}'], check=True)\n")
+        writers.append(subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL))
+    assert all(p.wait(120) == 0 for p in writers)
+    msgs = [m for m in top_level(fake_slack) if " of writer " in m["text"]]
+    assert len(msgs) == 3 * per_writer
+    assert [m["ts"] for m in msgs] == sorted(m["ts"] for m in msgs)
+    for w in range(3):
+        mine = [m["text"] for m in msgs if m["text"].endswith(f"of writer {w}")]
+        assert mine == [f"`[session w{w}aaaaaa · agent-{w}]` step {i} of writer {w}" for i in range(per_writer)]
+    # and a new session reading the channel sees who said what, in order
+    env = terminal_env(tmp_path, fake_slack, fake_model, SLACK_BOT_TOKEN="", SLACKBUS_HOME=bot_env["SLACKBUS_HOME"])
+    lines = [line for line in slackbus("read", "--limit", "100", env=env).stdout.splitlines() if "of writer" in line]
+    expected = []
+    for m in msgs:
+        writer = m["text"][-1]
+        expected.append(f"session w{writer}aaaaaa (agent-{writer}): {m['text'].split('` ', 1)[1]}")
+    assert [line.split("] ", 1)[1] for line in lines] == expected
+
+
+def test_a_session_post_made_elsewhere_with_the_token_reaches_the_bots_sessions(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, start_bot: Any, bot_env: dict[str, str]
+) -> None:
+    fake_slack.echo_bot_messages = True  # Slack sends the app its own posts; the bot keeps tagged ones
+    start_bot(SLACKBUS_WARM_POOL="0")
+    first = fake_slack.user_says("C1", "U1", "<@UBOT> hello")  # first contact: the channel's history is fetched now
+    wait_for(lambda: fake_slack.bot_messages("C1", first), what="the first answer")
+    elsewhere = terminal_env(tmp_path, fake_slack, fake_model, SLACKBUS_AGENT_NAME="laptop",
+                             SLACKBUS_SESSION_ID="1aptop00-1")  # its own SLACKBUS_HOME: no bot there
+    out = slackbus("post", "the staging DB is read-only until 3pm", env=elsewhere)
+    assert out.returncode == 0 and "via api" in out.stderr, out.stderr
+    on_bot_host = terminal_env(tmp_path, fake_slack, fake_model, SLACK_BOT_TOKEN="",
+                               SLACKBUS_HOME=bot_env["SLACKBUS_HOME"])
+    wait_for(lambda: "read-only until 3pm" in slackbus("read", env=on_bot_host).stdout, what="the bot to record it")
+    mention = fake_slack.user_says("C1", "U1", "<@UBOT> can I run the migration? [[id:mig]]")
+    wait_for(lambda: fake_slack.bot_messages("C1", mention), what="the answer")
+    context = "\n".join(all_texts(request_with(fake_model, "[[id:mig]]")[0]))
+    assert "session 1aptop00 (laptop): the staging DB is read-only until 3pm" in context

@@ -1,0 +1,88 @@
+"""The identity tag and the bus client's small parsers (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot import bus, hooks
+from bot import identity as ident
+
+
+def test_a_tag_round_trips_and_names_the_writer() -> None:
+    who = ident.Identity("3f2a9c1e-aaaa-bbbb", "api-server")
+    text = who.tag("tests pass on main")
+    assert text == "`[session 3f2a9c1e · api-server]` tests pass on main"
+    parsed, body = ident.parse(text)
+    assert parsed == ident.Identity("3f2a9c1e", "api-server")
+    assert parsed is not None and parsed.label == "session 3f2a9c1e (api-server)"
+    assert body == "tests pass on main"
+
+
+@pytest.mark.parametrize("text", [
+    "plain text", "`[session  · x]` empty id", "`[session abc x]` no separator", "`[session abc · ]` empty name",
+    "`[session a/b · x]` bad id", "`[session abc · x` unclosed", " `[session abc · x]` not at the start",
+])
+def test_untagged_or_malformed_text_has_no_identity(text: str) -> None:
+    assert ident.parse(text) == (None, text)
+
+
+def test_names_are_cleaned_so_a_tag_always_parses_back() -> None:
+    who = ident.resolve({"SLACKBUS_AGENT_NAME": "evil`]\nname"}, session_id="s/1:2")
+    assert who.name == "evil name" and who.short == "s12"
+    assert ident.parse(who.tag("x"))[0] == ident.Identity("s12", "evil name")
+
+
+def test_the_name_defaults_to_the_working_directory() -> None:
+    assert ident.resolve({}, session_id="abc", cwd="/home/me/src/api-server/").name == "api-server"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("10m", 1_000_000 - 600), ("2h", 1_000_000 - 7200), ("1d", 1_000_000 - 86400), (" 90s ", 1_000_000 - 90),
+    ("1.5m", 1_000_000 - 90), ("1700000000.000100", 1_700_000_000.0001),
+])
+def test_since_accepts_durations_and_timestamps(raw: str, expected: float) -> None:
+    got = bus.parse_since(raw, now=1_000_000)
+    assert got is not None and abs(float(got) - expected) < 1e-6
+
+
+def test_since_accepts_an_iso_time_and_refuses_nonsense() -> None:
+    assert bus.parse_since("2026-11-26T10:00:00+00:00") == f"{1795687200:.6f}"
+    with pytest.raises(bus.BusError, match="not a time"):
+        bus.parse_since("yesterday-ish")
+    assert bus.parse_since(None) is None
+
+
+def test_settings_come_from_the_environment_and_ignore_malformed_secrets(tmp_path: Path) -> None:
+    s = bus.load({"SLACKBUS_HOME": str(tmp_path), "SLACK_BOT_TOKEN": "not-a-token", "SLACK_WEBHOOK_URL": "ftp://x",
+                  "SLACKBUS_CHANNEL": "C9", "SLACKBUS_HOOK_TIMEOUT": "-1", "SLACKBUS_ENV_FILE": str(tmp_path / "none")})
+    assert s.bot_token is None and s.webhook_url is None and s.channel == "C9"
+    assert s.timeout == 3.0  # a bad bound falls back to the default, never to "wait forever"
+    assert s.socket_path == str(tmp_path / "bot.sock")
+
+
+def test_a_tool_line_is_one_short_line() -> None:
+    line = hooks.tool_line("Bash", {"command": "pytest -q\n  --maxfail=1 `x`" + " y" * 200}, {"is_error": True})
+    assert line.startswith("🔧 Bash `pytest -q --maxfail=1 'x'") and line.endswith(" ✗")
+    assert "\n" not in line and len(line) < 200
+    assert hooks.tool_line("Read", {"file_path": "/a/b.py"}, None) == "🔧 Read `/a/b.py`"
+
+
+def test_history_for_a_session_is_bounded_newest_first() -> None:
+    lines = [f"line {i} " + "x" * 50 for i in range(100)]
+    kept = hooks._bounded(lines, 600)
+    assert kept == lines[-len(kept):] and sum(len(x) + 1 for x in kept) <= 600 and len(kept) >= 9
+
+
+def test_the_last_assistant_message_comes_from_the_transcript_tail(tmp_path: Path) -> None:
+    transcript = tmp_path / "t.jsonl"
+    entries = [{"type": "user", "message": {"content": "hi"}},
+               {"type": "assistant", "message": {"content": [{"type": "text", "text": "first"}]}},
+               {"type": "assistant", "message": {"content": [{"type": "tool_use", "name": "Bash"}]}},
+               {"type": "assistant", "message": {"content": [{"type": "text", "text": "the final answer"}]}},
+               {"type": "user", "message": {"content": [{"type": "tool_result"}]}}]
+    transcript.write_text("\n".join(json.dumps(e) for e in entries) + "\nnot json\n")
+    assert hooks._last_from_transcript(str(transcript)) == "the final answer"
+    assert hooks._last_from_transcript(str(tmp_path / "missing.jsonl")) is None
