@@ -317,7 +317,8 @@ def test_tool_calls_are_filtered_throttled_and_coalesced_into_the_next_post(
     _hook("Stop", env, last_assistant_message="Fixed the cache key.")
     posts = [m["text"] for m in top_level(fake_slack)]
     assert len(posts) == 2
-    assert posts[1].startswith("`[session 5e55105e · api-server]` 🔧 Edit `/src/cache.py`\n🔧 Bash `pytest -q -k cache`\n")
+    held = "🔧 Edit `/src/cache.py`\n🔧 Bash `pytest -q -k cache`\n"
+    assert posts[1].startswith(f"`[session 5e55105e · api-server]` {held}")
     assert "✅ finished a turn in `/src/api-server`\nFixed the cache key." in posts[1]
     assert "Read" not in "".join(posts)
 
