@@ -231,32 +231,91 @@ def ask_bot(s: BusSettings, request: dict[str, Any], timeout: float | None = Non
 
 
 def _http(url: str, data: bytes, headers: dict[str, str], deadline: float) -> tuple[int, bytes, Mapping[str, str]]:
-    """POST with http.client: urllib.request would cost a hook process tens of ms more to import."""
-    import http.client
+    """One POST. Plain sockets (plus ssl for https): http.client and urllib pull in the email package, which
+    costs a hook process ~60 ms to import. Behind a proxy (HTTPS_PROXY …) urllib does the work instead."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return _http_urllib(url, data, headers, deadline)
+    import socket
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    timeout = max(deadline - time.monotonic(), 0.05)
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.netloc, timeout=timeout)
-    else:
-        conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    secure = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    head = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close", "User-Agent: slackbus-hook",
+            f"Content-Length: {len(data)}"] + [f"{k}: {v}" for k, v in headers.items()]
+    raw = b""
     try:
-        conn.request("POST", path or "/", body=data, headers=headers)
-        resp = conn.getresponse()
-        body = resp.read()
-    except (OSError, http.client.HTTPException) as exc:
+        sock = socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 0.05))
+        if secure:
+            import ssl
+
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        with sock:
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+            while len(raw) < 8 * 1024 * 1024:
+                sock.settimeout(max(deadline - time.monotonic(), 0.05))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+    except OSError as exc:
         raise BusError(f"Slack cannot be reached ({type(exc).__name__}: {exc}).") from None
-    finally:
-        conn.close()
-    if resp.status == 429:
-        raise RateLimited(float(resp.getheader("Retry-After") or 60))
-    if resp.status >= 400:
+    status, answer_headers, body = _parse_response(raw)
+    if status == 429:
+        raise RateLimited(float(answer_headers.get("retry-after") or 60))
+    if status >= 400 or status == 0:
         detail = body.decode("utf-8", "replace").strip()[:100]
-        raise BusError(f"Slack answered HTTP {resp.status}{f' ({detail})' if detail else ''}.")
-    return resp.status, body, dict(resp.getheaders())
+        raise BusError(f"Slack answered HTTP {status}{f' ({detail})' if detail else ''}.")
+    return status, body, answer_headers
+
+
+def _parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("iso-8859-1").split("\r\n")
+    try:
+        status = int(lines[0].split(" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0, {}, b"unreadable answer"
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        out = b""
+        while body:
+            size_line, _, rest = body.partition(b"\r\n")
+            try:
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                break
+            if size == 0:
+                break
+            out += rest[:size]
+            body = rest[size + 2:]
+        body = out
+    elif "content-length" in headers and headers["content-length"].isdigit():
+        body = body[: int(headers["content-length"])]
+    return status, headers, body
+
+
+def _http_urllib(
+    url: str, data: bytes, headers: dict[str, str], deadline: float
+) -> tuple[int, bytes, Mapping[str, str]]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=max(deadline - time.monotonic(), 0.05)) as resp:
+            return int(resp.status), resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 429:
+            raise RateLimited(float(exc.headers.get("Retry-After") or 60)) from None
+        raise BusError(f"Slack answered HTTP {exc.code}.") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise BusError(f"Slack cannot be reached ({getattr(exc, 'reason', exc)}).") from None
 
 
 class RateLimited(BusError):

@@ -239,6 +239,11 @@ def _has_tool_result(body: dict[str, Any]) -> bool:
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
+def _tool_results(body: dict[str, Any]) -> int:
+    return sum(1 for m in body.get("messages", []) if isinstance(m.get("content"), list)
+               for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_result")
+
+
 def _tool_result_text(body: dict[str, Any]) -> str:
     blocks = [b for b in body["messages"][-1]["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
     return "\n".join(all_texts({"messages": [{"role": "user", "content": blocks}]}))
@@ -251,8 +256,11 @@ def test_two_bot_sessions_share_the_channel_mid_run_through_their_mcp_tools(
         texts = "\n".join(all_texts(body))
         done = _has_tool_result(body)
         if "[[id:B]]" in texts:  # (B's context holds A's mention too: look for B first)
-            if not done:
+            results = _tool_results(body)
+            if results == 0:
                 return Reply(tool_use=("mcp__slackbus__read", {"limit": 20}))
+            if results == 1:
+                return Reply(tool_use=("mcp__slackbus__sessions", {}))
             return Reply(text="B read the board")
         if "[[id:A]]" in texts:
             if not done:
@@ -274,6 +282,8 @@ def test_two_bot_sessions_share_the_channel_mid_run_through_their_mcp_tools(
     a_session = bot.events("run.spawning")[0]["session_id"]
     assert post["text"].startswith(f"`[session {a_session[:8]} · ")
     assert f"session {a_session[:8]} (work): finding: the cache key" in read_back[0]  # who wrote it
+    listed = _tool_result_text(request_with(fake_model, "[[id:B]]")[-1])  # what the sessions tool returned
+    assert f"session {a_session[:8]} (work): run by the bot in thread {a}, working now" in listed
     wait_for(lambda: any("A is done" in m["text"] for m in fake_slack.bot_messages("C1", a)), what="A's answer")
 
 

@@ -86,3 +86,14 @@ def test_the_last_assistant_message_comes_from_the_transcript_tail(tmp_path: Pat
     transcript.write_text("\n".join(json.dumps(e) for e in entries) + "\nnot json\n")
     assert hooks._last_from_transcript(str(transcript)) == "the final answer"
     assert hooks._last_from_transcript(str(tmp_path / "missing.jsonl")) is None
+
+
+def test_http_answers_are_parsed_whole_chunked_or_sized() -> None:
+    sized = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}junk"
+    assert bus._parse_response(sized) == (200, {"content-type": "application/json", "content-length": "11"},
+                                          b'{"ok":true}')
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"ok\r\n7;x=y\r\n\":true}\r\n0\r\n\r\n"
+    assert bus._parse_response(chunked)[2] == b'{"ok":true}'
+    limited = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\n\r\n"
+    assert bus._parse_response(limited)[:2] == (429, {"retry-after": "30"})
+    assert bus._parse_response(b"garbage")[0] == 0
