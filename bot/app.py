@@ -29,8 +29,11 @@ from bot.config import Settings
 from bot.context_builder import SYSTEM_PROMPT_APPEND, ContextBuilder
 from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
 from bot.errors import ConfigError
+from bot.local_events import LOCAL_BOT, LocalDirectory, LocalEvents
+from bot.local_poster import LocalPoster
 from bot.log import get_logger
 from bot.pipeline import WORKING, TaskPipeline
+from bot.poster import Directory, Poster
 from bot.sessions import SessionManager
 from bot.slack_poster import SlackPoster, make_client
 from bot.store import Store
@@ -119,16 +122,28 @@ class Bot:
 
     async def _serve(self, ready: anyio.Event | None) -> None:
         s = self.settings
-        auth = await self._identify()
-        bot_user_id, bot_id = str(auth["user_id"]), auth.get("bot_id")
-        poster = SlackPoster(self.client, self.store, bot_user_id=bot_user_id, bot_id=bot_id)
-        self.approvals = Approvals(
-            post=lambda channel, thread_ts, message: poster.post(channel, thread_ts, message),
-            update=poster.update,
-            is_admin=s.is_admin,
-            timeout=s.approval_seconds,
-        )
-        backfill = Backfill(self.client, self.store, bot_user_id=bot_user_id, limit=s.context_messages or 1)
+        local = s.transport == "local"
+        poster: Poster
+        backfill: Directory
+        if local:
+            auth: dict[str, Any] = {"user_id": LOCAL_BOT, "bot_id": LOCAL_BOT, "url": ""}
+            bot_user_id = LOCAL_BOT
+            bot_id: str | None = LOCAL_BOT
+            poster = LocalPoster(str(s.local_dir), self.store, bot_user_id=bot_user_id)
+            backfill = LocalDirectory(self.store)
+        else:
+            auth = await self._identify()
+            bot_user_id = str(auth["user_id"])
+            bot_id = str(auth["bot_id"]) if auth.get("bot_id") else None
+            poster = SlackPoster(self.client, self.store, bot_user_id=bot_user_id, bot_id=bot_id)
+            backfill = Backfill(self.client, self.store, bot_user_id=bot_user_id, limit=s.context_messages or 1)
+            # approval buttons need Slack's interactivity; on the local channel a tool not allowed is denied
+            self.approvals = Approvals(
+                post=lambda channel, thread_ts, message: poster.post(channel, thread_ts, message),
+                update=poster.update,
+                is_admin=s.is_admin,
+                timeout=s.approval_seconds,
+            )
         contexts = ContextBuilder(
             self.store,
             bot_user_id=bot_user_id,
@@ -188,19 +203,30 @@ class Bot:
             spawn=lambda fn, *args: self._tg.start_soon(fn, *args),
             approvals=self.approvals,
         )
-        app = AsyncApp(client=self.client, process_before_response=False, ignoring_self_events_enabled=False)
-        slack_events.register(
-            app,
-            dispatcher=dispatcher,
-            store=self.store,
-            bot_user_id=bot_user_id,
-            bot_id=bot_id,
-            on_slash=commands.slash,
-            on_reaction=commands.on_reaction,
-            on_stop=commands.on_stop_button,
-            on_approval=commands.on_approval_button,
-        )
-        handler = AsyncSocketModeHandler(app, s.slack_app_token)
+        close_source: Any
+        if local:
+            events = LocalEvents(
+                str(s.local_dir), self.store, dispatcher, on_slash=commands.slash, on_reaction=commands.on_reaction,
+                ephemeral=poster.post_ephemeral, spawn=lambda fn, *args: self._tg.start_soon(fn, *args),
+            )
+
+            async def close_source() -> None:
+                return None
+        else:
+            app = AsyncApp(client=self.client, process_before_response=False, ignoring_self_events_enabled=False)
+            slack_events.register(
+                app,
+                dispatcher=dispatcher,
+                store=self.store,
+                bot_user_id=bot_user_id,
+                bot_id=bot_id,
+                on_slash=commands.slash,
+                on_reaction=commands.on_reaction,
+                on_stop=commands.on_stop_button,
+                on_approval=commands.on_approval_button,
+            )
+            handler = AsyncSocketModeHandler(app, s.slack_app_token)
+            close_source = handler.close_async
 
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -208,19 +234,15 @@ class Bot:
             await tg.start(sessions.run)
             tg.start_soon(poster.run_outbox)
             queue.attach(tg)
-            tg.start_soon(self._watch_signals, tg.cancel_scope, handler, queue)
+            tg.start_soon(self._watch_signals, tg.cancel_scope, close_source, queue)
             self._recover(dispatcher, poster)
-            try:
-                with anyio.fail_after(CONNECT_TIMEOUT_S):
-                    await handler.connect_async()  # type: ignore[no-untyped-call]
-            except SlackApiError as exc:
-                error = exc.response.get("error")
-                raise ConfigError(
-                    f"Slack refused SLACK_APP_TOKEN for Socket Mode ({error}): create an app-level token with the "
-                    "connections:write scope (Basic Information → App-Level Tokens) and enable Socket Mode."
-                ) from None
+            if local:
+                await tg.start(events.run)
+            else:
+                await self._connect(handler)
             log.info(
                 "bot.ready",
+                transport=s.transport,
                 bot_user_id=bot_user_id,
                 max_concurrent=s.max_concurrent,
                 max_processes=s.max_processes,
@@ -234,7 +256,7 @@ class Bot:
             self.store.forget_old_events()
             await anyio.sleep_forever()
 
-    def _starting(self, pipeline: TaskPipeline, poster: SlackPoster) -> Any:
+    def _starting(self, pipeline: TaskPipeline, poster: Poster) -> Any:
         async def handle(jobs: list[Job]) -> None:
             for job in jobs:
                 key = (job.channel, job.trigger_ts)
@@ -245,7 +267,7 @@ class Bot:
 
         return handle
 
-    async def _first_sign(self, poster: SlackPoster, job: Job) -> None:
+    async def _first_sign(self, poster: Poster, job: Job) -> None:
         await poster.react(job.channel, job.trigger_ts, WORKING)
         log.info(
             "run.first_sign",
@@ -255,7 +277,7 @@ class Bot:
         )
 
     async def _queued_sign(
-        self, poster: SlackPoster, pipeline: TaskPipeline, queue: JobQueue, job: Job, position: int,
+        self, poster: Poster, pipeline: TaskPipeline, queue: JobQueue, job: Job, position: int,
         behind_own_thread: bool,
     ) -> None:
         if behind_own_thread:
@@ -276,7 +298,7 @@ class Bot:
         else:  # it started while the notice was being posted
             await poster.update(job.channel, ts, renderer.render_notice(":arrow_forward: Started."))
 
-    def _recover(self, dispatcher: Dispatcher, poster: SlackPoster) -> None:
+    def _recover(self, dispatcher: Dispatcher, poster: Poster) -> None:
         """After a restart: runs cut off are recorded as interrupted and their threads told; queued tasks run."""
         told: set[tuple[str, str]] = set()
         for run_id, channel, thread_ts in self.store.interrupted_runs():
@@ -311,7 +333,18 @@ class Bot:
                 )
             )
 
-    async def _watch_signals(self, scope: anyio.CancelScope, handler: AsyncSocketModeHandler, queue: JobQueue) -> None:
+    async def _connect(self, handler: AsyncSocketModeHandler) -> None:
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                await handler.connect_async()  # type: ignore[no-untyped-call]
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            raise ConfigError(
+                f"Slack refused SLACK_APP_TOKEN for Socket Mode ({error}): create an app-level token with the "
+                "connections:write scope (Basic Information → App-Level Tokens) and enable Socket Mode."
+            ) from None
+
+    async def _watch_signals(self, scope: anyio.CancelScope, close_source: Any, queue: JobQueue) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 started = time.monotonic()
@@ -319,7 +352,7 @@ class Bot:
                          queued=queue.pending)
                 queue.close()
                 with anyio.move_on_after(2.0):
-                    await handler.close_async()  # type: ignore[no-untyped-call]
+                    await close_source()
                 log.info("bot.disconnected", ms=round((time.monotonic() - started) * 1000))
                 scope.cancel()
                 return

@@ -30,8 +30,8 @@ from bot import bus
 from bot import identity as ident
 from bot.config import Settings
 from bot.log import get_logger
+from bot.poster import Poster
 from bot.renderer import SlackMessage
-from bot.slack_poster import SlackPoster
 from bot.store import Store
 
 log = get_logger("slackbus.blackboard")
@@ -48,7 +48,7 @@ class Blackboard:
         self,
         settings: Settings,
         store: Store,
-        poster: SlackPoster,
+        poster: Poster,
         *,
         name_of: Callable[[str], str],
         cwd_of: Callable[[str], Path | None],

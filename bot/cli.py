@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bot.redact import redactor
 
     try:
-        settings = load_settings(env_file=args.env_file)
+        settings = load_settings(env_file=args.env_file, transport="local" if args.local else None)
         redactor.add(settings.slack_bot_token, settings.slack_app_token)
         redactor.add(*secret_values(read_environment(env_file=args.env_file)))
         scrub_process_environment()
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", default=None, help="settings file to read (default: .env, if present)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run the bot (Socket Mode); settings from the environment and .env")
+    run.add_argument("--local", action="store_true",
+                     help="serve local channels (JSON-lines files under SLACKBUS_LOCAL_DIR) instead of Slack")
     run.set_defaults(func=cmd_run)
     doctor = sub.add_parser("doctor", help="check the settings and the claude CLI, then exit")
     doctor.add_argument("--cli-only", action="store_true", help="only check that the claude CLI runs")

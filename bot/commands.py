@@ -20,7 +20,7 @@ from bot.config import Settings
 from bot.dispatcher import Dispatcher, Job, JobQueue
 from bot.log import get_logger
 from bot.pipeline import STOPPED, WORKING, RunHandle, TaskPipeline
-from bot.slack_poster import SlackPoster
+from bot.poster import Poster
 from bot.store import Store, StoredMessage, ThreadSession
 
 log = get_logger("slackbus.commands")
@@ -67,7 +67,7 @@ class Commands:
         store: Store,
         queue: JobQueue,
         pipeline: TaskPipeline,
-        poster: SlackPoster,
+        poster: Poster,
         dispatcher: Dispatcher,
         *,
         workspace_url: str,

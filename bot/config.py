@@ -67,6 +67,8 @@ class Settings:
     channel_dirs: Mapping[str, Path]
     approval_seconds: float
     child_env: Mapping[str, str] = field(repr=False)
+    transport: str = "slack"  # or "local": channels are JSON-lines files (bot.local_channel)
+    local_dir: Path = Path()
 
     @property
     def db_path(self) -> Path:
@@ -284,16 +286,27 @@ def parse_allowed_users(raw: str | None) -> frozenset[str]:
     return users
 
 
-def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -> Settings:
+def load_settings(
+    env: Mapping[str, str] | None = None, *, env_file: str | None = None, transport: str | None = None
+) -> Settings:
     merged = read_environment(env, env_file)
-    bot_token = _token(merged, "SLACK_BOT_TOKEN", "xoxb-", "bot token")
-    app_token = _token(merged, "SLACK_APP_TOKEN", "xapp-", "app-level token")
+    transport = transport or merged.get("SLACKBUS_TRANSPORT", "").strip().lower() or "slack"
+    if transport not in ("slack", "local"):
+        raise ConfigError(f"SLACKBUS_TRANSPORT must be slack or local, got {transport!r}.")
+    local = transport == "local"
+    # the local channel needs no Slack app: its tokens are not read, and the folder's permissions are the gate
+    bot_token = "" if local else _token(merged, "SLACK_BOT_TOKEN", "xoxb-", "bot token")
+    app_token = "" if local else _token(merged, "SLACK_APP_TOKEN", "xapp-", "app-level token")
     api_url = merged.get("SLACK_API_URL", "").strip() or DEFAULT_SLACK_API_URL
     if not re.match(r"https?://", api_url):
         raise ConfigError(f"SLACK_API_URL must be an http(s) URL like {DEFAULT_SLACK_API_URL}, got {api_url!r}.")
     if not api_url.endswith("/"):
         api_url += "/"
-    allowed = parse_allowed_users(merged.get("SLACKBUS_ALLOWED_USERS"))
+    if local:
+        raw = merged.get("SLACKBUS_ALLOWED_USERS", "").strip() or "*"
+        allowed = frozenset(u.strip() for u in raw.split(",") if u.strip())
+    else:
+        allowed = parse_allowed_users(merged.get("SLACKBUS_ALLOWED_USERS"))
     cli = resolve_cli(merged)
 
     home = Path(merged.get("SLACKBUS_HOME", "").strip() or Path.home() / ".slackbus").expanduser()
@@ -359,6 +372,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
         allowed_tools=_tool_list(merged.get("SLACKBUS_ALLOWED_TOOLS")),
         disallowed_tools=_tool_list(merged.get("SLACKBUS_DISALLOWED_TOOLS")),
         child_env=child_environment(merged),
+        transport=transport,
+        local_dir=Path(merged.get("SLACKBUS_LOCAL_DIR", "").strip() or home / "channels").expanduser().resolve(),
     )
 
 

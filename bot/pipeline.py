@@ -15,17 +15,16 @@ from pathlib import Path
 import anyio
 
 from bot import renderer
-from bot.backfill import Backfill
 from bot.claude_runner import ClaudeSession
 from bot.config import Settings
 from bot.context_builder import Context, ContextBuilder
 from bot.dispatcher import Job
 from bot.errors import RunCancelledError, RunError, SessionNotFoundError
 from bot.log import get_logger
+from bot.poster import Directory, Poster
 from bot.progress import Progress, RateBudget
 from bot.renderer import SlackMessage
 from bot.sessions import SessionManager
-from bot.slack_poster import SlackPoster
 from bot.store import Store, StoredMessage, ThreadSession
 from bot.stream_parser import Finished, RunEvent, SessionStarted, ToolCall
 
@@ -66,9 +65,9 @@ class TaskPipeline:
         self,
         settings: Settings,
         store: Store,
-        poster: SlackPoster,
+        poster: Poster,
         contexts: ContextBuilder,
-        backfill: Backfill,
+        backfill: Directory,
         sessions: SessionManager,
     ) -> None:
         self._settings = settings

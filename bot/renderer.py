@@ -212,3 +212,11 @@ def describe_run_error(err: RunError) -> str:
             text += f"\n```\n{tail[-1500:]}\n```"
         return text
     return f":x: {redact(str(err))}"
+
+
+def plain_text(message: SlackMessage) -> str:
+    """The Markdown an answer carries (its markdown block), else its fallback text."""
+    for block in message.blocks:
+        if block.get("type") == "markdown":
+            return str(block.get("text", ""))
+    return message.text

@@ -19,7 +19,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.log import get_logger
-from bot.renderer import SlackMessage
+from bot.renderer import SlackMessage, plain_text
 from bot.store import Store, StoredMessage
 
 log = get_logger("slackbus.slack")
@@ -61,7 +61,7 @@ class SlackPoster:
                 thread_ts=thread_ts,
                 user=self._bot_user_id,
                 bot_id=self._bot_id,
-                text=_plain(message),
+                text=plain_text(message),
                 from_self=True,
             )
         )
@@ -148,7 +148,7 @@ class SlackPoster:
         if existing is not None:
             from dataclasses import replace
 
-            self._store.record_message(replace(existing, text=_plain(message)))
+            self._store.record_message(replace(existing, text=plain_text(message)))
 
     async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
@@ -174,10 +174,3 @@ class SlackPoster:
         except SlackApiError as exc:
             if exc.response.get("error") != "no_reaction":
                 log.warning("slack.unreact_failed", channel=channel, ts=ts, name=name, error=exc.response.get("error"))
-
-
-def _plain(message: SlackMessage) -> str:
-    for block in message.blocks:
-        if block.get("type") == "markdown":
-            return str(block.get("text", ""))
-    return message.text

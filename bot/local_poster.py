@@ -1,0 +1,85 @@
+"""The local channel's side of the poster seam: the bot's posts, edits and reactions appended to the channel's
+file (bot.local_channel), and recorded in the store like its Slack posts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import anyio
+
+from bot.local_channel import LocalChannel
+from bot.renderer import SlackMessage, plain_text
+from bot.store import Store, StoredMessage
+
+
+class LocalPoster:
+    def __init__(self, directory: str, store: Store, *, bot_user_id: str) -> None:
+        self._dir = directory
+        self._store = store
+        self._bot = bot_user_id
+        self._channels: dict[str, LocalChannel] = {}
+
+    def channel(self, name: str) -> LocalChannel:
+        ch = self._channels.get(name)
+        if ch is None:
+            ch = self._channels[name] = LocalChannel(self._dir, name)
+        return ch
+
+    async def post(self, channel: str, thread_ts: str | None, message: SlackMessage) -> str:
+        text = plain_text(message)
+        rec = self.channel(channel).append(
+            {"kind": "message", "thread_ts": thread_ts, "user": self._bot, "bot": True, "text": text}
+        )
+        self._store.record_message(
+            StoredMessage(channel=channel, ts=rec["ts"], thread_ts=thread_ts, user=self._bot, bot_id=self._bot,
+                          text=text, from_self=True)
+        )
+        await anyio.lowlevel.checkpoint()
+        return str(rec["ts"])
+
+    async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
+        text = plain_text(message)
+        self.channel(channel).append({"kind": "edit", "target": ts, "user": self._bot, "text": text})
+        existing = self._store.get_message(channel, ts)
+        if existing is not None:
+            self._store.record_message(replace(existing, text=text))
+        await anyio.lowlevel.checkpoint()
+
+    async def deliver(
+        self,
+        channel: str,
+        thread_ts: str,
+        messages: list[SlackMessage],
+        *,
+        replace_ts: str | None = None,
+        attachment: str | None = None,
+    ) -> bool:
+        if attachment:  # no size limit here: the whole answer, as one message
+            messages = [SlackMessage(text=attachment)]
+        for i, message in enumerate(messages):
+            if i == 0 and replace_ts:
+                await self.update(channel, replace_ts, message)
+            else:
+                await self.post(channel, thread_ts, message)
+        return True
+
+    async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
+        self.channel(channel).append(
+            {"kind": "ephemeral", "to": user, "thread_ts": thread_ts, "user": self._bot, "text": text}
+        )
+        await anyio.lowlevel.checkpoint()
+
+    async def react(self, channel: str, ts: str, name: str) -> bool:
+        self.channel(channel).append({"kind": "reaction", "op": "add", "target": ts, "name": name, "user": self._bot})
+        await anyio.lowlevel.checkpoint()
+        return True
+
+    async def unreact(self, channel: str, ts: str, name: str) -> None:
+        self.channel(channel).append(
+            {"kind": "reaction", "op": "remove", "target": ts, "name": name, "user": self._bot}
+        )
+        await anyio.lowlevel.checkpoint()
+
+    async def run_outbox(self, interval: float = 15.0) -> None:
+        """Nothing waits here: a local append cannot be refused."""
+        await anyio.sleep_forever()
