@@ -51,6 +51,7 @@ class BusSettings(NamedTuple):
     timeout: float  # per network call
     history_interval: float
     spawned: bool  # a session the bot started (it gives context and posts answers itself)
+    local_dir: str | None = None  # SLACKBUS_TRANSPORT=local: the channel files' folder (no Slack at all)
 
     @property
     def socket_path(self) -> str:
@@ -88,7 +89,14 @@ def load(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -
         timeout=_float(merged, "SLACKBUS_HOOK_TIMEOUT", 3.0),
         history_interval=_float(merged, "SLACKBUS_HISTORY_INTERVAL", 60.0),
         spawned=merged.get("SLACKBUS_SPAWNED", "") == "1",
+        local_dir=_local_dir(merged, home) if merged.get("SLACKBUS_TRANSPORT", "").strip().lower() == "local" else None,
     )
+
+
+def _local_dir(env: Mapping[str, str], home: str) -> str:
+    from bot.local_channel import channel_dir
+
+    return channel_dir(home, dict(env))
 
 
 class BusMessage(NamedTuple):
@@ -161,6 +169,8 @@ def post(
     if len(body) > MAX_POST_CHARS:
         body = body[: MAX_POST_CHARS - 20].rstrip() + " … [trimmed]"
     deadline = deadline or time.monotonic() + s.timeout
+    if s.local_dir is not None:
+        return _post_local(s, channel, thread_ts, body)
     if os.path.exists(s.socket_path):
         answer = _ask_bot(
             s,
@@ -191,6 +201,53 @@ def post(
         "Nothing to post with: run the slackbus bot on this host, or set SLACK_BOT_TOKEN (with SLACKBUS_CHANNEL) "
         "or SLACK_WEBHOOK_URL."
     )
+
+
+def _post_local(s: BusSettings, channel: str | None, thread_ts: str | None, body: str) -> Posted:
+    from bot.local_channel import LocalChannel
+
+    assert s.local_dir is not None
+    if not channel:
+        raise BusError("No channel to post to: set SLACKBUS_CHANNEL or pass --channel (a local channel's name).")
+    try:
+        rec = LocalChannel(s.local_dir, channel.lstrip("#")).append(
+            {"kind": "message", "thread_ts": thread_ts, "user": "session", "session": True, "text": body}
+        )
+    except (OSError, ValueError) as exc:
+        raise BusError(f"The local channel {channel} cannot be written ({exc}).") from None
+    return Posted("local", channel, str(rec["ts"]))
+
+
+def _read_local(
+    s: BusSettings, channel: str, *, thread_ts: str | None, since: str | None, limit: int
+) -> list[BusMessage]:
+    from bot.local_channel import LocalChannel
+
+    assert s.local_dir is not None
+    try:
+        records, _ = LocalChannel(s.local_dir, channel).read(0)
+    except ValueError as exc:
+        raise BusError(str(exc)) from None
+    texts: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("kind", "message") == "message":
+            texts[r["ts"]] = dict(r)
+        elif r.get("kind") == "edit" and r.get("target") in texts:
+            texts[r["target"]]["text"] = r.get("text")
+    out = []
+    for r in texts.values():
+        t_ts = r.get("thread_ts")
+        if thread_ts and not (t_ts == thread_ts or r["ts"] == thread_ts):
+            continue
+        if not thread_ts and t_ts and t_ts != r["ts"]:
+            continue
+        if since and r["ts"] <= since:
+            continue
+        user = None if r.get("session") else str(r.get("user") or "someone")
+        author, body = author_of(str(r.get("text") or ""), user, "session" if r.get("session") else None,
+                                 bool(r.get("bot")), {})
+        out.append(BusMessage(channel, str(r["ts"]), t_ts, author, body))
+    return out[-limit:]
 
 
 def _ask_bot(s: BusSettings, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
@@ -364,6 +421,8 @@ def read(
     if not channel:
         raise BusError("No channel to read: set SLACKBUS_CHANNEL or pass --channel.")
     deadline = deadline or time.monotonic() + s.timeout
+    if s.local_dir is not None:
+        return _read_local(s, channel.lstrip("#"), thread_ts=thread_ts, since=since, limit=limit), "local"
     channel = resolve_channel(s, channel)
     found = read_record(s, channel, thread_ts=thread_ts, since=since, limit=limit)
     if found is not None:

@@ -69,9 +69,12 @@ class ContextBuilder:
         return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
 
     def _author(self, m: StoredMessage) -> str:
-        if m.from_self:
+        if m.from_self or m.bot_id:  # a session's post carries its writer (people cannot post as the app)
             who, _ = identity.parse(m.text)
-            return who.label if who is not None else "slackbus (you, an earlier answer)"
+            if who is not None:
+                return who.label
+        if m.from_self:
+            return "slackbus (you, an earlier answer)"
         if m.user:
             name = self._name_of(m.user)
             return name if self._is_allowed(m.user) else f"{name} (not a bot user)"
@@ -79,7 +82,7 @@ class ContextBuilder:
 
     def _line(self, m: StoredMessage) -> str:
         limit = MAX_OWN_ANSWER_CHARS if m.from_self else MAX_MESSAGE_CHARS
-        text = self.clean(identity.parse(m.text)[1])
+        text = self.clean(identity.parse(m.text)[1] if m.from_self or m.bot_id else m.text)
         if len(text) > limit:
             text = text[:limit].rstrip() + f" … [{len(text) - limit} more characters]"
         return f"[{_clock(m.ts)}] {self._author(m)}: {text}"

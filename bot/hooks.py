@@ -3,7 +3,7 @@
   SessionStart                 → prints additionalContext: the channel's recent history (and the thread's),
                                  framed as data, so the session starts knowing what others did
   Stop / SubagentStop          → posts a compact summary: the last assistant message, trimmed, and where
-  SessionEnd                   → posts that the session ended (with any tool lines still held back)
+  SessionEnd                   → posts the tool lines still held back, if any (else nothing)
   PostToolUse                  → one line per tool call, for the tools in SLACKBUS_HOOK_TOOLS (or the hook's
                                  matcher), throttled and coalesced: at most one post per SLACKBUS_HOOK_THROTTLE s
   Notification                 → posts what needs a human (a permission prompt, an idle session)
@@ -130,10 +130,11 @@ def handle(event: str, payload: dict[str, Any], s: bus.BusSettings, env: Mapping
         if not s.spawned:
             _post(s, who, _summary(event, payload, who, s), deadline, flush=True)
         return None
-    if event == "SessionEnd":
-        if not s.spawned:
+    if event == "SessionEnd":  # quiet (every `claude -p` ends one), but tool lines still held back go out
+        held = [] if s.spawned else _take_held(s, who)
+        if held:
             reason = _str(payload.get("reason")) or "exit"
-            _post(s, who, f"⏹ session ended ({reason})", deadline, flush=True)
+            bus.post(s, "\n".join(held) + f"\n⏹ session ended ({reason})", who, deadline=deadline)
         return None
     if event == "PostToolUse":
         tools = {t.strip() for t in env.get("SLACKBUS_HOOK_TOOLS", "").split(",") if t.strip()}

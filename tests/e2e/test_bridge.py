@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, claude_cli
+from tests.fakes.chat import LocalChat
 from tests.fakes.fake_model import FakeModel, Reply, all_texts
 from tests.fakes.fake_slack import FakeSlack
 
@@ -57,8 +58,8 @@ def project(tmp_path: Path) -> Path:
     return d
 
 
-def install_hooks(project: Path, env: dict[str, str], *extra: str) -> None:
-    out = slackbus("hooks", "install", "--project", str(project), "--channel", "C1", *extra, env=env)
+def install_hooks(project: Path, env: dict[str, str], *extra: str, channel: str = "C1") -> None:
+    out = slackbus("hooks", "install", "--project", str(project), "--channel", channel, *extra, env=env)
     assert out.returncode == 0, out.stderr
 
 
@@ -239,6 +240,12 @@ def _has_tool_result(body: dict[str, Any]) -> bool:
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
+def fake_model_last(body: dict[str, Any]) -> str:
+    from tests.fakes.fake_model import last_user_text
+
+    return last_user_text(body)
+
+
 def _tool_results(body: dict[str, Any]) -> int:
     return sum(1 for m in body.get("messages", []) if isinstance(m.get("content"), list)
                for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_result")
@@ -393,3 +400,43 @@ def test_a_session_post_made_elsewhere_with_the_token_reaches_the_bots_sessions(
     wait_for(lambda: fake_slack.bot_messages("C1", mention), what="the answer")
     context = "\n".join(all_texts(request_with(fake_model, "[[id:mig]]")[0]))
     assert "session 1aptop00 (laptop): the staging DB is read-only until 3pm" in context
+
+
+# --- the same bridge on a local channel (no Slack at all) -------------------------------------------------------
+def test_hooks_post_and_read_work_on_a_local_channel_shared_with_a_local_bot(
+    tmp_path: Path, fake_slack: FakeSlack, fake_model: FakeModel, project: Path, start_bot: Any
+) -> None:
+    channels = tmp_path / "channels"
+    local = {"SLACKBUS_TRANSPORT": "local", "SLACKBUS_LOCAL_DIR": str(channels), "SLACKBUS_CHANNEL": "general",
+             "SLACK_BOT_TOKEN": "", "SLACK_API_URL": ""}
+    env = terminal_env(tmp_path, fake_slack, fake_model, **local)
+    out = slackbus("post", "the nightly build is green again", env=env, cwd=project)
+    assert out.returncode == 0 and "via local" in out.stderr, out.stderr
+    install_hooks(project, env, channel="general")
+    first = run_claude(project, env, "Check the cache [[id:loc1]]")
+    from bot.local_channel import LocalChannel
+
+    records = LocalChannel(str(channels), "general").read(0)[0]
+    summary = [r for r in records if "answer for loc1" in r.get("text", "")]
+    assert len(summary) == 1 and summary[0]["session"] is True
+    assert summary[0]["text"].startswith(f"`[session {first['session_id'][:8]} · api-server]`")
+
+    run_claude(project, env, "What is new? [[id:loc2]]")
+    context = "\n".join(all_texts(request_with(fake_model, "[[id:loc2]]")[0]))
+    assert "the nightly build is green again" in context and "answer for loc1" in context
+    read = slackbus("read", env=env)
+    assert read.returncode == 0 and f"session {first['session_id'][:8]} (api-server): ✅ finished" in read.stdout
+
+    # a local bot on the same channel: the sessions' posts are context for a mention, never a trigger
+    start_bot(**{k: v for k, v in local.items() if k != "SLACKBUS_CHANNEL"}, SLACKBUS_WARM_POOL="0",
+              SLACK_APP_TOKEN="")
+    ch = LocalChannel(str(channels), "general")
+    ch.append({"kind": "message", "user": "session", "session": True, "text": "@claude this must not run"})
+    ts = ch.append({"kind": "message", "user": "U1", "text": "@claude what did the sessions find? [[id:loc3]]"})["ts"]
+    LocalChat(channels).wait_answer(ts, "answer for loc3")
+    context = "\n".join(all_texts(request_with(fake_model, "[[id:loc3]]")[0]))
+    assert f"session {first['session_id'][:8]} (api-server): ✅ finished a turn" in context
+    assert len(request_with(fake_model, "[[id:loc3]]")) == 1
+    triggered = [r for r in fake_model.requests if "this must not run" in fake_model_last(r)
+                 and "[[id:loc3]]" not in fake_model_last(r)]
+    assert not triggered  # a session's post mentioning the bot is context, never a run

@@ -71,7 +71,9 @@ def test_a_60000_character_answer_arrives_whole_as_a_file(start_bot, fake_slack,
     ts = fake_slack.user_says("C1", "U1", "write a lot", mention=True)
     summary = answer_in(fake_slack, "C1", ts, "the whole of it is in the attached file", timeout=60)
     assert summary["text"].startswith("Start of the answer.")
-    upload = fake_slack.wait_for(lambda: fake_slack.files, what="the uploaded file")[0]
+    # the file record appears at getUploadURLExternal; its bytes when the upload POST lands
+    upload = fake_slack.wait_for(lambda: [f for f in fake_slack.files if fake_slack.file_content(f["id"])],
+                                 what="the uploaded file's content")[0]
     content = fake_slack.file_content(upload["id"]).decode()
     assert content == long_answer.strip()
     assert balanced(content)

@@ -115,4 +115,5 @@ class LocalChat(Chat):
         return on
 
     def private_to(self, user: str) -> list[str]:
-        return [str(r.get("text") or "") for r in self.records() if r.get("kind") == "ephemeral" and r.get("to") == user]
+        mine = [r for r in self.records() if r.get("kind") == "ephemeral" and r.get("to") == user]
+        return [str(r.get("text") or "") for r in mine]
