@@ -108,7 +108,8 @@ class Bot:
             approvals=self.approvals,
         )
 
-    async def serve(self, *, ready: anyio.Event | None = None) -> None:
+    async def serve(self, *, ready: anyio.Event | None = None, signals: bool = True) -> None:
+        """Run until cancelled (or, with signals, until SIGINT/SIGTERM); `slackbus console` handles SIGINT itself."""
         # one HTTP session for every Web API call: slack_sdk otherwise opens a new connection per call
         # (about 10 ms each on loopback, more to Slack), which is most of the time to the first 👀
         async with aiohttp.ClientSession(
@@ -116,11 +117,11 @@ class Bot:
         ) as session:
             self.client.session = session
             try:
-                await self._serve(ready)
+                await self._serve(ready, signals)
             finally:
                 self.client.session = None
 
-    async def _serve(self, ready: anyio.Event | None) -> None:
+    async def _serve(self, ready: anyio.Event | None, signals: bool = True) -> None:
         s = self.settings
         local = s.transport == "local"
         poster: Poster
@@ -234,7 +235,8 @@ class Bot:
             await tg.start(sessions.run)
             tg.start_soon(poster.run_outbox)
             queue.attach(tg)
-            tg.start_soon(self._watch_signals, tg.cancel_scope, close_source, queue)
+            if signals:
+                tg.start_soon(self._watch_signals, tg.cancel_scope, close_source, queue)
             self._recover(dispatcher, poster)
             if local:
                 await tg.start(events.run)

@@ -180,7 +180,7 @@ class Blackboard:
                 where = self.where(_opt(request.get("session_id")))
                 return {"ok": True, "channel": where[0] if where else None, "thread_ts": where[1] if where else None}
             if op == "ping":
-                return {"ok": True}
+                return {"ok": True, "transport": self._settings.transport, "local_dir": str(self._settings.local_dir)}
         except bus.BusError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:

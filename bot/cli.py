@@ -70,6 +70,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from bot.config import load_settings, scrub_process_environment
+    from bot.local_channel import valid_name
+
+    if not valid_name(args.channel):
+        return _fail(f"{args.channel!r} is not a channel name: use letters, digits, - _ and . (e.g. general).")
+    try:
+        settings = load_settings(env_file=args.env_file, transport="local")
+        scrub_process_environment()
+        check_cli(settings.claude_cli_path)
+    except (ConfigError, StoreError) as exc:
+        return _fail(str(exc))
+    from bot import console
+
+    try:
+        return console.main(settings, args.channel, args.user)
+    except (ConfigError, StoreError) as exc:
+        return _fail(str(exc))
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from bot import doctor
 
@@ -181,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true",
                      help="serve local channels (JSON-lines files under SLACKBUS_LOCAL_DIR) instead of Slack")
     run.set_defaults(func=cmd_run)
+    console = sub.add_parser("console", help="chat with the bot in this terminal, on a local channel (no Slack)")
+    console.add_argument("channel", nargs="?", default="general", help="the local channel (default: general)")
+    console.add_argument("--user", help="your name in the channel (default: your login name)")
+    console.set_defaults(func=cmd_console)
     doctor = sub.add_parser("doctor", help="check the settings and the claude CLI, then exit")
     doctor.add_argument("--cli-only", action="store_true", help="only check that the claude CLI runs")
     doctor.set_defaults(func=cmd_doctor)

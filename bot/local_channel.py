@@ -74,22 +74,30 @@ class LocalChannel:
         return f"{now // 1_000_000}.{now % 1_000_000:06d}"
 
     def last_ts(self) -> str | None:
+        """The newest record's ts: the last whole line, read from the file's tail (4 KB, more if a line is longer)."""
         try:
             with open(self.path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(size - TAIL_BYTES, 0))
-                lines = f.read().splitlines()
+                size = f.seek(0, os.SEEK_END)
+                span = 4096
+                while True:
+                    start = max(size - span, 0)
+                    f.seek(start)
+                    tail = f.read()
+                    lines = tail.splitlines()
+                    if start > 0:
+                        lines = lines[1:]  # the first may be cut
+                    for raw in reversed(lines):
+                        try:
+                            ts = json.loads(raw).get("ts")
+                        except (ValueError, AttributeError):
+                            continue
+                        if isinstance(ts, str):
+                            return ts
+                    if start == 0 or span >= TAIL_BYTES * 16:
+                        return None
+                    span *= 4
         except FileNotFoundError:
             return None
-        for raw in reversed(lines):
-            try:
-                ts = json.loads(raw).get("ts")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(ts, str):
-                return ts
-        return None
 
     def read(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Whole records from byte `offset` on, and the offset after the last whole line."""

@@ -9,6 +9,7 @@ those appended while the bot was down.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -130,6 +131,8 @@ class LocalEvents:
                 ))
                 return
             self.seen += 1
+            with contextlib.suppress(ValueError):  # appended → seen here (ts is the writer's clock, given on append)
+                log.info("local.seen", channel=channel, ts=ts, lag_ms=round((time.time() - float(ts)) * 1000, 2))
             if text.startswith("/claude"):
                 command = {"command": "/claude", "text": text[len("/claude"):].strip(), "user_id": user,
                            "user_name": user, "channel_id": channel, "thread_ts": thread_ts, "trigger_ts": ts}

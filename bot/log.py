@@ -21,7 +21,9 @@ def _redact_values(_logger: Any, _name: str, event_dict: MutableMapping[str, Any
     return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
+def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+    """JSON (or console) lines on `stream` (default stderr): `slackbus console` sends them to a file."""
+    stream = sys.stderr if stream is None else stream
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
@@ -38,11 +40,11 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
     # Library loggers (slack_sdk, slack_bolt, claude_agent_sdk) go through the same redaction.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,0 +1,219 @@
+"""`slackbus console [CHANNEL]`: a terminal chat on a local channel, with the bot in it.
+
+Starts a local bot in this process (its log goes to SLACKBUS_HOME/console.log) unless one already serves the
+same channel folder. Then: type a message; `@claude …` asks the bot; `>N text` replies in thread N (a reply
+in a bot thread needs no mention); `/claude status|sessions|cancel|cwd|help` work as on Slack; Ctrl-C
+cancels your running task (twice, or with nothing running, quits); Ctrl-D quits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.emoji import Emoji
+from rich.markdown import Markdown
+from rich.text import Text
+
+from bot.config import Settings
+from bot.local_channel import LocalChannel
+from bot.local_events import LOCAL_BOT
+
+POLL_S = 0.02
+HISTORY = 20
+STOP = "octagonal_sign"
+WORKING = "eyes"
+DONE = {"white_check_mark", "x", STOP}
+
+
+class ConsoleView:
+    """What the terminal shows: numbered threads, answers as Markdown, your private notices."""
+
+    def __init__(self, channel: LocalChannel, me: str, out: Console) -> None:
+        self.ch = channel
+        self.me = me
+        self.out = out
+        self.threads: dict[str, int] = {}  # top-level ts → its number
+        self.by_number: dict[int, str] = {}
+        self.working: dict[str, float] = {}  # my requests the bot is working on: ts → since
+        self.reply_thread: dict[str, int] = {}  # a reply's ts → its thread's number (for the bot's edits)
+        self.offset = 0
+
+    def number(self, ts: str) -> int:
+        n = self.threads.get(ts)
+        if n is None:
+            n = self.threads[ts] = len(self.threads) + 1
+            self.by_number[n] = ts
+        return n
+
+    def catch_up(self, history: int = HISTORY) -> None:
+        records, self.offset = self.ch.read(0)
+        messages = [r for r in records if r.get("kind", "message") == "message"]
+        for r in messages:
+            if not r.get("thread_ts") or r["thread_ts"] == r["ts"]:
+                self.number(r["ts"])
+        shown = {r["ts"] for r in messages[-history:]}
+        if len(messages) > history:
+            self.out.print(Text(f"… {len(messages) - history} earlier messages", style="dim"))
+        for r in records:
+            if r.get("kind", "message") != "message" or r["ts"] in shown:
+                self.show(r)
+
+    def poll(self) -> None:
+        if self.ch.size() > self.offset:
+            records, self.offset = self.ch.read(self.offset)
+            for r in records:
+                self.show(r)
+
+    def show(self, r: dict[str, Any]) -> None:
+        kind = r.get("kind", "message")
+        user = str(r.get("user") or "someone")
+        if kind == "reaction":
+            target = str(r.get("target"))
+            if r.get("name") == WORKING and r.get("op", "add") == "add":
+                self.working[target] = time.monotonic()
+            elif r.get("name") in DONE or (r.get("name") == WORKING and r.get("op") == "remove"):
+                self.working.pop(target, None)
+            return
+        if kind == "ephemeral":
+            if r.get("to") == self.me:
+                self.out.print(Text(f"  (only you) {r.get('text', '')}", style="dim"))
+            return
+        text = str(r.get("text") or "")
+        thread = r.get("thread_ts")
+        if kind == "edit":
+            self._print_reply(self.reply_thread.get(str(r.get("target")), 0), "claude", text, updated=True)
+            return
+        if not thread or thread == r["ts"]:
+            n = self.number(r["ts"])
+            who = "you" if user == self.me else ("claude" if r.get("bot") else user)
+            self.out.print(Text.assemble((f"[{n}] ", "bold cyan"), (f"{who}: ", "bold"), text))
+        else:
+            n = self.reply_thread[r["ts"]] = self.threads.get(str(thread), 0)
+            self._print_reply(n, "claude" if r.get("bot") else ("you" if user == self.me else user), text)
+
+    def _print_reply(self, n: int, who: str, text: str, updated: bool = False) -> None:
+        head = Text.assemble(("    ↳ ", "dim"), (f"[{n}] " if n else "", "cyan"), (f"{who}", "bold"),
+                             (" (updated)" if updated else "", "dim"), (":", "bold"))
+        self.out.print(head)
+        if who == "claude":
+            text = Emoji.replace(text.replace(f"<@{self.me}>", f"@{self.me}"))  # Slack's :shortcodes: too
+            self.out.print(Markdown(text), width=min(self.out.width, 110))
+        else:
+            self.out.print(Text(f"      {text}"))
+
+    def mine_running(self) -> str | None:
+        mine = [ts for ts in self.working]
+        return max(mine) if mine else None
+
+
+def parse_input(line: str, view: ConsoleView) -> tuple[str | None, str] | None:
+    """(thread ts or None, text) for a line typed; None for nothing to send."""
+    line = line.rstrip("\n")
+    if not line.strip():
+        return None
+    if line.startswith(">"):
+        number, _, text = line[1:].partition(" ")
+        if number.isdigit() and int(number) in view.by_number and text.strip():
+            return view.by_number[int(number)], text.strip()
+        raise ValueError(f"no thread {number}: use >N text with a number shown in [brackets]")
+    return None, line.strip()
+
+
+def _bot_serving(settings: Settings) -> bool:
+    path = settings.home / "bot.sock"
+    if not path.exists():
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            s.connect(str(path))
+            s.sendall(b'{"op": "ping"}\n')
+            answer = json.loads(s.recv(65536) or b"{}")
+    except (OSError, ValueError):
+        return False
+    return bool(answer.get("ok")) and answer.get("local_dir") == str(settings.local_dir)
+
+
+async def run_console(settings: Settings, channel_name: str, me: str, out: Console, log_file: Any) -> int:
+    from bot.app import Bot
+    from bot.log import configure_logging
+
+    ch = LocalChannel(str(settings.local_dir), channel_name)
+    view = ConsoleView(ch, me, out)
+    started_bot: Bot | None = None
+    async with anyio.create_task_group() as tg:
+        if not _bot_serving(settings):
+            configure_logging(settings.log_level, "json", stream=log_file)
+            started_bot = Bot(settings)
+            ready = anyio.Event()
+            tg.start_soon(partial(started_bot.serve, ready=ready, signals=False))
+            with anyio.fail_after(60):
+                await ready.wait()
+        out.print(Text(f"slackbus console · #{channel_name} · you are {me}", style="bold"))
+        out.print(Text("@claude <task> asks · >N text replies in thread N · /claude help", style="dim"))
+        out.print(Text("Ctrl-C cancels your running task · Ctrl-D quits", style="dim"))
+        view.catch_up()
+
+        async def follow() -> None:
+            while True:
+                view.poll()
+                await anyio.sleep(POLL_S)
+
+        async def on_interrupt() -> None:
+            last = 0.0
+            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    target = view.mine_running()
+                    if target is None or time.monotonic() - last < 1.0:
+                        tg.cancel_scope.cancel()
+                        return
+                    last = time.monotonic()
+                    ch.append({"kind": "reaction", "op": "add", "target": target, "name": STOP, "user": me})
+                    out.print(Text(f"  cancelling thread [{view.threads.get(target, '?')}] … "
+                                   "(Ctrl-C again to quit)", style="yellow"))
+
+        async def read_input() -> None:
+            while True:
+                line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+                if line == "":  # Ctrl-D
+                    tg.cancel_scope.cancel()
+                    return
+                try:
+                    parsed = parse_input(line, view)
+                except ValueError as exc:
+                    out.print(Text(f"  {exc}", style="red"))
+                    continue
+                if parsed is not None:
+                    thread_ts, text = parsed
+                    ch.append({"kind": "message", "user": me, "thread_ts": thread_ts, "text": text})
+                    view.poll()
+
+        tg.start_soon(follow)
+        tg.start_soon(on_interrupt)
+        tg.start_soon(read_input)
+    if started_bot is not None:
+        started_bot.close()
+    out.print(Text("bye", style="dim"))
+    return 0
+
+
+def main(settings: Settings, channel: str, user: str | None) -> int:
+    me = user or os.environ.get("SLACKBUS_USER") or getpass.getuser()
+    if me == LOCAL_BOT:
+        print("slackbus: that name is the bot's; pick another with --user.", file=sys.stderr)
+        return 2
+    out = Console(highlight=False)
+    with open(settings.home / "console.log", "a") as log_file, contextlib.suppress(KeyboardInterrupt):
+        return anyio.run(run_console, settings, channel, me, out, log_file)
+    return 0
