@@ -1,14 +1,14 @@
 """`python -m bench`: run every benchmark, print the figures, write bench/results.json.
 
-`python -m bench.reactive`, `python -m bench.sessions` and `python -m bench.progress` run one of them.
+`python -m bench.reactive`, `.sessions`, `.progress`, `.bridge` and `.local` run one of them.
 """
 
-from bench import progress, reactive, sessions
+from bench import bridge, local, progress, reactive, sessions
 from bench.common import write_results
 
 if __name__ == "__main__":
     for name, module, args in (("reactive", reactive, (50,)), ("sessions", sessions, (20,)),
-                               ("progress", progress, (20,))):
+                               ("progress", progress, (20,)), ("bridge", bridge, (50, 20)), ("local", local, (100,))):
         figures = module.run(*args)  # type: ignore[attr-defined]
         write_results(name, figures)
         module.print_table(figures)  # type: ignore[attr-defined]

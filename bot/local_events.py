@@ -87,8 +87,11 @@ class LocalEvents:
         self._scan(first=True)
         task_status.started()
         last_scan = time.monotonic()
+        dir_stamp = _mtime(self._dir)
         while True:
-            if time.monotonic() - last_scan > RESCAN_S:
+            stamp = _mtime(self._dir)  # a new channel file changes the folder: look at once, not at the next rescan
+            if stamp != dir_stamp or time.monotonic() - last_scan > RESCAN_S:
+                dir_stamp = stamp
                 self._scan(first=False)
                 last_scan = time.monotonic()
             for name, ch in self._channels.items():
@@ -152,6 +155,13 @@ class LocalEvents:
             event = {"type": "reaction_added", "user": user, "reaction": rec.get("name"),
                      "item": {"type": "message", "channel": channel, "ts": rec.get("target")}, "event_ts": ts}
             self._spawn(self._on_reaction, event)
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _with_bot_mention(text: str) -> str:
