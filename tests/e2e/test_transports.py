@@ -108,3 +108,16 @@ def test_claude_status_answers_privately(chat: Any, fake_model: FakeModel) -> No
     said = wait_for(lambda: [t for t in c.private_to("U1") if "running" in t.lower() or "nothing" in t.lower()],
                     what="the status answer")
     assert said
+
+
+def test_a_thread_reply_resumes_the_session_after_a_restart(chat: Any, fake_model: FakeModel) -> None:
+    c, start = chat
+    bot = start()
+    ts = c.mention("U1", "the secret number is 42 [[id:rs1]]")
+    c.wait_answer(ts, "answer for rs1")
+    assert bot.stop() == 0
+    start()
+    c.say("U1", "what was the number? [[id:rs2]]", thread_ts=ts)
+    c.wait_answer(ts, "answer for rs2")
+    assert "the secret number is 42" in "\n".join(fake_model.user_texts(len(fake_model.requests) - 1))
+    assert session_ids(fake_model)[0] == session_ids(fake_model)[-1] != ""
