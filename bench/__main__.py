@@ -1,14 +1,16 @@
 """`python -m bench`: run every benchmark, print the figures, write bench/results.json.
 
-`python -m bench.reactive`, `.sessions`, `.progress`, `.bridge` and `.local` run one of them.
+`python -m bench.reactive`, `.sessions`, `.progress`, `.bridge`, `.local` and `.burst` run one of them;
+`python -m bench.readme` then rewrites the README's Performance and Reliability sections from the results.
 """
 
-from bench import bridge, local, progress, reactive, sessions
+from bench import bridge, burst, local, progress, reactive, sessions
 from bench.common import write_results
 
 if __name__ == "__main__":
     for name, module, args in (("reactive", reactive, (50,)), ("sessions", sessions, (20,)),
-                               ("progress", progress, (20,)), ("bridge", bridge, (50, 20)), ("local", local, (100,))):
+                               ("progress", progress, (20,)), ("bridge", bridge, (50, 20)), ("local", local, (100,)),
+                               ("burst", burst, ())):
         figures = module.run(*args)  # type: ignore[attr-defined]
         write_results(name, figures)
         module.print_table(figures)  # type: ignore[attr-defined]
