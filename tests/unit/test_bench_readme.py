@@ -14,7 +14,7 @@ def test_targets_are_marked_met_or_missed_and_unmeasured_ones_say_so() -> None:
     table = readme.performance(results)
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert rows["mention → first visible sign (👀)"].endswith("| ❌ |")  # p95 60 > 50
-    assert "8.5 / 60 / 70 ms" in rows["mention → first visible sign (👀)"]
+    assert "8.5 / 60.0 / 70.0 ms" in rows["mention → first visible sign (👀)"]
     assert rows["follow-up in a warm thread → answer"].endswith("| ✅ |")
     assert rows["`conversations.history` calls after first contact"].endswith("| ✅ |")
     assert "| not measured |" in rows["bot RSS with ~200 tasks queued"]
