@@ -27,13 +27,16 @@ def test_the_status_message_follows_a_tool_run_and_becomes_the_answer(start_bot,
     fake_model.enqueue_tool_use("Bash", {"command": "./show_env.sh", "description": "look around"})
     fake_model.enqueue(Reply(text="all done [[id:st]]", delay=3.0))
     ts = fake_slack.user_says("C1", "U1", "look around", mention=True)
+    # the status message names the command: posted so, or (when the CLI starts slowly and the status went up
+    # first as "Working on it…") edited to say so
     status = fake_slack.wait_for(
-        lambda: next((c for c in fake_slack.calls_of("chat.postMessage") if "Running `./show_env.sh`" in
-                      str(c.params.get("text"))), None),
+        lambda: next((c for c in fake_slack.calls if c.method in {"chat.postMessage", "chat.update"}
+                      and "Running `./show_env.sh`" in str(c.params.get("text"))), None),
         timeout=20, what="a status message naming the command",
     )
     answer = answer_in(fake_slack, "C1", ts, "all done")
-    assert answer["ts"] == status.response["ts"]  # the status message became the answer
+    status_ts = status.response["ts"] if status.method == "chat.postMessage" else status.params["ts"]
+    assert answer["ts"] == status_ts  # the status message became the answer
     assert len(fake_slack.bot_messages("C1", ts)) == 1
     assert "Stop" not in str(answer["blocks"])
     end = bot.wait_event("run.end")[0]
@@ -56,7 +59,10 @@ def test_a_500_event_run_stays_within_slacks_pace(start_bot, fake_slack, fake_mo
     # never more than one edit or post per second for this run, and few of them in all
     times = sorted(c.t for c in writes)
     per_second = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert per_second <= 2  # the last status edit and the answer may land in the same second
+    # the last status edit and the answer may land in the same second; after a run of 30 s or more (a slow
+    # machine) the answer is a new message that notifies, and the status becomes "Done …": one write more
+    notified = any("Done after" in str(c.params.get("text")) for c in writes)
+    assert per_second <= (3 if notified else 2)
     assert len(writes) <= 3 + (times[-1] - times[0]) / 2.0
     assert "Reading notes.txt" in " ".join(texts_of(writes)) or "Reading" in " ".join(texts_of(writes))
 
