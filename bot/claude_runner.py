@@ -11,6 +11,7 @@ that ignores all three.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -23,12 +24,14 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+from claude_agent_sdk import CLIJSONDecodeError as SdkJSONDecodeError
 from claude_agent_sdk import CLINotFoundError as SdkCLINotFound
 from claude_agent_sdk import ProcessError as SdkProcessError
 
 from bot import stream_parser
 from bot.errors import (
     CLINotFoundError,
+    CLIOutputError,
     CLIProcessError,
     RunCancelledError,
     RunError,
@@ -47,6 +50,8 @@ CONNECT_TIMEOUT_S = 60.0
 INTERRUPT_GRACE_S = 3.0  # for the interrupt request to be answered
 EOF_GRACE_S = 5.0  # after stdin is closed, for the CLI to exit by itself
 SIGINT_GRACE_S = 5.0  # after SIGINT, before SIGKILL
+MAX_MESSAGE_BYTES = 1024 * 1024  # one stream-json line from the CLI; a longer one ends the run (the SDK's default)
+SDK_STDERR_PLACEHOLDER = "Check stderr output for details"  # what the SDK puts in ProcessError.stderr
 
 EventSink = Callable[[RunEvent], None]
 
@@ -102,6 +107,7 @@ def _options(spec: SessionSpec, stderr_lines: deque[str], can_use_tool: Any = No
         permission_mode=spec.permission_mode,  # type: ignore[arg-type]
         can_use_tool=can_use_tool,
         mcp_servers=dict(spec.mcp_servers),
+        max_buffer_size=MAX_MESSAGE_BYTES,
         stderr=lambda line: stderr_lines.append(redact(line.rstrip())),
     )
 
@@ -279,7 +285,27 @@ class ClaudeSession:
                 f"The Claude Code CLI could not be started ({exc}): check CLAUDE_CLI_PATH.", session_id=self.session_id
             )
         if isinstance(exc, SdkProcessError):
-            return self._process_error(getattr(exc, "exit_code", None), redact(str(getattr(exc, "stderr", "") or "")))
+            stderr = str(getattr(exc, "stderr", "") or "")
+            if stderr == SDK_STDERR_PLACEHOLDER:  # not the CLI's words: nothing to show
+                stderr = ""
+            return self._process_error(getattr(exc, "exit_code", None), redact(stderr))
+        if isinstance(exc, SdkJSONDecodeError):
+            # the line itself is for the log, not the thread (raw JSON, maybe megabytes of it)
+            too_large = not isinstance(exc.original_error, json.JSONDecodeError)
+            log.warning("claude.unreadable_output", session_id=self.session_id, too_large=too_large,
+                        line=redact(str(exc.line)[:200]), error=redact(str(exc.original_error))[:200])
+            if too_large:
+                return CLIOutputError(
+                    f"The Claude Code CLI sent one message larger than {MAX_MESSAGE_BYTES // (1024 * 1024)} MB, more "
+                    "than slackbus reads, so the run was stopped.",
+                    too_large=True,
+                    session_id=self.session_id,
+                )
+            return CLIOutputError(
+                "The Claude Code CLI wrote output slackbus could not read (a line that is not valid JSON), so the "
+                "run was stopped.",
+                session_id=self.session_id,
+            )
         return CLIProcessError(
             f"The Claude Code CLI failed: {redact(str(exc))}",
             stderr_tail="\n".join(self._stderr),

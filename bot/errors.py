@@ -6,6 +6,7 @@
     └── RunError                  a Claude run did not produce an answer
         ├── CLINotFoundError      the `claude` executable cannot be started
         ├── CLIProcessError       the CLI exited or crashed without a result (exit_code, stderr_tail)
+        ├── CLIOutputError        the CLI wrote a line that is not JSON, or one over the size limit (too_large)
         ├── RunTimeoutError       the run exceeded SLACKBUS_RUN_TIMEOUT
         ├── RunStalledError       the CLI was silent for SLACKBUS_STALL_SECONDS
         ├── RunCancelledError     somebody (or shutdown) cancelled the run
@@ -49,6 +50,12 @@ class CLIProcessError(RunError):
         super().__init__(message, session_id=session_id)
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
+
+
+class CLIOutputError(RunError):
+    def __init__(self, message: str, *, too_large: bool = False, session_id: str | None = None) -> None:
+        super().__init__(message, session_id=session_id)
+        self.too_large = too_large
 
 
 class RunTimeoutError(RunError):

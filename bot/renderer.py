@@ -12,9 +12,11 @@ from typing import Any
 
 from bot.errors import (
     CLINotFoundError,
+    CLIOutputError,
     CLIProcessError,
     RunCancelledError,
     RunError,
+    RunStalledError,
     RunTimeoutError,
     SessionNotFoundError,
 )
@@ -25,6 +27,7 @@ from bot.stream_parser import Finished
 CHUNK_CHARS = 11_000
 FALLBACK_TEXT_CHARS = 2_900
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
+_OPENS_FENCE = re.compile(r"\s*(?:`{3}|~{3})")  # _FENCE at a position inside a line (match(line, pos))
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ def split_markdown(text: str, limit: int = CHUNK_CHARS) -> list[str]:
     if len(text) <= limit:
         return [text]
     limit = max(limit, 200)  # room for fences; smaller limits would not make progress
+    fences = [m for m in map(_FENCE.match, text.split("\n")) if m]
+    reserve = max([16, *(len(m.group(2)) + 1 for m in fences)])  # room for a closing fence
+    reopen = max([16, *(len(_reopening(m.group(0))) + 1 for m in fences)])  # and for a reopening one
     parts: list[str] = []
     current: list[str] = []
     size = 0
@@ -55,11 +61,10 @@ def split_markdown(text: str, limit: int = CHUNK_CHARS) -> list[str]:
         if fence is not None:
             body += "\n" + _closing(fence)
         parts.append(body)
-        current = [fence] if fence is not None else []
-        size = len(fence) + 1 if fence is not None else 0
+        current = [_reopening(fence)] if fence is not None else []
+        size = len(current[0]) + 1 if current else 0
 
-    reserve = 16  # room for a closing fence
-    for line in _lines_within(text, limit - 2 * reserve):
+    for line in _lines_within(text, max(limit - reserve - reopen, limit // 4)):
         boundary = not line.strip() and fence is None
         if size + len(line) + 1 > limit - reserve:
             flush()
@@ -92,13 +97,26 @@ def _closing(fence_line: str) -> str:
     return match.group(2) if match else "```"
 
 
+def _reopening(opening: str) -> str:
+    """The line that reopens a code block in the next part: its fence and language (not a long info string)."""
+    match = _FENCE.match(opening)
+    if not match:
+        return "```"
+    words = match.group(3).split()
+    return match.group(2) + (words[0] if words and len(words[0]) <= 32 else "")
+
+
 def _lines_within(text: str, limit: int) -> list[str]:
-    """Lines, with any single line longer than `limit` cut into pieces."""
+    """Lines, with any single line longer than `limit` cut into pieces; a piece never starts like a code fence."""
     out: list[str] = []
     for line in text.split("\n"):
         while len(line) > limit:
-            out.append(line[:limit])
-            line = line[limit:]
+            cut = limit
+            if _OPENS_FENCE.match(line, cut):  # cut before the nearest character that cannot start a fence
+                cut = next((i for i in range(cut - 1, cut // 2, -1) if not (line[i].isspace() or line[i] in "`~")),
+                           cut)
+            out.append(line[:cut])
+            line = line[cut:]
         out.append(line)
     return out
 
@@ -196,8 +214,14 @@ def describe_result_error(f: Finished) -> str:
 
 
 def describe_run_error(err: RunError) -> str:
-    if isinstance(err, RunTimeoutError):
+    if isinstance(err, RunTimeoutError | RunStalledError):
         return f":hourglass: {err} Reply here to continue from where it stopped."
+    if isinstance(err, CLIOutputError):
+        if err.too_large:
+            return (f":x: {err} Reply here to retry, asking for less at a time (a part of a large file or output "
+                    "rather than all of it).")
+        return (f":x: {err} Reply here to retry; if it happens again, run `slackbus doctor` on the bot's host to "
+                "check the CLI.")
     if isinstance(err, RunCancelledError):
         who = f" by <@{err.by}>" if err.by else ""
         return f":octagonal_sign: The run was cancelled{who}. Reply here to continue."
