@@ -161,5 +161,5 @@ class ContextBuilder:
 def _clock(ts: str) -> str:
     try:
         return datetime.fromtimestamp(float(ts), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # not a Slack ts ("", "inf", "1e20")
         return ts
