@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from bot.commands import Commands
 from bot.config import Settings
 from bot.context_builder import SYSTEM_PROMPT_APPEND, ContextBuilder
 from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StoreError
 from bot.local_events import LOCAL_BOT, LocalDirectory, LocalEvents
 from bot.local_poster import LocalPoster
 from bot.log import get_logger
@@ -42,6 +43,11 @@ log = get_logger("slackbus.app")
 
 QUEUED = "hourglass_flowing_sand"
 CONNECT_TIMEOUT_S = 30.0
+# Socket Mode keep-alive. slack_bolt's default ping every 10 s (aiohttp then waits 5 s for the pong) left a
+# dead link unnoticed for ~18 s; at 5 s the heartbeat closes it within ~7.5 s.
+SOCKET_PING_S = 5.0
+# slack_sdk looks at a closed socket only at its next ping; the bot looks every SOCKET_CHECK_S and reconnects.
+SOCKET_CHECK_S = 0.5
 
 
 class Bot:
@@ -86,6 +92,9 @@ class Bot:
         env["PATH"] = f"{s.home / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
         if key is not None:  # a pooled session learns its thread later, through its session id
             env.update(SLACKBUS_CHANNEL=key[0], SLACKBUS_THREAD_TS=key[1])
+            home = self.store.handoff_home(*key)
+            if home:  # a session handed over from a terminal lives under that HOME: `--resume` needs it
+                env["HOME"] = home
         allowed = s.allowed_tools
         mcp: dict[str, Any] = {}
         if self.blackboard is not None:
@@ -156,6 +165,7 @@ class Bot:
         self.blackboard = blackboard = Blackboard(
             s, self.store, poster, name_of=backfill.name_of, cwd_of=lambda sid: sessions.cwd_of(sid)
         )
+        blackboard.forget_warm = lambda key: sessions.forget_warm(key)
         install_shim(s.home / "bin")
         sessions = SessionManager(
             self.session_spec,
@@ -168,13 +178,13 @@ class Bot:
         queue = JobQueue(self._starting(pipeline, poster), s.max_concurrent)
 
         def on_seen(job: Job) -> None:
-            self._tg.start_soon(self._first_sign, poster, job)
+            self._spawn(self._first_sign, poster, job)
 
         def on_accepted(job: Job, position: int) -> None:
             if position > 0:
                 behind_own_thread = queue.thread_busy(job.key)
-                self._tg.start_soon(self._queued_sign, poster, pipeline, queue, job, position, behind_own_thread)
-            self._tg.start_soon(backfill.ensure, job.channel)
+                self._spawn(self._queued_sign, poster, pipeline, queue, job, position, behind_own_thread)
+            self._spawn(backfill.ensure, job.channel)
 
         def on_refused(msg: IncomingMessage, why: str) -> None:
             text = (
@@ -184,7 +194,15 @@ class Bot:
                 else "I am not enabled in this channel, so nothing was run. Ask the person who runs slackbus to add "
                 f"it ({msg.channel}) to SLACKBUS_ALLOWED_CHANNELS."
             )
-            self._tg.start_soon(poster.post_ephemeral, msg.channel, msg.user or "", text, msg.thread_ts)
+            self._spawn(poster.post_ephemeral, msg.channel, msg.user or "", text, msg.thread_ts)
+
+        def on_unrecorded(msg: IncomingMessage, exc: StoreError) -> None:
+            notice = renderer.render_notice(
+                ":warning: I could not take this request, so nothing was run: my state database cannot be written "
+                "(the disk may be full). Ask the person who runs slackbus to check its log and free space, then "
+                "ask again."
+            )
+            self._spawn(poster.post, msg.channel, msg.reply_target, notice)
 
         dispatcher = Dispatcher(
             self.store,
@@ -196,19 +214,20 @@ class Bot:
             workdir_for=self.workdir_for,
             is_channel_allowed=s.is_channel_allowed,
             on_seen=on_seen,
+            on_unrecorded=on_unrecorded,
         )
         commands = Commands(
             s, self.store, queue, pipeline, poster, dispatcher,
             workspace_url=str(auth.get("url") or ""),
             workdir_for=self.workdir_for,
-            spawn=lambda fn, *args: self._tg.start_soon(fn, *args),
+            spawn=self._spawn,
             approvals=self.approvals,
         )
         close_source: Any
         if local:
             events = LocalEvents(
                 str(s.local_dir), self.store, dispatcher, on_slash=commands.slash, on_reaction=commands.on_reaction,
-                ephemeral=poster.post_ephemeral, spawn=lambda fn, *args: self._tg.start_soon(fn, *args),
+                ephemeral=poster.post_ephemeral, spawn=self._spawn,
             )
 
             async def close_source() -> None:
@@ -226,37 +245,80 @@ class Bot:
                 on_stop=commands.on_stop_button,
                 on_approval=commands.on_approval_button,
             )
-            handler = AsyncSocketModeHandler(app, s.slack_app_token)
+            handler = AsyncSocketModeHandler(app, s.slack_app_token, ping_interval=SOCKET_PING_S)
             close_source = handler.close_async
 
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            await tg.start(blackboard.serve_socket)
-            await tg.start(sessions.run)
-            tg.start_soon(poster.run_outbox)
-            queue.attach(tg)
-            if signals:
-                tg.start_soon(self._watch_signals, tg.cancel_scope, close_source, queue)
-            self._recover(dispatcher, poster)
-            if local:
-                await tg.start(events.run)
-            else:
-                await self._connect(handler)
-            log.info(
-                "bot.ready",
-                transport=s.transport,
-                bot_user_id=bot_user_id,
-                max_concurrent=s.max_concurrent,
-                max_processes=s.max_processes,
-                warm_pool=s.warm_pool,
-                workdir=str(s.workdir),
-                cli=s.claude_cli_path,
-                db=str(s.db_path),
-            )
-            if ready is not None:
-                ready.set()
-            self.store.forget_old_events()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(blackboard.serve_socket)
+                await tg.start(sessions.run)
+                tg.start_soon(poster.run_outbox)
+                queue.attach(tg)
+                if signals:
+                    tg.start_soon(self._watch_signals, tg.cancel_scope, close_source, queue)
+                self._recover(dispatcher, poster)
+                if local:
+                    await tg.start(events.run)
+                else:
+                    await self._connect(handler)
+                    tg.start_soon(self._watch_socket, handler)
+                log.info(
+                    "bot.ready",
+                    transport=s.transport,
+                    bot_user_id=bot_user_id,
+                    max_concurrent=s.max_concurrent,
+                    max_processes=s.max_processes,
+                    warm_pool=s.warm_pool,
+                    workdir=str(s.workdir),
+                    cli=s.claude_cli_path,
+                    db=str(s.db_path),
+                )
+                if ready is not None:
+                    ready.set()
+                try:
+                    self.store.forget_old_events()
+                except StoreError as exc:
+                    log.error("store.write_failed", what="forget_old_events", error=str(exc))
+                await anyio.sleep_forever()
+        finally:  # also when start-up fails: an open socket left to the garbage collector spills warnings
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                await close_source()
+
+    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a side task (a reaction, a notice, a backfill) in the root task group. Its failure is logged:
+        it must not take the bot down, as an exception in the root group would."""
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except Exception as exc:
+                log.error("bot.task_failed", task=getattr(fn, "__qualname__", repr(fn)),
+                          error=f"{type(exc).__name__}: {exc}")
+
+        self._tg.start_soon(guarded)
+
+    async def _watch_socket(self, handler: AsyncSocketModeHandler) -> None:
+        """Reconnect as soon as the Socket Mode link is closed (by Slack, by the network, or by the heartbeat
+        that found it dead), instead of at slack_sdk's next ping; log every link change."""
+        client = handler.client
+        session = client.current_session
+        lost_at: float | None = None
+        while not client.closed:
+            await anyio.sleep(SOCKET_CHECK_S)
+            current = client.current_session
+            if current is not session and current is not None and not current.closed:
+                gap_ms = None if lost_at is None else round((time.monotonic() - lost_at) * 1000)
+                log.info("slack.reconnected", ms=gap_ms)
+                session, lost_at = current, None
+            elif current is not None and current.closed and not client.closed:
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    log.warning("slack.socket_lost")
+                try:
+                    await client.connect_to_new_endpoint()
+                except Exception as exc:  # slack_sdk retries by itself at its next ping
+                    log.warning("slack.reconnect_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _starting(self, pipeline: TaskPipeline, poster: Poster) -> Any:
         async def handle(jobs: list[Job]) -> None:
@@ -264,7 +326,7 @@ class Bot:
                 key = (job.channel, job.trigger_ts)
                 if key in self._follow_up_waiting:
                     self._follow_up_waiting.discard(key)
-                    self._tg.start_soon(poster.unreact, job.channel, job.trigger_ts, QUEUED)
+                    self._spawn(poster.unreact, job.channel, job.trigger_ts, QUEUED)
             await pipeline(jobs)
 
         return handle
@@ -307,7 +369,7 @@ class Bot:
             self.store.finish_run(run_id, "interrupted", error="the bot stopped during the run")
             if (channel, thread_ts) not in told:
                 told.add((channel, thread_ts))
-                self._tg.start_soon(
+                self._spawn(
                     poster.post,
                     channel,
                     thread_ts,
@@ -319,7 +381,7 @@ class Bot:
         for req in self.store.unfinished_requests():
             if req.status == "running":
                 self.store.set_request_status(req.channel, [req.ts], "interrupted")
-                self._tg.start_soon(poster.unreact, req.channel, req.ts, WORKING)
+                self._spawn(poster.unreact, req.channel, req.ts, WORKING)
                 continue
             thread = self.store.get_thread(req.channel, req.thread_ts)
             log.info("bot.requeue", channel=req.channel, ts=req.ts)

@@ -26,13 +26,13 @@ from anyio.abc import SocketStream
 from claude_agent_sdk import create_sdk_mcp_server, tool
 from claude_agent_sdk.types import McpSdkServerConfig
 
-from bot import bus
+from bot import bus, handoff
 from bot import identity as ident
 from bot.config import Settings
 from bot.log import get_logger
 from bot.poster import Poster
 from bot.renderer import SlackMessage
-from bot.store import Store
+from bot.store import Store, ThreadSession
 
 log = get_logger("slackbus.blackboard")
 
@@ -59,6 +59,7 @@ class Blackboard:
         self._name_of = name_of
         self._cwd_of = cwd_of  # session id → its working directory, for sessions the bot runs
         self.socket_path = settings.home / bus.SOCKET_NAME
+        self.forget_warm: Callable[[tuple[str, str]], None] = lambda key: None  # set by the app (SessionManager)
 
     # --- operations ----------------------------------------------------------------------------------
     def identity(self, session_id: str) -> ident.Identity:
@@ -174,6 +175,11 @@ class Blackboard:
                     session_id=_opt(request.get("session_id")),
                 )
                 return {"ok": True, "channel": channel, "ts": ts}
+            if op == "handoff":
+                return await self.handoff(request)
+            if op == "attach":
+                return self.attach(str(request.get("channel") or ""), str(request.get("thread_ts") or ""),
+                                   _opt(request.get("by")))
             if op == "sessions":
                 return {"ok": True, "sessions": self.sessions(str(request.get("channel") or ""))}
             if op == "where":
@@ -187,6 +193,55 @@ class Blackboard:
             log.warning("blackboard.request_failed", op=op, error=str(exc))
             return {"ok": False, "error": f"the post failed: {exc}"}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def handoff(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A terminal hands a session to a thread: post the hand-off, map the thread to the session, record it."""
+        session_id = _opt(request.get("session_id"))
+        cwd = _opt(request.get("cwd"))
+        home = _opt(request.get("home")) or handoff.HOME
+        channel = _opt(request.get("channel"))
+        if not session_id or not cwd:
+            raise bus.BusError("Which session? Run `slackbus handoff` inside Claude Code, or give --session and --cwd.")
+        if not channel:
+            raise bus.BusError("No channel to hand off to: pass --channel or set SLACKBUS_CHANNEL.")
+        real = self._settings.within_roots(Path(cwd))
+        if real is None:
+            roots = ", ".join(str(r) for r in self._settings.roots)
+            raise bus.BusError(f"{cwd} is outside the folders this bot may work in (SLACKBUS_ROOTS: {roots}), so it "
+                               "cannot continue that session.")
+        if not self._settings.is_channel_allowed(channel):
+            raise bus.BusError(f"slackbus is not enabled in {channel} (SLACKBUS_ALLOWED_CHANNELS).")
+        if not handoff.session_exists(home, str(real), session_id):
+            raise bus.BusError(f"No Claude Code session {session_id} in {real} under HOME {home}: check --session, "
+                               "--cwd and that the bot runs as the same user.")
+        who = _opt(request.get("by")) or "someone"
+        last = (_opt(request.get("last")) or "").strip()
+        note = (_opt(request.get("note")) or "").strip()
+        lines = [f":handshake: *{who}* handed over a Claude Code session from a terminal: `{session_id[:8]}` in "
+                 f"`{real}`."]
+        if note:
+            lines.append(f"*Note:* {note}")
+        if last:
+            quoted = "\n".join("> " + x for x in last[:1500].splitlines())
+            lines.append(f"*Last answer there:*\n{quoted}")
+        lines.append("Reply in this thread to continue that session here.")
+        ts = await self._poster.post(channel, None, SlackMessage(text="\n".join(lines)))
+        self._store.save_thread(ThreadSession(channel, ts, session_id, str(real), True, ts, None))
+        self._store.record_handoff(channel, ts, session_id, str(real), home, by=who, direction="to_slack")
+        log.info("blackboard.handoff", channel=channel, thread_ts=ts, session_id=session_id, workdir=str(real))
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def attach(self, channel: str, thread_ts: str, by: str | None) -> dict[str, Any]:
+        """A terminal takes a thread's session: the command to run, recorded; the warm process here is closed."""
+        thread = self._store.get_thread(channel, thread_ts)
+        if thread is None or not thread.started or not thread.session_id:
+            raise bus.BusError("That thread has no Claude session (yet): check the link.")
+        home = self._store.handoff_home(channel, thread_ts) or handoff.HOME
+        self._store.record_handoff(channel, thread_ts, thread.session_id, thread.workdir, home, by=by,
+                                   direction="to_terminal")
+        self.forget_warm((channel, thread_ts))
+        return {"ok": True, "session_id": thread.session_id, "workdir": thread.workdir, "home": home,
+                "command": handoff.resume_command(thread.workdir, thread.session_id, home)}
 
     # --- MCP tools for sessions the bot spawns ---------------------------------------------------------
     def mcp_server(self, session_id: str) -> McpSdkServerConfig:

@@ -63,11 +63,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         anyio.run(bot.serve)
     except (ConfigError, StoreError) as exc:
         return _fail(str(exc))
+    except BaseExceptionGroup as group:  # raised inside the bot's task group
+        found = _sentence_error(group)
+        if found is None:
+            raise
+        return _fail(str(found))
     except KeyboardInterrupt:
         pass
     finally:
         bot.close()
     return 0
+
+
+def _sentence_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | StoreError | None:
+    """The ConfigError or StoreError a task group wrapped, if that is what stopped the bot."""
+    found: BaseException | None = group.split((ConfigError, StoreError))[0]
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found if isinstance(found, ConfigError | StoreError) else None
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -140,6 +153,82 @@ def cmd_read(args: argparse.Namespace) -> int:
     else:
         for m in messages:
             print(m.line(limit=100_000))
+    return 0
+
+
+def cmd_handoff(args: argparse.Namespace) -> int:
+    """Terminal → Slack: hand this session to a thread; replies there continue it on this host."""
+    import getpass
+    import os
+
+    from bot import bus, handoff, hooks
+
+    settings = bus.load(env_file=args.env_file)
+    session_id, cwd = args.session, args.cwd
+    hold = None
+    if not session_id:
+        hold = handoff.latest_hold(settings.home, cwd or os.getcwd())
+        session_id = (hold or {}).get("session_id") or os.environ.get("CLAUDE_CODE_SESSION_ID")
+    if not session_id:
+        return _fail("which session? Run `slackbus handoff` inside Claude Code (its hooks must be installed: "
+                     "`slackbus hooks install`), or give --session ID --cwd DIR.", 1)
+    cwd = os.path.realpath(cwd or (hold or {}).get("cwd") or os.getcwd())
+    home = os.path.expanduser("~")
+    last = hooks._last_from_transcript((hold or {}).get("transcript_path") or handoff.transcript_path(home, cwd,
+                                                                                                    session_id))
+    request = {"op": "handoff", "session_id": session_id, "cwd": cwd, "home": home,
+               "channel": args.channel or settings.channel, "note": args.note, "last": last,
+               "by": os.environ.get("SLACKBUS_USER") or getpass.getuser()}
+    try:
+        answer = bus.ask_bot(settings, request, timeout=15)
+    except bus.BusError as exc:
+        return _fail(str(exc), 1)
+    if answer is None:
+        return _fail("a hand-off needs the slackbus bot running on this host (it resumes the session here, with "
+                     "this folder and HOME): start it with `slackbus run`.", 1)
+    if not answer.get("ok"):
+        return _fail(str(answer.get("error") or "the bot refused the hand-off"), 1)
+    print(f"Handed session {session_id[:8]} to {answer.get('channel')} (thread {answer.get('ts')}): replies there "
+          "continue it. If it is still open here, exit Claude Code and they will.")
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """Slack → terminal: the command that continues a thread's session here."""
+    import getpass
+    import os
+    import sqlite3
+
+    from bot import bus, handoff
+
+    settings = bus.load(env_file=args.env_file)
+    ref = handoff.parse_thread_link(args.link) if args.link else None
+    if ref is None and args.link and args.channel:
+        ref = (args.channel, args.link)
+    if ref is None:
+        return _fail("give the thread's link (in Slack: ⋮ → Copy link), or --channel C and the thread ts.", 1)
+    channel, thread_ts = ref
+    try:
+        answer = bus.ask_bot(settings, {"op": "attach", "channel": channel, "thread_ts": thread_ts,
+                                        "by": os.environ.get("SLACKBUS_USER") or getpass.getuser()}, timeout=10)
+    except bus.BusError as exc:
+        return _fail(str(exc), 1)
+    if answer is not None and not answer.get("ok"):
+        return _fail(str(answer.get("error")), 1)
+    if answer is None:  # no bot running here: its record still knows the thread
+        try:
+            db = sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True, timeout=2)
+            row = db.execute("SELECT session_id, workdir FROM threads WHERE channel=? AND thread_ts=? AND started=1",
+                             (channel, thread_ts)).fetchone()
+            db.close()
+        except sqlite3.Error:
+            row = None
+        if not row:
+            return _fail("this host's slackbus record does not know that thread: run this where the bot runs.", 1)
+        answer = {"command": handoff.resume_command(row[1], row[0])}
+    print(answer["command"])
+    print("While it is open here, replies in the Slack thread wait; they continue the session when you exit.",
+          file=sys.stderr)
     return 0
 
 
@@ -228,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--limit", type=int, default=50, help="at most this many messages (default 50)")
     read.add_argument("--json", action="store_true", help="JSON instead of text")
     read.set_defaults(func=cmd_read)
+
+    handoff = sub.add_parser("handoff", help="hand this Claude Code session to a Slack thread (run it inside the "
+                                             "session, or give --session and --cwd)")
+    handoff.add_argument("--channel", help="where to post the hand-off (default: SLACKBUS_CHANNEL)")
+    handoff.add_argument("--note", help="a note for whoever continues")
+    handoff.add_argument("--session", help="the session id (default: the session open in this folder)")
+    handoff.add_argument("--cwd", help="the session's folder (default: this one)")
+    handoff.set_defaults(func=cmd_handoff)
+
+    attach = sub.add_parser("attach", help="print the command that continues a Slack thread's session here")
+    attach.add_argument("link", nargs="?", help="the thread's link (⋮ → Copy link), or its ts with --channel")
+    attach.add_argument("--channel", help="the channel, when giving a thread ts instead of a link")
+    attach.set_defaults(func=cmd_attach)
 
     hooks = sub.add_parser("hooks", help="install slackbus's hooks into a Claude Code settings.json")
     hooks_sub = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)

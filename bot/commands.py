@@ -34,6 +34,8 @@ as context. Reply in the thread to continue the same Claude session (no mention 
 • `/claude cancel [thread link]`: stop your run (admins: any run). A :octagonal_sign: reaction on the request, \
 or the Stop button, does the same.
 • `/claude cwd [path]`: the folder Claude works in here (admins can change it, within the allowed roots).
+• `/claude attach [thread link]`: the command that continues a thread's session in a terminal on my \
+host (default: your latest thread here). `slackbus handoff` there hands a terminal session to Slack.
 • `/claude help`: this text."""
 
 _LINK = re.compile(r"archives/([CDG][A-Z0-9]+)/p(\d{10})(\d{6})(?:\S*?thread_ts=(\d+\.\d+))?")
@@ -116,6 +118,7 @@ class Commands:
             "cancel": self._cancel,
             "stop": self._cancel,
             "cwd": self._cwd,
+            "attach": self._attach,
         }
         if not text or sub in {"help", "?", "-h", "--help"}:
             await ack(text=HELP)
@@ -186,6 +189,32 @@ class Commands:
                 f"`{thread.session_id[:8]}`, last active {when}, {state}"
             )
         return "\n".join(lines)
+
+    async def _attach(self, user: str, channel: str, rest: str) -> str:
+        """The exact command to continue a thread's session in a terminal on the bot's host."""
+        if rest:
+            ref = parse_thread_ref(rest)
+            if ref is None:
+                return "I could not read that: give a thread link (⋮ → Copy link), or nothing for your latest thread."
+            thread = self._store.get_thread(ref[0] or channel, ref[1])
+        else:
+            mine = [t for t, _ in self._store.recent_threads(channel, limit=50) if t.requester == user]
+            thread = mine[0] if mine else None
+        if thread is None or not thread.started or not thread.session_id:
+            return "That thread has no Claude session yet (or I have not seen one of yours here): start one first."
+        if (thread.channel, thread.thread_ts) in self._pipeline.active:
+            return "That thread's session is running now: attach once it has answered (or cancel it first)."
+        from bot import handoff
+
+        home = self._store.handoff_home(thread.channel, thread.thread_ts) or handoff.HOME
+        self._store.record_handoff(thread.channel, thread.thread_ts, thread.session_id, thread.workdir, home,
+                                   by=user, direction="to_terminal")
+        self._pipeline.forget_warm((thread.channel, thread.thread_ts))
+        return (
+            f"On the bot's host, run:\n```\n{handoff.resume_command(thread.workdir, thread.session_id, home)}\n```\n"
+            f"(or `slackbus attach {self.link(thread.channel, thread.thread_ts)}` there). While the session is open "
+            "in a terminal, replies in the thread wait for it and continue it when it is closed."
+        )
 
     async def _cancel(self, user: str, channel: str, rest: str) -> str:
         by_run_id = [h for h in self._pipeline.active.values() if rest and h.run_id == rest.strip()]

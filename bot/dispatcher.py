@@ -8,6 +8,7 @@ order     — one run per thread at a time; follow-ups wait their turn and are a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskGroup
 
+from bot.errors import StoreError
 from bot.log import get_logger
 from bot.store import Store, StoredMessage, ThreadSession
 
@@ -167,6 +169,9 @@ class JobQueue:
     async def _run(self, batch: list[Job]) -> None:
         try:
             await self._handler(batch)
+        except StoreError as exc:  # the record could not be written (disk full): a known failure, logged as such
+            log.error("store.write_failed", what="run", channel=batch[0].channel, thread_ts=batch[0].thread_ts,
+                      error=str(exc))
         except Exception:  # the handler reports its own errors; this only keeps the queue alive
             log.exception("dispatch.handler_crashed", channel=batch[0].channel, thread_ts=batch[0].thread_ts)
         finally:
@@ -193,8 +198,11 @@ class Dispatcher:
         workdir_for: Callable[[str], str],
         is_channel_allowed: Callable[[str], bool] = lambda _c: True,
         on_seen: Callable[[Job], None] | None = None,
+        on_unrecorded: Callable[[IncomingMessage, StoreError], None] | None = None,
     ) -> None:
         self._on_seen = on_seen
+        self._on_unrecorded = on_unrecorded
+        self._unrecorded: set[tuple[str, str]] = set()  # (channel, ts) already told "could not record"
         self._workdir_for = workdir_for
         self._is_channel_allowed = is_channel_allowed
         self._store = store
@@ -208,18 +216,21 @@ class Dispatcher:
     def on_message(self, msg: IncomingMessage) -> Job | None:
         if msg.subtype in IGNORED_SUBTYPES:
             return None
-        self._store.record_message(
-            StoredMessage(
-                channel=msg.channel,
-                ts=msg.ts,
-                thread_ts=msg.thread_ts,
-                user=msg.user,
-                bot_id=msg.bot_id,
-                text=msg.text,
-                from_self=msg.user == self._bot,
-                subtype=msg.subtype,
+        try:
+            self._store.record_message(
+                StoredMessage(
+                    channel=msg.channel,
+                    ts=msg.ts,
+                    thread_ts=msg.thread_ts,
+                    user=msg.user,
+                    bot_id=msg.bot_id,
+                    text=msg.text,
+                    from_self=msg.user == self._bot,
+                    subtype=msg.subtype,
+                )
             )
-        )
+        except StoreError as exc:  # context is lost, the bot is not: a request still gets its answer or a sentence
+            log.error("store.write_failed", what="message", channel=msg.channel, ts=msg.ts, error=str(exc))
         if msg.bot_id or msg.user is None or msg.user == self._bot or msg.subtype not in (None, "file_share",
                                                                                               "thread_broadcast"):
             return None
@@ -246,21 +257,25 @@ class Dispatcher:
                 self._on_refused(msg, "user")
             return None
 
-        if not self._store.claim_request(msg.channel, msg.ts, msg.reply_target, msg.user, "message"):
-            log.info("dispatch.duplicate", channel=msg.channel, ts=msg.ts, event_id=msg.event_id)
-            return None
-        if thread is None:
-            self._store.save_thread(
-                ThreadSession(
-                    channel=msg.channel,
-                    thread_ts=msg.reply_target,
-                    session_id="",
-                    workdir=self._workdir_for(msg.channel),
-                    started=False,
-                    last_ts="0",
-                    requester=msg.user,
+        try:
+            if not self._store.claim_request(msg.channel, msg.ts, msg.reply_target, msg.user, "message"):
+                log.info("dispatch.duplicate", channel=msg.channel, ts=msg.ts, event_id=msg.event_id)
+                return None
+            if thread is None:
+                self._store.save_thread(
+                    ThreadSession(
+                        channel=msg.channel,
+                        thread_ts=msg.reply_target,
+                        session_id="",
+                        workdir=self._workdir_for(msg.channel),
+                        started=False,
+                        last_ts="0",
+                        requester=msg.user,
+                    )
                 )
-            )
+        except StoreError as exc:
+            self._unrecordable(msg, exc)
+            return None
         job = Job(
             channel=msg.channel,
             thread_ts=msg.reply_target,
@@ -271,6 +286,20 @@ class Dispatcher:
             is_dm=msg.is_dm,
         )
         return self.submit(job)
+
+    def _unrecordable(self, msg: IncomingMessage, exc: StoreError) -> None:
+        """A request the store cannot take is not run (its run could record nothing, and a restart would not know
+        it): the requester is told once (a mention arrives twice), the error is logged."""
+        key = (msg.channel, msg.ts)
+        if key in self._unrecorded:
+            return
+        self._unrecorded.add(key)
+        log.error("store.write_failed", what="request", channel=msg.channel, ts=msg.ts, user=msg.user,
+                  error=str(exc))
+        with contextlib.suppress(StoreError):  # if only the thread row failed, do not leave it queued for a restart
+            self._store.set_request_status(msg.channel, [msg.ts], "failed")
+        if self._on_unrecorded is not None:
+            self._on_unrecorded(msg, exc)
 
     def submit(self, job: Job) -> Job:
         if self._on_seen is not None:

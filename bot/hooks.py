@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from bot import bus
+from bot import bus, handoff
 from bot import identity as ident
 
 MAX_STDIN = 4 * 1024 * 1024
@@ -125,12 +125,19 @@ def handle(event: str, payload: dict[str, Any], s: bus.BusSettings, env: Mapping
     who = ident.resolve(env, session_id=_str(payload.get("session_id")) or s.session_id,
                         cwd=_str(payload.get("cwd")))
     if event == "SessionStart":
-        return None if s.spawned else session_start(payload, s, deadline)
+        if s.spawned:
+            return None
+        # the terminal holds this session now: the bot will not run it until SessionEnd (bot.handoff)
+        handoff.take(s.home, who.session_id, cwd=_str(payload.get("cwd")) or os.getcwd(), pid=handoff.claude_pid(),
+                     transcript=_str(payload.get("transcript_path")), user_home=os.path.expanduser("~"))
+        return session_start(payload, s, deadline)
     if event in ("Stop", "SubagentStop"):
         if not s.spawned:
             _post(s, who, _summary(event, payload, who, s), deadline, flush=True)
         return None
     if event == "SessionEnd":  # quiet (every `claude -p` ends one), but tool lines still held back go out
+        if not s.spawned:
+            handoff.release(s.home, who.session_id)
         held = [] if s.spawned else _take_held(s, who)
         if held:
             reason = _str(payload.get("reason")) or "exit"

@@ -7,6 +7,7 @@ if it takes longer than a moment; the answer then replaces it, so a quick answer
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import anyio
 
-from bot import renderer
+from bot import handoff, renderer
 from bot.claude_runner import ClaudeSession
 from bot.config import Settings
 from bot.context_builder import Context, ContextBuilder
@@ -251,12 +252,39 @@ class TaskPipeline:
         )
         return "done"
 
+    def forget_warm(self, key: tuple[str, str]) -> None:
+        self._sessions.forget_warm(key)
+
+    async def _wait_for_terminal(self, handle: RunHandle, session_id: str, workdir: str) -> None:
+        """A session open in a terminal (a hold its hooks took) is not run here at the same time: wait, saying so,
+        until the terminal closes it. Its file may then hold turns the warm process here has not seen."""
+        held = handoff.holder(str(self._settings.home), session_id)
+        if held is not None:
+            log.info("run.waiting_for_terminal", run_id=handle.run_id, session_id=session_id, pid=held.get("pid"))
+            await self._poster.post(handle.channel, handle.thread_ts, renderer.render_notice(
+                f":pause_button: This session is open in a terminal on my host (`{held.get('cwd')}`). I will continue "
+                "here as soon as it is closed there (exit Claude Code in that terminal)."))
+            with anyio.fail_after(self._settings.run_timeout):
+                while handoff.holder(str(self._settings.home), session_id) is not None:  # noqa: ASYNC110
+                    await anyio.sleep(0.5)  # the hold is a file another process removes: nothing to await
+        since = self._sessions.warm_since(handle.key)
+        if since is not None:
+            home = self._store.handoff_home(handle.channel, handle.thread_ts) or handoff.HOME
+            try:
+                changed = os.stat(handoff.transcript_path(home, workdir, session_id)).st_mtime > since + 0.5
+            except OSError:
+                changed = False
+            if changed or held is not None:
+                self._sessions.forget_warm(handle.key)
+
     async def _turn(
         self, handle: RunHandle, row: ThreadSession, resume_id: str | None, label: str, last: Job
     ) -> tuple[Finished, Context, str]:
         context = self._context(row, last, label, resume=resume_id is not None)
         log.info("run.acquiring", run_id=handle.run_id, resume=resume_id is not None,
                  since_received_ms=round((time.monotonic() - last.received) * 1000, 1))
+        if resume_id is not None:
+            await self._wait_for_terminal(handle, resume_id, row.workdir)
         session, origin = await self._sessions.acquire(handle.key, Path(row.workdir), resume_id)
         handle.session = session
         self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)

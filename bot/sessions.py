@@ -130,6 +130,18 @@ class SessionManager:
         elif session.state != "closed":
             self._spawn(session.close)
 
+    def forget_warm(self, key: ThreadKey) -> None:
+        """Close a thread's warm process: its session was continued elsewhere (a terminal), so what that
+        process holds in memory is stale; the next turn resumes from the session's file."""
+        warm = self._warm.pop(key, None)
+        if warm is not None:
+            self._spawn(warm.close)
+
+    def warm_since(self, key: ThreadKey) -> float | None:
+        """Wall-clock time of the warm process's last turn, if the thread has one."""
+        warm = self._warm.get(key)
+        return None if warm is None else time.time() - (time.monotonic() - warm.last_used)
+
     def cwd_of(self, session_id: str) -> Path | None:
         for s in self._live:
             if s.session_id == session_id:

@@ -16,6 +16,7 @@ from slack_bolt.response import BoltResponse
 
 from bot import identity
 from bot.dispatcher import Dispatcher, IncomingMessage
+from bot.errors import StoreError
 from bot.log import get_logger
 from bot.store import Store
 
@@ -27,6 +28,7 @@ EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 def incoming(event: dict[str, Any], body: dict[str, Any], *, bot_user_id: str, received: float,
              mention_event: bool = False) -> IncomingMessage:
+    event = {k: v for k, v in event.items() if isinstance(v, str) or (k == "files" and isinstance(v, list))}
     text = str(event.get("text") or "")
     files = event.get("files") or []
     if files:
@@ -65,7 +67,12 @@ def register(
     ) -> Any:
         context["received"] = time.monotonic()
         event_id = body.get("event_id")
-        if isinstance(event_id, str) and not store.first_sight(event_id):
+        try:
+            first = not isinstance(event_id, str) or store.first_sight(event_id)
+        except StoreError as exc:  # cannot dedupe: handle it (the dispatcher's own checks still apply)
+            log.error("store.write_failed", what="event_id", event_id=event_id, error=str(exc))
+            first = True
+        if not first:
             log.info("events.duplicate", event_id=event_id)
             return BoltResponse(status=200, body="")
         return await next()
@@ -91,14 +98,18 @@ def register(
             if tagged and event.get("ts") and store.get_message(str(event.get("channel")), str(event["ts"])) is None:
                 dispatcher.on_message(incoming(event, body, bot_user_id=bot_user_id, received=context["received"]))
             return
-        if subtype == "message_changed":
-            changed = event.get("message") or {}
-            if changed.get("ts") and not changed.get("bot_id"):
-                store_edit(store, str(event.get("channel")), changed)
-            return
-        if subtype == "message_deleted":
-            if event.get("deleted_ts"):
-                store.delete_message(str(event.get("channel")), str(event["deleted_ts"]))
+        try:
+            if subtype == "message_changed":
+                changed = event.get("message") or {}
+                if changed.get("ts") and not changed.get("bot_id"):
+                    store_edit(store, str(event.get("channel")), changed)
+                return
+            if subtype == "message_deleted":
+                if event.get("deleted_ts"):
+                    store.delete_message(str(event.get("channel")), str(event["deleted_ts"]))
+                return
+        except StoreError as exc:
+            log.error("store.write_failed", what=subtype, channel=event.get("channel"), error=str(exc))
             return
         dispatcher.on_message(incoming(event, body, bot_user_id=bot_user_id, received=context["received"]))
 

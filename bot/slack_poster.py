@@ -6,34 +6,106 @@ posts is written to the store at once, so the next context includes it without a
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import sqlite3
 from typing import Any
 
 import anyio
+from aiohttp import ClientError, ClientOSError, ServerConnectionError, ServerDisconnectedError
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
-)
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.errors import StoreError
 from bot.log import get_logger
 from bot.renderer import SlackMessage, plain_text
 from bot.store import Store, StoredMessage
 
 log = get_logger("slackbus.slack")
 
-INLINE_ATTEMPTS = 3  # beyond the client's own retries (429 × 5 with Retry-After, 5xx × 3)
+INLINE_ATTEMPTS = 3  # beyond the client's own retries (see TransientErrorRetryHandler)
+RETRY_BUDGET = {"ratelimited": 5, "server_error": 4, "connection": 2}  # retries per call, each kind its own
+RETRY_AFTER_CAP_S = 30.0
+# what a Web API call raises once its retries are spent: Slack's error, or the network's
+SLACK_FAILURES = (SlackApiError, ClientError, OSError, TimeoutError)
+
+
+class TransientErrorRetryHandler(AsyncRetryHandler):
+    """Retries one Web API call through 429 (after Retry-After), any 5xx and a dropped connection.
+
+    slack_sdk's built-in handlers share one attempt counter that only 429s advance, so a burst of 429s used
+    up the 5xx budget (the next 503 was fatal); and they retry only 500 and 503, not 502 or 504. Here every
+    kind has its own budget (RETRY_BUDGET) and 5xx/connection retries back off 0.5, 1, 2, 4 s.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_retry_count=sum(RETRY_BUDGET.values()))
+
+    @staticmethod
+    def _kind(response: HttpResponse | None, error: Exception | None) -> str | None:
+        if response is not None:
+            if response.status_code == 429:
+                return "ratelimited"
+            if 500 <= response.status_code <= 599:
+                return "server_error"
+            return None
+        if isinstance(error, ServerConnectionError | ServerDisconnectedError | ClientOSError):
+            return "connection"
+        return None
+
+    async def can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        kind = self._kind(response, error)
+        if kind is None:
+            return False
+        used = (state.custom_values or {}).get(kind, 0)
+        return bool(used < RETRY_BUDGET[kind])
+
+    async def prepare_for_next_attempt_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        kind = self._kind(response, error) or "connection"
+        counts = state.custom_values = state.custom_values or {}
+        used = int(counts.get(kind, 0))
+        counts[kind] = used + 1
+        if kind == "ratelimited" and response is not None:
+            delay = _retry_after(response) + random.random()
+        else:
+            delay = min(0.5 * 2**used, 4.0)
+        state.next_attempt_requested = True
+        state.increment_current_attempt()
+        await asyncio.sleep(delay)
+
+
+def _retry_after(response: HttpResponse) -> float:
+    for name, values in response.headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return min(max(float(values[0]), 0.0), RETRY_AFTER_CAP_S)
+            except (ValueError, IndexError):
+                break
+    return 1.0
 
 
 def make_client(token: str, base_url: str) -> AsyncWebClient:
     client = AsyncWebClient(token=token, base_url=base_url, timeout=30)
-    client.retry_handlers = [
-        AsyncConnectionErrorRetryHandler(max_retry_count=2),
-        AsyncRateLimitErrorRetryHandler(max_retry_count=5),
-        AsyncServerErrorRetryHandler(max_retry_count=3),
-    ]
+    client.retry_handlers = [TransientErrorRetryHandler()]
     return client
 
 
@@ -54,7 +126,7 @@ class SlackPoster:
             kwargs["thread_ts"] = thread_ts
         resp = await self.client.chat_postMessage(**kwargs)
         ts = str(resp["ts"])
-        self._store.record_message(
+        self._record(
             StoredMessage(
                 channel=channel,
                 ts=ts,
@@ -66,6 +138,14 @@ class SlackPoster:
             )
         )
         return ts
+
+    def _record(self, message: StoredMessage) -> None:
+        """What the bot posted goes into its record; a store that cannot take it costs context, not the post."""
+        try:
+            self._store.record_message(message)
+        except StoreError as exc:
+            log.error("store.write_failed", what="own_message", channel=message.channel, ts=message.ts,
+                      error=str(exc))
 
     # --- answers: kept in the outbox until Slack has them ------------------------------------------------
     async def deliver(
@@ -81,36 +161,54 @@ class SlackPoster:
 
         It is written to the outbox first; each step that succeeds is struck off, so a retry never repeats
         it. After INLINE_ATTEMPTS failures the rest is left to the background retrier (`run_outbox`), which
-        keeps trying, across restarts too. Returns whether everything went out now.
+        keeps trying, across restarts too. Returns whether everything went out now. When the store cannot
+        take it (disk full), it is posted all the same, only without that guarantee.
         """
         payload: dict[str, Any] = {
             "messages": [{"text": m.text, "blocks": m.blocks} for m in messages],
             "replace_ts": replace_ts,
             "attachment": attachment,
         }
-        item = self._store.outbox_add(channel, thread_ts, json.dumps(payload))
-        self._inflight.add(item)
+        item: int | None
+        try:
+            item = self._store.outbox_add(channel, thread_ts, json.dumps(payload))
+        except StoreError as exc:
+            log.error("store.write_failed", what="outbox", channel=channel, thread_ts=thread_ts, error=str(exc))
+            item = None
+        if item is not None:
+            self._inflight.add(item)
         try:
             for attempt in range(INLINE_ATTEMPTS):
                 if await self._drain(item, channel, thread_ts, payload):
                     return True
                 await anyio.sleep(min(2.0**attempt, 8.0))
+            if item is None:
+                log.error("slack.answer_lost", channel=channel, thread_ts=thread_ts)
             return False
         finally:
-            self._inflight.discard(item)
+            if item is not None:
+                self._inflight.discard(item)
 
-    async def _drain(self, item: int, channel: str, thread_ts: str, payload: dict[str, Any]) -> bool:
+    def _outbox_update(self, item: int | None, payload: str | None, error: str | None) -> None:
+        if item is None:
+            return
+        try:
+            self._store.outbox_update(item, payload, error)
+        except StoreError as exc:  # this process goes on from what it holds in memory
+            log.error("store.write_failed", what="outbox", item=item, error=str(exc))
+
+    async def _drain(self, item: int | None, channel: str, thread_ts: str, payload: dict[str, Any]) -> bool:
         try:
             while payload["messages"]:
                 first = payload["messages"][0]
                 message = SlackMessage(text=first["text"], blocks=first["blocks"])
                 if payload.get("replace_ts"):
-                    await self.update(channel, payload["replace_ts"], message)
+                    await self._update(channel, payload["replace_ts"], message)
                     payload["replace_ts"] = None
                 else:
                     await self.post(channel, thread_ts, message)
                 payload["messages"].pop(0)
-                self._store.outbox_update(item, json.dumps(payload), None)
+                self._outbox_update(item, json.dumps(payload), None)
             if payload.get("attachment"):
                 await self.client.files_upload_v2(
                     channel=channel,
@@ -119,36 +217,53 @@ class SlackPoster:
                     filename="answer.md",
                     title="The whole answer",
                 )
-            self._store.outbox_update(item, None, None)
+            self._outbox_update(item, None, None)
             return True
-        except (SlackApiError, OSError, TimeoutError) as exc:
+        except SLACK_FAILURES as exc:
             error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
             log.warning("slack.deliver_failed", channel=channel, thread_ts=thread_ts, error=error)
-            self._store.outbox_update(item, json.dumps(payload), str(error))
+            self._outbox_update(item, json.dumps(payload), str(error))
             return False
 
     async def run_outbox(self, interval: float = 15.0) -> None:
         """Background: deliver what earlier attempts (or an earlier process) could not."""
         while True:
-            for item, channel, thread_ts, raw in self._store.outbox_pending():
+            try:
+                pending = self._store.outbox_pending()
+            except sqlite3.Error as exc:
+                log.error("store.read_failed", what="outbox", error=str(exc))
+                pending = []
+            for item, channel, thread_ts, raw in pending:
                 if item in self._inflight:
                     continue
                 self._inflight.add(item)
                 try:
                     if await self._drain(item, channel, thread_ts, json.loads(raw)):
                         log.info("slack.delivered_late", channel=channel, thread_ts=thread_ts)
+                except Exception as exc:  # one bad item must not stop the retrier (nor, in the root group, the bot)
+                    log.error("slack.outbox_failed", item=item, error=f"{type(exc).__name__}: {exc}")
                 finally:
                     self._inflight.discard(item)
             await anyio.sleep(interval)
 
     async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
-        """Replace a message the bot posted (status → answer); the store follows."""
+        """Edit a message the bot posted (a status line, a notice): best effort, as a failed edit must not
+        fail the run it reports on. Slack's transient errors were already retried; what is left is logged.
+        An answer that replaces a status message goes through `deliver`, which keeps it until Slack has it."""
+        try:
+            await self._update(channel, ts, message)
+        except SLACK_FAILURES as exc:
+            error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+            log.warning("slack.update_failed", channel=channel, ts=ts, error=error)
+
+    async def _update(self, channel: str, ts: str, message: SlackMessage) -> None:
+        """Replace a message the bot posted (status → answer); the store follows. Raises what Slack said."""
         await self.client.chat_update(channel=channel, ts=ts, text=message.text, blocks=message.blocks)
         existing = self._store.get_message(channel, ts)
         if existing is not None:
             from dataclasses import replace
 
-            self._store.record_message(replace(existing, text=plain_text(message)))
+            self._record(replace(existing, text=plain_text(message)))
 
     async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}

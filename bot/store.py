@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +120,41 @@ def _m4_run_lookups(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX runs_channel ON runs(channel, started_at)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups]
+def _m5_handoffs(db: sqlite3.Connection) -> None:
+    """Hand-offs between a terminal and a thread: who, when, which way, and the HOME `--resume` needs."""
+    db.execute(
+        "CREATE TABLE handoffs (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, thread_ts TEXT NOT NULL,"
+        " session_id TEXT NOT NULL, workdir TEXT NOT NULL, home TEXT NOT NULL, by TEXT, direction TEXT NOT NULL,"
+        " at REAL NOT NULL)"
+    )
+    db.execute("CREATE INDEX handoffs_thread ON handoffs(channel, thread_ts, id)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups, _m5_handoffs,
+]
+
+BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before it fails
+
+
+def _sentence(path: Path, exc: BaseException, what: str) -> str:
+    """One sentence a person can act on, for a failure to open or write the state database."""
+    text = str(exc)
+    lowered = text.lower()
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in lowered or "busy" in lowered):
+        return (
+            f"The state database {path} is locked by another process ({text}): is another slackbus running with "
+            "the same SLACKBUS_HOME? Stop it (or close whatever holds the file), or give this one its own "
+            "SLACKBUS_HOME."
+        )
+    if "disk is full" in lowered or "disk i/o error" in lowered or "file too large" in lowered:
+        return (
+            f"The state database {path} {what} ({text}): the disk holding SLACKBUS_HOME is full or failing; "
+            "free space there."
+        )
+    return (
+        f"The state database {path} {what} ({text}): check SLACKBUS_HOME is writable and not on a full disk."
+    )
 
 
 class Store:
@@ -130,20 +164,26 @@ class Store:
 
     @classmethod
     def open(cls, path: Path) -> Store:
+        """Open (and migrate) the record. Another process holding its write lock stops the start after the busy
+        timeout, with a sentence saying so: a bot that can read but not write would fail its first request."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(_sentence(path, exc, "cannot be opened")) from exc
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             db.execute("PRAGMA foreign_keys=ON")
             store = cls(db, path)
             store._migrate()
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(
-                f"The state database {path} cannot be opened ({exc}): check SLACKBUS_HOME is writable "
-                "and not on a full disk."
-            ) from exc
+            db.execute("BEGIN IMMEDIATE")  # can we write? (waits up to the busy timeout for another writer)
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            db.close()
+            cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+            raise StoreError(_sentence(path, cause, "cannot be opened")) from exc
         return store
 
     def close(self) -> None:
@@ -155,12 +195,16 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # also when COMMIT itself failed (disk full): a transaction left open would make every later
+                # write fail with "cannot start a transaction within a transaction", even once there is room
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"Writing the state database {self.path} failed ({exc}).") from exc
+            raise StoreError(_sentence(self.path, exc, "could not be written")) from exc
 
     def _migrate(self) -> None:
         self._db.execute(
@@ -425,6 +469,25 @@ class Store:
             "SELECT channel, thread_ts FROM runs WHERE session_id=? ORDER BY started_at DESC LIMIT 1", (session_id,)
         ).fetchone()
         return (str(row[0]), str(row[1])) if row else None
+
+    def record_handoff(
+        self, channel: str, thread_ts: str, session_id: str, workdir: str, home: str, *, by: str | None, direction: str
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO handoffs (channel, thread_ts, session_id, workdir, home, by, direction, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (channel, thread_ts, session_id, workdir, home, by, direction, time.time()),
+            )
+
+    def handoff_home(self, channel: str, thread_ts: str) -> str | None:
+        """The HOME a handed-off session lives under (its files are there), if the thread came from a terminal."""
+        row = self._db.execute(
+            "SELECT home FROM handoffs WHERE channel=? AND thread_ts=? AND direction='to_slack' ORDER BY id DESC"
+            " LIMIT 1",
+            (channel, thread_ts),
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def recent_runs(self, channel: str, since: float) -> list[tuple[str, str, str, float]]:
         """(session_id, thread_ts, status, started_at) of the channel's runs since `since`, newest first."""
