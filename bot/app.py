@@ -304,8 +304,10 @@ class Bot:
         client = handler.client
         session = client.current_session
         lost_at: float | None = None
+        pause = SOCKET_CHECK_S
         while not client.closed:
-            await anyio.sleep(SOCKET_CHECK_S)
+            await anyio.sleep(pause)
+            pause = SOCKET_CHECK_S
             current = client.current_session
             if current is not session and current is not None and not current.closed:
                 gap_ms = None if lost_at is None else round((time.monotonic() - lost_at) * 1000)
@@ -317,8 +319,9 @@ class Bot:
                     log.warning("slack.socket_lost")
                 try:
                     await client.connect_to_new_endpoint()
-                except Exception as exc:  # slack_sdk retries by itself at its next ping
+                except Exception as exc:  # e.g. apps.connections.open refused: try again, not in a tight loop
                     log.warning("slack.reconnect_failed", error=f"{type(exc).__name__}: {exc}")
+                    pause = min(max(2.0, (time.monotonic() - lost_at) / 2), 30.0)
 
     def _starting(self, pipeline: TaskPipeline, poster: Poster) -> Any:
         async def handle(jobs: list[Job]) -> None:
