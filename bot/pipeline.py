@@ -20,7 +20,7 @@ from bot.claude_runner import ClaudeSession
 from bot.config import Settings
 from bot.context_builder import Context, ContextBuilder
 from bot.dispatcher import Job
-from bot.errors import RunCancelledError, RunError, SessionNotFoundError
+from bot.errors import RunCancelledError, RunError, SessionNotFoundError, StoreError
 from bot.log import get_logger
 from bot.poster import Directory, Poster
 from bot.progress import Progress, RateBudget
@@ -222,18 +222,22 @@ class TaskPipeline:
             await self._finish(handle, renderer.describe_run_error(err))
             return "cancelled" if isinstance(err, RunCancelledError) else "failed"
 
-        # The session exists now (a result came back), even if that result is an error.
-        self._store.save_thread(
-            replace(row, session_id=finished.session_id or session_id, started=True, last_ts=context.last_ts)
-        )
-        self._store.finish_run(
-            handle.run_id,
-            "error" if finished.is_error else "done",
-            error=finished.text[:500] if finished.is_error else None,
-            num_turns=finished.num_turns,
-            cost_usd=finished.cost_usd,
-            duration_ms=finished.duration_ms,
-        )
+        # The session exists now (a result came back), even if that result is an error. The bookkeeping must not
+        # cost the answer: with the state database unwritable (a full disk) it is logged and the answer still goes.
+        try:
+            self._store.save_thread(
+                replace(row, session_id=finished.session_id or session_id, started=True, last_ts=context.last_ts)
+            )
+            self._store.finish_run(
+                handle.run_id,
+                "error" if finished.is_error else "done",
+                error=finished.text[:500] if finished.is_error else None,
+                num_turns=finished.num_turns,
+                cost_usd=finished.cost_usd,
+                duration_ms=finished.duration_ms,
+            )
+        except StoreError as exc:
+            log.error("run.record_failed", run_id=handle.run_id, error=str(exc))
         if finished.is_error:
             await self._finish(handle, renderer.describe_result_error(finished))
             return "failed"
@@ -308,7 +312,10 @@ class TaskPipeline:
                 log.debug("run.tool", run_id=handle.run_id, tool=event.name)
             elif isinstance(event, SessionStarted) and not row.started:
                 # the CLI has the session now: a reply after a crash can resume it
-                self._store.save_thread(replace(row, session_id=session.session_id, started=True))
+                try:
+                    self._store.save_thread(replace(row, session_id=session.session_id, started=True))
+                except StoreError as exc:
+                    log.error("run.record_failed", run_id=handle.run_id, error=str(exc))
             elif isinstance(event, Finished):
                 log.info(
                     "run.result",

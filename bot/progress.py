@@ -13,12 +13,15 @@ from typing import Any
 
 import anyio
 
+from bot.log import get_logger
 from bot.renderer import SlackMessage
 from bot.stream_parser import RunEvent, ToolCall
 
 STATUS_DELAY_S = 1.5
 MIN_EDIT_INTERVAL_S = 2.0
 STOP_ACTION = "slackbus_stop"
+
+log = get_logger("slackbus.progress")
 
 
 class RateBudget:
@@ -144,14 +147,18 @@ class Progress:
                     return
                 message = render_status(h.channel, h.thread_ts, self.step, time.monotonic() - h.started,
                                         self.tool_calls)
-                if h.status_ts is None:
-                    h.status_ts = await self._poster.post(h.channel, h.thread_ts, message)
-                    self.first_shown_at = time.monotonic()
-                elif self._budget.try_take():
-                    await self._poster.update(h.channel, h.status_ts, message)
-                    self.edits += 1
-                    if self.first_shown_at is None:
+                try:
+                    if h.status_ts is None:
+                        h.status_ts = await self._poster.post(h.channel, h.thread_ts, message)
                         self.first_shown_at = time.monotonic()
+                    elif self._budget.try_take():
+                        await self._poster.update(h.channel, h.status_ts, message)
+                        self.edits += 1
+                        if self.first_shown_at is None:
+                            self.first_shown_at = time.monotonic()
+                except Exception as exc:  # progress is a courtesy: Slack refusing it must not cost the run
+                    log.warning("progress.failed", channel=h.channel, thread_ts=h.thread_ts,
+                                error=f"{type(exc).__name__}: {exc}")
                 last_edit = time.monotonic()
             # the next edit: when something changed, or every 10 s to move the clock; never sooner than the pace
             with anyio.move_on_after(10.0):
