@@ -244,6 +244,7 @@ class Bot:
                 on_reaction=commands.on_reaction,
                 on_stop=commands.on_stop_button,
                 on_approval=commands.on_approval_button,
+                on_attach=commands.on_attach_button,
             )
             handler = AsyncSocketModeHandler(app, s.slack_app_token, ping_interval=SOCKET_PING_S)
             close_source = handler.close_async

@@ -12,6 +12,7 @@ from bot.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     import argparse
+    from pathlib import Path
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -242,6 +243,40 @@ def slackbus_argv() -> list[str]:
     return [sys.executable, "-m", "bot"]
 
 
+HANDOFF_MARK = "<!-- slackbus-hook -->"
+
+
+def _write_handoff_command(path: Path, env_file: str | None) -> bool:
+    """Claude Code's `/handoff [note]`: runs `slackbus handoff` for this session. Never overwrites someone's own."""
+    import shlex
+
+    argv = slackbus_argv() + (["--env-file", env_file] if env_file else [])
+    body = (
+        "---\n"
+        "description: Hand this session over to a Slack thread (slackbus); replies there continue it\n"
+        "argument-hint: [a note for whoever continues]\n"
+        f"allowed-tools: Bash({shlex.join([*argv, 'handoff'])}:*)\n"
+        "---\n"
+        f"!`{shlex.join([*argv, 'handoff'])} --note \"$ARGUMENTS\"`\n\n"
+        "Tell the user, in one sentence, what the hand-off above printed; if it worked, remind them to exit "
+        f"Claude Code here so that replies in Slack can continue the session.\n{HANDOFF_MARK}\n"
+    )
+    if path.exists() and HANDOFF_MARK not in path.read_text(errors="replace"):
+        return False
+    if path.exists() and path.read_text() == body:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    return True
+
+
+def _remove_handoff_command(path: Path) -> None:
+    if path.exists() and HANDOFF_MARK in path.read_text(errors="replace"):
+        path.unlink()
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+
+
 def cmd_hooks(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -251,7 +286,9 @@ def cmd_hooks(args: argparse.Namespace) -> int:
         path = hooks_install.settings_path(
             project=Path(args.project).expanduser() if args.project else None, user=args.user
         )
+        command_file = path.parent / "commands" / "handoff.md"
         if args.uninstall:
+            _remove_handoff_command(command_file)
             result = hooks_install.uninstall(path)
         else:
             channel = args.channel or os.environ.get("SLACKBUS_CHANNEL") or None
@@ -262,6 +299,8 @@ def cmd_hooks(args: argparse.Namespace) -> int:
             if events:
                 kwargs["events"] = events
             result = hooks_install.install(path, slackbus_argv(), **kwargs)  # type: ignore[arg-type]
+            if _write_handoff_command(command_file, env_file):
+                print(f"/handoff (hand this session to Slack) added as {command_file}")
     except ValueError as exc:
         return _fail(str(exc))
     except OSError as exc:

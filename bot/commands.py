@@ -200,6 +200,9 @@ class Commands:
         else:
             mine = [t for t, _ in self._store.recent_threads(channel, limit=50) if t.requester == user]
             thread = mine[0] if mine else None
+        return self.attach_command(thread, user)
+
+    def attach_command(self, thread: ThreadSession | None, user: str) -> str:
         if thread is None or not thread.started or not thread.session_id:
             return "That thread has no Claude session yet (or I have not seen one of yours here): start one first."
         if (thread.channel, thread.thread_ts) in self._pipeline.active:
@@ -215,6 +218,17 @@ class Commands:
             f"(or `slackbus attach {self.link(thread.channel, thread.thread_ts)}` there). While the session is open "
             "in a terminal, replies in the thread wait for it and continue it when it is closed."
         )
+
+    async def on_attach_button(self, body: dict[str, Any]) -> None:
+        """"Continue in a terminal" on an answer: the command, privately, to whoever clicked (if allowed)."""
+        user = str((body.get("user") or {}).get("id") or "")
+        action = (body.get("actions") or [{}])[0]
+        channel, _, thread_ts = str(action.get("value") or "").partition("|")
+        if not self._settings.is_allowed(user) or not self._settings.is_channel_allowed(channel):
+            await self._poster.post_ephemeral(channel, user, "You are not on this bot's allow list.", thread_ts)
+            return
+        answer = self.attach_command(self._store.get_thread(channel, thread_ts), user)
+        await self._poster.post_ephemeral(channel, user, answer, thread_ts or None)
 
     async def _cancel(self, user: str, channel: str, rest: str) -> str:
         by_run_id = [h for h in self._pipeline.active.values() if rest and h.run_id == rest.strip()]

@@ -170,7 +170,7 @@ class TaskPipeline:
         await self._deliver(handle, [renderer.render_notice(text)])
 
     async def _deliver(
-        self, handle: RunHandle, messages: list[SlackMessage], attachment: str | None = None
+        self, handle: RunHandle, messages: list[SlackMessage], attachment: str | None = None, *, answer: bool = False
     ) -> None:
         """The first message replaces the status message (if one is showing); the rest follow it.
 
@@ -188,6 +188,8 @@ class TaskPipeline:
                 await self._poster.update(handle.channel, replace_ts, done)
                 replace_ts = None
                 messages = [renderer.mention(m, handle.requester) for m in messages[:1]] + messages[1:]
+            if answer and self._settings.transport == "slack" and messages:
+                messages = [*messages[:-1], renderer.with_attach_button(messages[-1], handle.channel, handle.thread_ts)]
             await self._poster.deliver(handle.channel, handle.thread_ts, messages, replace_ts=replace_ts,
                                        attachment=attachment)
 
@@ -245,7 +247,7 @@ class TaskPipeline:
         messages, attachment = renderer.render_answer_or_file(
             finished.text, renderer.footer(finished), max_parts=MAX_INLINE_PARTS
         )
-        await self._deliver(handle, messages, attachment)
+        await self._deliver(handle, messages, attachment, answer=True)
         log.info(
             "run.answered",
             run_id=handle.run_id,

@@ -244,3 +244,12 @@ def plain_text(message: SlackMessage) -> str:
         if block.get("type") == "markdown":
             return str(block.get("text", ""))
     return message.text
+
+
+def with_attach_button(message: SlackMessage, channel: str, thread_ts: str) -> SlackMessage:
+    """The answer's last message, with "Continue in a terminal" (the command comes privately to whoever clicks)."""
+    button = {"type": "button", "action_id": "slackbus_attach", "value": f"{channel}|{thread_ts}",
+              "text": {"type": "plain_text", "text": "Continue in a terminal"}}
+    if not message.blocks or len(message.blocks) >= 50:
+        return message
+    return SlackMessage(text=message.text, blocks=[*message.blocks, {"type": "actions", "elements": [button]}])

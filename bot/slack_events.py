@@ -60,6 +60,7 @@ def register(
     on_reaction: EventHandler,
     on_stop: EventHandler,
     on_approval: EventHandler,
+    on_attach: EventHandler | None = None,
 ) -> None:
     @app.middleware
     async def stamp_and_dedupe(
@@ -125,6 +126,12 @@ def register(
     async def stop_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
         await on_stop(body)
+
+    @app.action("slackbus_attach")
+    async def attach_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        if on_attach is not None:
+            await on_attach(body)
 
     @app.action(re.compile(r"^slackbus_(approve_once|approve_session|deny)$"))
     async def approval_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:

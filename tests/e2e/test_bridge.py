@@ -228,9 +228,12 @@ def test_hooks_install_twice_leaves_one_copy_and_uninstall_restores_the_file(
     assert stop_commands[0] == "notify-send done" and len(stop_commands) == 2
     assert all(sum("slackbus-hook" in h["command"] for g in groups for h in g["hooks"]) == 1
                for groups in data["hooks"].values())
+    command = project / ".claude" / "commands" / "handoff.md"
+    assert "slackbus-hook" in command.read_text() and " handoff --note " in command.read_text()  # Claude's /handoff
     out = slackbus("hooks", "install", "--project", str(project), "--uninstall", env=env)
     assert out.returncode == 0, out.stderr
     assert settings.read_text() == original
+    assert sorted(p.name for p in (project / ".claude").iterdir()) == ["settings.json"]  # exactly ours removed
 
 
 # --- sessions the bot spawns: the blackboard, live ---------------------------------------------------------

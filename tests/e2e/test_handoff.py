@@ -138,3 +138,38 @@ def test_a_handoff_from_outside_the_roots_is_refused(
     assert out.returncode == 1
     assert "outside the folders this bot may work in" in out.stderr and "Traceback" not in out.stderr
     assert not [m for m in top_level(fake_slack) if "handed over" in m["text"]]
+
+
+def test_continue_in_a_terminal_on_an_answer_gives_the_command_privately(
+    fake_slack: FakeSlack, fake_model: FakeModel, start_bot: Any
+) -> None:
+    start_bot(SLACKBUS_WARM_POOL="0")
+    ts = fake_slack.user_says("C1", "U1", "remember the fruit plum [[id:b1]]", mention=True)
+    wait_for(lambda: any("answer for b1" in a for a in answers(fake_slack, ts)), what="the answer")
+    [answer] = [m for m in fake_slack.bot_messages("C1", ts) if "answer for b1" in m["text"]]
+    button = answer["blocks"][-1]["elements"][0]
+    assert button["action_id"] == "slackbus_attach" and button["text"]["text"] == "Continue in a terminal"
+    fake_slack.block_action("U2", "C1", answer["ts"], "slackbus_attach", value=button["value"])
+    said = wait_for(lambda: [e for e in fake_slack.ephemerals if e.get("user") == "U2"], what="the private answer")
+    assert "claude --resume=" in said[0]["text"] and "cd " in said[0]["text"]
+    fake_slack.block_action("U9", "C1", answer["ts"], "slackbus_attach", value=button["value"])  # not allowed
+    refused = wait_for(lambda: [e for e in fake_slack.ephemerals if e.get("user") == "U9"], what="the refusal")
+    assert "allow list" in refused[0]["text"] and "resume" not in refused[0]["text"]
+
+
+def test_the_handoff_slash_command_inside_claude_code_hands_over_the_live_session(
+    fake_slack: FakeSlack, fake_model: FakeModel, start_bot: Any, terminal: dict[str, str], project: Path
+) -> None:
+    start_bot(SLACKBUS_WARM_POOL="0")
+    install_hooks(project, terminal)  # also adds Claude Code's /handoff command
+    first = run_claude(project, terminal, "remember the colour teal [[id:s1]]")
+    resumed = subprocess.run(
+        ["claude", "--resume", first["session_id"], "-p", "/handoff the tests are green", "--output-format", "json"],
+        cwd=project, env=terminal, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL, check=False,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [posted] = [m for m in top_level(fake_slack) if "handed over" in m["text"]]
+    assert first["session_id"][:8] in posted["text"] and "the tests are green" in posted["text"]
+    fake_slack.user_says("C1", "U1", "which colour? [[id:s2]]", thread_ts=posted["ts"])
+    wait_for(lambda: any("answer for s2" in a for a in answers(fake_slack, posted["ts"])), what="the answer")
+    assert "remember the colour teal" in "\n".join(all_texts(request_with(fake_model, "[[id:s2]]")[0]))
