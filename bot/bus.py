@@ -62,7 +62,7 @@ class BusSettings(NamedTuple):
         return os.path.join(self.home, DB_NAME)
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         value = float(env.get(name, "") or default)
     except ValueError:
@@ -86,8 +86,8 @@ def load(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -
         bot_token=token if token.startswith("xoxb-") else None,
         webhook_url=webhook if webhook.startswith(("http://", "https://")) else None,
         api_url=api_url,
-        timeout=_float(merged, "SLACKBUS_HOOK_TIMEOUT", 3.0),
-        history_interval=_float(merged, "SLACKBUS_HISTORY_INTERVAL", 60.0),
+        timeout=positive_float(merged, "SLACKBUS_HOOK_TIMEOUT", 3.0),
+        history_interval=positive_float(merged, "SLACKBUS_HISTORY_INTERVAL", 60.0),
         spawned=merged.get("SLACKBUS_SPAWNED", "") == "1",
         local_dir=_local_dir(merged, home) if merged.get("SLACKBUS_TRANSPORT", "").strip().lower() == "local" else None,
     )

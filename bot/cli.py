@@ -175,7 +175,7 @@ def cmd_handoff(args: argparse.Namespace) -> int:
                      "`slackbus hooks install`), or give --session ID --cwd DIR.", 1)
     cwd = os.path.realpath(cwd or (hold or {}).get("cwd") or os.getcwd())
     home = os.path.expanduser("~")
-    last = hooks._last_from_transcript((hold or {}).get("transcript_path") or handoff.transcript_path(home, cwd,
+    last = hooks.last_from_transcript((hold or {}).get("transcript_path") or handoff.transcript_path(home, cwd,
                                                                                                     session_id))
     request = {"op": "handoff", "session_id": session_id, "cwd": cwd, "home": home,
                "channel": args.channel or settings.channel, "note": args.note, "last": last,

@@ -214,7 +214,7 @@ def _bounded(lines: list[str], budget: int) -> list[str]:
 
 # --- posting --------------------------------------------------------------------------------------------
 def _summary(event: str, payload: dict[str, Any], who: ident.Identity, s: bus.BusSettings) -> str:
-    last = _str(payload.get("last_assistant_message")) or _last_from_transcript(payload.get("transcript_path"))
+    last = _str(payload.get("last_assistant_message")) or last_from_transcript(payload.get("transcript_path"))
     cwd = _str(payload.get("cwd")) or os.getcwd()
     head = "subagent finished" if event == "SubagentStop" else "finished a turn"
     text = f"✅ {head} in `{cwd}`"
@@ -223,7 +223,7 @@ def _summary(event: str, payload: dict[str, Any], who: ident.Identity, s: bus.Bu
     return text
 
 
-def _last_from_transcript(path: Any) -> str | None:
+def last_from_transcript(path: Any) -> str | None:
     """The last assistant text in the transcript (JSON lines), reading only the file's tail."""
     if not isinstance(path, str):
         return None
@@ -303,7 +303,7 @@ def _take_held(s: bus.BusSettings, who: ident.Identity) -> list[str]:
 
 def _throttled(s: bus.BusSettings, who: ident.Identity, line: str, env: Mapping[str, str], deadline: float) -> None:
     """Post now if the last post is older than the throttle, with whatever was held back; else hold the line."""
-    throttle = bus._float(env, "SLACKBUS_HOOK_THROTTLE", 10.0)
+    throttle = bus.positive_float(env, "SLACKBUS_HOOK_THROTTLE", 10.0)
     now = time.time()
     with _state(s, who) as state:
         held = [str(x) for x in state.get("held", [])] + [line]

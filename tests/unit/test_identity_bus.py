@@ -84,8 +84,8 @@ def test_the_last_assistant_message_comes_from_the_transcript_tail(tmp_path: Pat
                {"type": "assistant", "message": {"content": [{"type": "text", "text": "the final answer"}]}},
                {"type": "user", "message": {"content": [{"type": "tool_result"}]}}]
     transcript.write_text("\n".join(json.dumps(e) for e in entries) + "\nnot json\n")
-    assert hooks._last_from_transcript(str(transcript)) == "the final answer"
-    assert hooks._last_from_transcript(str(tmp_path / "missing.jsonl")) is None
+    assert hooks.last_from_transcript(str(transcript)) == "the final answer"
+    assert hooks.last_from_transcript(str(tmp_path / "missing.jsonl")) is None
 
 
 def test_http_answers_are_parsed_whole_chunked_or_sized() -> None:
