@@ -96,7 +96,13 @@ def test_a_misbehaving_cli_fails_one_run_clearly_and_the_bot_keeps_working(
     fake_slack.wait_for(lambda: "white_check_mark" in fake_slack.reactions("C1", ts2), timeout=15,
                         what="the ✅ reaction on the next request")
     assert "x" not in fake_slack.reactions("C1", ts2)
-    assert sum(1 for line in journal(state) if " start " in line) == 3  # the fault run and the two normal ones
-    assert sum(1 for line in journal(state) if "fault=none" in line) == 2
+    # The fault run and the two normal ones. Whether the CLI saved the faulty run's session before it died is a
+    # race: when it did not, the retry's `--resume` finds nothing and the bot starts once more, with the whole
+    # thread (logged as run.session_missing) - one process more, never a lost or doubled answer.
+    restarts = len(bot.events("run.session_missing"))
+    assert restarts <= 1, bot.tail()
+    assert sum(1 for line in journal(state) if " start " in line) == 3 + restarts, (journal(state), bot.tail())
+    assert sum(1 for line in journal(state) if "fault=none" in line) == 2 + restarts
+    assert len(fake_slack.bot_messages("C1", ts2)) == 1
     wait_no_processes(workdir, timeout=30)
     assert not processes_in(workdir)
