@@ -171,6 +171,7 @@ class Bot:
             self.session_spec,
             max_processes=s.max_processes,
             warm_pool=s.warm_pool,
+            warm_pool_max=s.warm_pool_max,
             idle_seconds=s.idle_seconds,
             default_cwd=s.workdir,
         )

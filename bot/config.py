@@ -51,6 +51,7 @@ class Settings:
     stall_seconds: float
     idle_seconds: float
     warm_pool: int
+    warm_pool_max: int
     max_processes: int
     max_turns: int | None
     max_budget_usd: float | None
@@ -326,6 +327,12 @@ def load_settings(
 
     max_concurrent = _int(merged, "SLACKBUS_MAX_CONCURRENT", 4)
     warm_pool = _int(merged, "SLACKBUS_WARM_POOL", 1, minimum=0)
+    warm_pool_max = _int(merged, "SLACKBUS_WARM_POOL_MAX", warm_pool + 1 if warm_pool else 0, minimum=0)
+    if warm_pool_max < warm_pool:
+        raise ConfigError(
+            f"SLACKBUS_WARM_POOL_MAX ({warm_pool_max}) must be at least SLACKBUS_WARM_POOL ({warm_pool}): "
+            "it is how far the pool of pre-started processes may grow when new threads come fast."
+        )
     max_processes = _int(merged, "SLACKBUS_MAX_PROCESSES", max_concurrent + warm_pool + 2)
     if max_processes < max_concurrent:
         raise ConfigError(
@@ -356,6 +363,7 @@ def load_settings(
         stall_seconds=_float(merged, "SLACKBUS_STALL_SECONDS", 300.0),
         idle_seconds=0.0 if idle_off else _float(merged, "SLACKBUS_IDLE_SECONDS", 600.0),
         warm_pool=warm_pool,
+        warm_pool_max=warm_pool_max,
         max_processes=max_processes,
         max_turns=_int(merged, "SLACKBUS_MAX_TURNS", 0, minimum=0) or None,
         max_budget_usd=_float(merged, "SLACKBUS_MAX_BUDGET_USD", 1.0) if budget else None,

@@ -3,13 +3,18 @@
 - warm: a thread's session stays alive after its turn (SLACKBUS_IDLE_SECONDS), so a follow-up skips the
   CLI's cold start; an idle reaper closes it afterwards.
 - pool: SLACKBUS_WARM_POOL pre-started, connected new sessions per working directory, refilled in the
-  background, so a mention's first query goes to a process that is already up.
+  background, so a mention's first query goes to a process that is already up. When new threads come faster
+  than one process can start (a task found no ready process within BURST_GAP_S of the previous new thread),
+  the pool grows to SLACKBUS_WARM_POOL_MAX and refills in parallel; after SLACKBUS_IDLE_SECONDS without such
+  a miss it shrinks back, closing the extra idle processes.
 - cap: pool + warm + running ≤ SLACKBUS_MAX_PROCESSES. A new process first evicts an idle pooled or warm one
   (least recently used); pool refills only use free room.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +30,7 @@ from bot.log import get_logger
 log = get_logger("slackbus.sessions")
 
 ThreadKey = tuple[str, str]
+BURST_GAP_S = 5.0  # a task that finds no ready process this soon after the previous new thread grows the pool
 
 
 class SessionManager:
@@ -36,17 +42,21 @@ class SessionManager:
         warm_pool: int,
         idle_seconds: float,
         default_cwd: Path,
+        warm_pool_max: int | None = None,
     ) -> None:
         self._make_spec = make_spec
         self.max_processes = max_processes
         self.warm_pool = warm_pool
+        self.warm_pool_max = max(warm_pool, warm_pool if warm_pool_max is None else warm_pool_max)
         self.idle_seconds = idle_seconds
         self.default_cwd = default_cwd
         self._warm: dict[ThreadKey, ClaudeSession] = {}
         self._pool: dict[Path, list[ClaudeSession]] = {}
         self._live: set[ClaudeSession] = set()
-        self._filling: set[Path] = set()
-        self._starting: dict[Path, ClaudeSession] = {}  # a pool process being started, per cwd
+        self._starting: dict[Path, list[ClaudeSession]] = {}  # pool processes being started, per cwd
+        self._target: dict[Path, int] = {}  # the pool's size per cwd, between warm_pool and warm_pool_max
+        self._last_new: dict[Path, float] = {}  # when a task last asked for a new session there
+        self._last_miss: dict[Path, float] = {}  # when such a task last found no ready process
         self._tg: TaskGroup | None = None
         self._room = anyio.Lock()
         self.peak_live = 0
@@ -103,18 +113,21 @@ class SessionManager:
             await warm.close()
         if resume_id is None:
             pooled = self._take_pooled(cwd)
+            self._note_demand(cwd, missed=pooled is None)
             if pooled is not None:
                 self.refill(cwd)
                 return pooled, "pool"
             # a pool process already starting is closer to ready than a new one (and two cold starts at
             # once slow each other down)
-            starting = self._starting.get(cwd)
-            if starting is not None and not starting.claimed:
+            starting = next((s for s in self._starting.get(cwd, []) if not s.claimed), None)
+            if starting is not None:
                 starting.claimed = True
+                if self.pool_target(cwd) > self.warm_pool:  # a burst: the next one starts now, in parallel
+                    self.refill(cwd)
                 with anyio.move_on_after(CONNECT_TIMEOUT_S):
                     await starting.ready.wait()
+                self.refill(cwd)
                 if starting.alive and starting.state == "idle":
-                    self.refill(cwd)
                     return starting, "pool"
         session = ClaudeSession(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None, key))
         await self._start(session)
@@ -170,14 +183,17 @@ class SessionManager:
             self._spawn(session.close)
         return None
 
-    async def _start(self, session: ClaudeSession, *, for_pool: bool = False) -> bool:
+    async def _start(self, session: ClaudeSession, *, for_pool: bool = False, evict: bool = True) -> bool:
         """Start and connect a process, closing an idle one first if the cap is reached.
 
         A task may close a pooled or a warm session (pool first); a pool refill only the least recently
-        used warm one, so a busy bot keeps its pool instead of filling the cap with old threads.
+        used warm one, so a busy bot keeps its pool instead of filling the cap with old threads; a pool
+        process beyond SLACKBUS_WARM_POOL (a burst) closes nothing (evict=False).
         """
         assert self._tg is not None, "SessionManager.run must be running"
         async with self._room:  # making room and taking the slot are one step
+            if not evict and self.live >= self.max_processes:
+                return False
             if not await self._make_room(warm_only=for_pool):
                 return False
             self._live.add(session)
@@ -214,38 +230,75 @@ class SessionManager:
             return self._warm.pop(key)
         return None
 
-    def refill(self, cwd: Path) -> None:
-        if self.warm_pool > 0 and cwd not in self._filling:
-            self._spawn(lambda: self._refill(cwd))
+    def pool_target(self, cwd: Path) -> int:
+        return self._target.get(cwd, self.warm_pool)
 
-    async def _refill(self, cwd: Path) -> None:
-        self._filling.add(cwd)
+    def _note_demand(self, cwd: Path, *, missed: bool) -> None:
+        """A task wants a new session in cwd: a miss soon after the previous new thread grows the pool."""
+        now = time.monotonic()
+        previous = self._last_new.get(cwd)
+        self._last_new[cwd] = now
+        if not missed or previous is None or now - previous > BURST_GAP_S:
+            return
+        self._last_miss[cwd] = now
+        target = self.pool_target(cwd)
+        if target < self.warm_pool_max:
+            self._target[cwd] = target + 1
+            log.info("sessions.pool_grow", cwd=str(cwd), size=target + 1)
+
+    def refill(self, cwd: Path) -> None:
+        """Start, in parallel, as many pool processes as the pool lacks (counting those on their way)."""
+        if self.warm_pool <= 0 or self._tg is None:
+            return
+        pooled = sum(1 for s in self._pool.get(cwd, []) if s.alive)
+        starting = self._starting.setdefault(cwd, [])
+        have = pooled + sum(1 for s in starting if not s.claimed)
+        for n in range(have, self.pool_target(cwd)):
+            session = ClaudeSession(self._make_spec(cwd, str(uuid.uuid4()), False, None))
+            starting.append(session)  # counted from now on, so a second refill does not start it twice
+            self._spawn(functools.partial(self._start_pooled, cwd, session, n < self.warm_pool))
+
+    async def _start_pooled(self, cwd: Path, session: ClaudeSession, evict: bool) -> None:
         try:
-            pool = self._pool.setdefault(cwd, [])
-            while len([s for s in pool if s.alive]) < self.warm_pool:
-                session = ClaudeSession(self._make_spec(cwd, str(uuid.uuid4()), False, None))
-                self._starting[cwd] = session
-                try:
-                    started = await self._start(session, for_pool=True)
-                except RunError as err:
-                    log.warning("sessions.pool_start_failed", cwd=str(cwd), error=str(err))
-                    return
-                finally:
-                    self._starting.pop(cwd, None)
-                if not started:
-                    return
-                if session.claimed:  # a task took it while it was starting
-                    continue
-                pool.append(session)
-                log.info("sessions.pooled", cwd=str(cwd), session_id=session.session_id, pid=session.pid)
+            started = await self._start(session, for_pool=True, evict=evict)
+        except RunError as err:
+            log.warning("sessions.pool_start_failed", cwd=str(cwd), error=str(err))
+            session.ready.set()
+            return
         finally:
-            self._filling.discard(cwd)
+            with contextlib.suppress(ValueError):
+                self._starting.get(cwd, []).remove(session)
+        if not started:  # no room under the cap: a task waiting for this one starts its own
+            session.state = "closed"
+            session.ready.set()
+            return
+        if session.claimed:  # a task took it while it was starting
+            return
+        pool = self._pool.setdefault(cwd, [])
+        if sum(1 for s in pool if s.alive) >= self.pool_target(cwd):  # the pool shrank while it started
+            self._spawn(session.close)
+            return
+        pool.append(session)
+        log.info("sessions.pooled", cwd=str(cwd), session_id=session.session_id, pid=session.pid)
+
+    def _shrink_pools(self, now: float) -> None:
+        """Back to SLACKBUS_WARM_POOL where no task has missed the pool for SLACKBUS_IDLE_SECONDS."""
+        for cwd, target in list(self._target.items()):
+            if target <= self.warm_pool or now - self._last_miss.get(cwd, 0.0) < self.idle_seconds:
+                continue
+            self._target[cwd] = self.warm_pool
+            pool = self._pool.get(cwd, [])
+            while len(pool) > self.warm_pool:
+                extra = pool.pop()
+                self._spawn(extra.close)
+            log.info("sessions.pool_shrink", cwd=str(cwd), size=self.warm_pool)
 
     async def _reaper(self) -> None:
         interval = max(0.2, min(5.0, self.idle_seconds / 4 if self.idle_seconds > 0 else 5.0))
         while True:
             await anyio.sleep(interval)
             now = time.monotonic()
+            self._shrink_pools(now)
             for key, session in list(self._warm.items()):
                 if session.state == "idle" and now - session.last_used >= self.idle_seconds:
                     self._warm.pop(key, None)

@@ -180,3 +180,25 @@ def test_warm_thread_pool_and_idle_reaper_under_the_process_cap(start_bot, fake_
     # idle sessions are reaped after SLACKBUS_IDLE_SECONDS; the pool refills to its size
     bot.wait_event("sessions.reaped_idle", timeout=20)
     fake_slack.wait_for(lambda: len(claude_pids(tmp_path / "work")) <= 1, timeout=20, what="idle reaped")
+
+
+def test_the_pool_grows_while_new_threads_come_fast_and_shrinks_when_they_stop(start_bot, fake_slack, tmp_path):
+    bot = start_bot(SLACKBUS_IDLE_SECONDS="3", SLACKBUS_WARM_POOL="1", SLACKBUS_MAX_CONCURRENT="2")
+    bot.wait_event("sessions.pooled")
+    # three new threads at once: the second finds the pool's next process still starting
+    threads = [fake_slack.user_says("C1", "U1", f"thread {i} [[id:g{i}]]", mention=True) for i in range(3)]
+    for i, ts in enumerate(threads):
+        answer_in(fake_slack, "C1", ts, f"answer for g{i}")
+    grow = bot.wait_event("sessions.pool_grow", timeout=5)
+    assert [e["size"] for e in grow] == [2]  # SLACKBUS_WARM_POOL_MAX defaults to the pool + 1, and no further
+
+    # quiet for SLACKBUS_IDLE_SECONDS: the pool is back to one process, and the warm threads are reaped
+    bot.wait_event("sessions.pool_shrink", timeout=20)
+    try:
+        fake_slack.wait_for(lambda: len(claude_pids(tmp_path / "work")) == 1, timeout=20, what="one pooled process")
+    except AssertionError:
+        print("\n".join(line for line in bot.lines() if "sessions." in line or "claude." in line))
+        raise
+    ts = fake_slack.user_says("C1", "U1", "after the burst [[id:g9]]", mention=True)
+    answer_in(fake_slack, "C1", ts, "answer for g9")
+    assert bot.events("run.reusing")[-1]["origin"] == "pool"

@@ -233,6 +233,13 @@ def test_number_defaults(base_env, no_env_file):
     assert settings.run_timeout == 1800.0
     assert settings.context_messages == 40
     assert settings.context_chars == 12000
+    assert (settings.warm_pool, settings.warm_pool_max) == (1, 2)
+
+
+@pytest.mark.parametrize(("pool", "expected_max"), [("0", 0), ("3", 4)])
+def test_the_pool_may_grow_by_one_unless_it_is_off(base_env, no_env_file, pool, expected_max):
+    settings = load(base_env | {"SLACKBUS_WARM_POOL": pool}, no_env_file)
+    assert settings.warm_pool_max == expected_max
 
 
 def test_numbers_are_read(base_env, no_env_file):
@@ -260,6 +267,7 @@ def test_numbers_are_read(base_env, no_env_file):
         ("SLACKBUS_RUN_TIMEOUT", "0", "SLACKBUS_RUN_TIMEOUT must be greater than 0"),
         ("SLACKBUS_RUN_TIMEOUT", "-1", "SLACKBUS_RUN_TIMEOUT must be greater than 0"),
         ("SLACKBUS_CONTEXT_MESSAGES", "-1", "SLACKBUS_CONTEXT_MESSAGES must be at least 0"),
+        ("SLACKBUS_WARM_POOL_MAX", "0", r"SLACKBUS_WARM_POOL_MAX \(0\) must be at least SLACKBUS_WARM_POOL \(1\)"),
     ],
 )
 def test_bad_numbers_are_named(base_env, no_env_file, name, value, expected):
