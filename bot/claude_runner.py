@@ -236,7 +236,7 @@ class ClaudeSession:
                             finished = event
                         turn.on_event(event)
                 tg.cancel_scope.cancel()
-            if ended:  # the CLI stopped talking without a result
+            if ended and turn.cancelled_by is None:  # the CLI stopped talking without a result
                 self.healthy = False
                 process = _process_of(client)
                 with anyio.move_on_after(2.0):
@@ -245,8 +245,11 @@ class ClaudeSession:
                 return
         except Exception as exc:
             self.healthy = False
-            turn.outcome = self._error(_first_error(exc))
-            return
+            if turn.cancelled_by is None:
+                turn.outcome = self._error(_first_error(exc))
+                return
+        # a cancelled turn is a cancellation however the CLI ended it: a result, or an exit after the interrupt
+        # (on a loaded machine the interrupt may not be answered in time, and SIGINT ends the process)
         if turn.cancelled_by is not None:
             self.healthy = False
             turn.outcome = RunCancelledError("The run was cancelled.", by=turn.cancelled_by,

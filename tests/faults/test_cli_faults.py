@@ -106,3 +106,24 @@ def test_a_misbehaving_cli_fails_one_run_clearly_and_the_bot_keeps_working(
     assert len(fake_slack.bot_messages("C1", ts2)) == 1
     wait_no_processes(workdir, timeout=30)
     assert not processes_in(workdir)
+
+
+@pytest.mark.timeout(120)
+def test_a_cancel_stays_a_cancel_when_the_cli_ignores_the_interrupt(start_bot, fake_slack, bot_env, tmp_path):
+    """The interrupt request goes unanswered (the CLI hangs, as on a machine too loaded to answer in time), so
+    the bot ends the process with SIGINT: the thread still says who cancelled, not that the CLI exited."""
+    state = tmp_path / "fault"
+    wrapper = install(state, claude_cli())
+    arm(state)
+    workdir = Path(bot_env["SLACKBUS_WORKDIR"])
+    start_bot(CLAUDE_CLI_PATH=str(wrapper), SLACKBUS_FAULT="hang", SLACKBUS_WARM_POOL="0",
+              SLACKBUS_IDLE_SECONDS="0")
+    ts = fake_slack.user_says("C1", "U1", "please answer [[id:first-cancel]]", mention=True)
+    fake_slack.wait_for(lambda: "inject hang" in " ".join(journal(state)), timeout=60, what="the CLI to hang")
+    envelope = fake_slack.slash_command(text="cancel", user="U1", channel="C1")
+    _t, payload = fake_slack.wait_ack(envelope)
+    assert "Cancelling" in (payload or {}).get("text", "")
+    notice = answer_in(fake_slack, "C1", ts, "cancelled by <@U1>", timeout=30)
+    assert "exited" not in notice["text"], notice["text"]
+    assert "white_check_mark" not in fake_slack.reactions("C1", ts)
+    wait_no_processes(workdir, timeout=30)
