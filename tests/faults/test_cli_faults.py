@@ -110,8 +110,10 @@ def test_a_misbehaving_cli_fails_one_run_clearly_and_the_bot_keeps_working(
 
 @pytest.mark.timeout(120)
 def test_a_cancel_stays_a_cancel_when_the_cli_ignores_the_interrupt(start_bot, fake_slack, bot_env, tmp_path):
-    """The interrupt request goes unanswered (the CLI hangs, as on a machine too loaded to answer in time), so
-    the bot ends the process with SIGINT: the thread still says who cancelled, not that the CLI exited."""
+    """A cancel whose interrupt request goes unanswered still says who cancelled, not that the CLI exited.
+
+    The CLI hangs, as on a machine too loaded to answer the interrupt in time, so the bot ends it with SIGINT.
+    """
     state = tmp_path / "fault"
     wrapper = install(state, claude_cli())
     arm(state)
