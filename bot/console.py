@@ -47,6 +47,7 @@ class ConsoleView:
         self.by_number: dict[int, str] = {}
         self.working: dict[str, float] = {}  # my requests the bot is working on: ts → since
         self.reply_thread: dict[str, int] = {}  # a reply's ts → its thread's number (for the bot's edits)
+        self.status_line: dict[str, str] = {}  # a status message's ts → the line last shown for it
         self.offset = 0
 
     def number(self, ts: str) -> int:
@@ -92,7 +93,16 @@ class ConsoleView:
         text = str(r.get("text") or "")
         thread = r.get("thread_ts")
         if kind == "edit":
-            self._print_reply(self.reply_thread.get(str(r.get("target")), 0), "claude", text, updated=True)
+            target = str(r.get("target"))
+            n = self.reply_thread.get(target, 0)
+            if r.get("status"):
+                self._print_status(target, n, text)
+            else:  # an answer in place of the status line, or an answer edited
+                self._print_reply(n, "claude", text, updated=self.status_line.pop(target, None) is None)
+            return
+        if r.get("status") and thread and thread != r["ts"]:
+            self.reply_thread[r["ts"]] = self.threads.get(str(thread), 0)
+            self._print_status(r["ts"], self.reply_thread[r["ts"]], text)
             return
         if not thread or thread == r["ts"]:
             n = self.number(r["ts"])
@@ -101,6 +111,15 @@ class ConsoleView:
         else:
             n = self.reply_thread[r["ts"]] = self.threads.get(str(thread), 0)
             self._print_reply(n, "claude" if r.get("bot") else ("you" if user == self.me else user), text)
+
+    def _print_status(self, target: str, n: int, text: str) -> None:
+        """A running task's status, as one dim line; a line-based terminal cannot edit it in place, so an
+        unchanged status is not printed again."""
+        line = " ".join(Emoji.replace(text).split())
+        if self.status_line.get(target) == line:
+            return
+        self.status_line[target] = line
+        self.out.print(Text.assemble(("    ↳ ", "dim"), (f"[{n}] " if n else "", "cyan"), (f"claude · {line}", "dim")))
 
     def _print_reply(self, n: int, who: str, text: str, updated: bool = False) -> None:
         head = Text.assemble(("    ↳ ", "dim"), (f"[{n}] " if n else "", "cyan"), (f"{who}", "bold"),

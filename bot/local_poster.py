@@ -8,7 +8,7 @@ from dataclasses import replace
 import anyio
 
 from bot.local_channel import LocalChannel
-from bot.renderer import SlackMessage, plain_text
+from bot.renderer import STATUS_BLOCK_ID, SlackMessage, plain_text
 from bot.store import Store, StoredMessage
 
 
@@ -27,9 +27,11 @@ class LocalPoster:
 
     async def post(self, channel: str, thread_ts: str | None, message: SlackMessage) -> str:
         text = plain_text(message)
-        rec = self.channel(channel).append(
-            {"kind": "message", "thread_ts": thread_ts, "user": self._bot, "bot": True, "text": text}
-        )
+        record: dict[str, object] = {"kind": "message", "thread_ts": thread_ts, "user": self._bot, "bot": True,
+                                     "text": text}
+        if _is_status(message):
+            record["status"] = True
+        rec = self.channel(channel).append(record)
         self._store.record_message(
             StoredMessage(channel=channel, ts=rec["ts"], thread_ts=thread_ts, user=self._bot, bot_id=self._bot,
                           text=text, from_self=True)
@@ -39,7 +41,10 @@ class LocalPoster:
 
     async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
         text = plain_text(message)
-        self.channel(channel).append({"kind": "edit", "target": ts, "user": self._bot, "text": text})
+        record: dict[str, object] = {"kind": "edit", "target": ts, "user": self._bot, "text": text}
+        if _is_status(message):
+            record["status"] = True
+        self.channel(channel).append(record)
         existing = self._store.get_message(channel, ts)
         if existing is not None:
             self._store.record_message(replace(existing, text=text))
@@ -83,3 +88,9 @@ class LocalPoster:
     async def run_outbox(self, interval: float = 15.0) -> None:
         """Nothing waits here: a local append cannot be refused."""
         await anyio.sleep_forever()
+
+
+def _is_status(message: SlackMessage) -> bool:
+    """A running task's status line (it carries the Stop button's block), not an answer: readers may show it
+    as one line and let the next one replace it."""
+    return any(block.get("block_id") == STATUS_BLOCK_ID for block in message.blocks)

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from bot.log import get_logger
-from bot.renderer import SlackMessage
+from bot.renderer import STATUS_BLOCK_ID, SlackMessage
 from bot.stream_parser import RunEvent, ToolCall
 
 STATUS_DELAY_S = 1.5
@@ -92,7 +92,7 @@ def render_status(channel: str, thread_ts: str, step: str, elapsed: float, tool_
             {"type": "context", "elements": [{"type": "mrkdwn", "text": facts}]},
             {
                 "type": "actions",
-                "block_id": "slackbus_run",
+                "block_id": STATUS_BLOCK_ID,
                 "elements": [
                     {
                         "type": "button",

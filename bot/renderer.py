@@ -30,6 +30,9 @@ _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
 _OPENS_FENCE = re.compile(r"\s*(?:`{3}|~{3})")  # _FENCE at a position inside a line (match(line, pos))
 
 
+STATUS_BLOCK_ID = "slackbus_run"  # the block holding a running task's Stop button
+
+
 @dataclass(frozen=True)
 class SlackMessage:
     text: str  # notification / fallback text

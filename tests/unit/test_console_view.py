@@ -1,0 +1,57 @@
+"""The console shows a running task's status as one line that is printed again only when it changes, and the
+answer that replaces it in full; the local poster marks status messages so the console can tell them apart."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import anyio
+from rich.console import Console
+
+from bot.console import ConsoleView
+from bot.local_channel import LocalChannel
+from bot.local_poster import LocalPoster
+from bot.progress import render_status
+from bot.renderer import SlackMessage
+from bot.store import Store
+
+
+def view(tmp_path) -> tuple[ConsoleView, io.StringIO]:
+    out = io.StringIO()
+    console = Console(file=out, width=100, force_terminal=False, color_system=None)
+    return ConsoleView(LocalChannel(str(tmp_path), "dev"), "alice", console), out
+
+
+def test_a_status_is_one_line_shown_once_per_change_and_the_answer_replaces_it(tmp_path):
+    v, out = view(tmp_path)
+    v.show({"kind": "message", "ts": "1.0", "user": "alice", "text": "@claude list the files"})
+    v.show({"kind": "message", "ts": "2.0", "thread_ts": "1.0", "user": "claude", "bot": True, "status": True,
+            "text": "Working on it…"})
+    for _ in range(3):  # the elapsed time ticks, the step does not: nothing new to show
+        v.show({"kind": "edit", "target": "2.0", "user": "claude", "status": True, "text": "Running `ls`…"})
+    v.show({"kind": "edit", "target": "2.0", "user": "claude", "text": "Here are **the files**."})
+    v.show({"kind": "edit", "target": "2.0", "user": "claude", "text": "Here are the files, edited."})
+    lines = [line.rstrip() for line in out.getvalue().splitlines() if line.strip()]
+    assert lines[0] == "[1] you: @claude list the files"
+    assert lines[1] == "    ↳ [1] claude · Working on it…"
+    assert lines[2] == "    ↳ [1] claude · Running `ls`…"
+    assert lines[3] == "    ↳ [1] claude:"  # the answer, in place of the status: not "(updated)"
+    assert "Here are the files." in lines[4]
+    assert lines[5] == "    ↳ [1] claude (updated):"  # an answer edited afterwards says so
+    assert sum("Running `ls`" in line for line in lines) == 1
+
+
+def test_the_local_poster_marks_status_messages_and_not_answers(tmp_path):
+    store = Store.open(tmp_path / "state.db")
+    poster = LocalPoster(str(tmp_path / "channels"), store, bot_user_id="claude")
+
+    async def main() -> None:
+        ts = await poster.post("dev", "1.0", render_status("dev", "1.0", "", 0.0, 0))
+        await poster.update("dev", ts, render_status("dev", "1.0", "Running `ls`", 1.0, 1))
+        await poster.update("dev", ts, SlackMessage(text="the answer"))
+
+    anyio.run(main)
+    records = [json.loads(line) for line in (tmp_path / "channels" / "dev.jsonl").read_text().splitlines()]
+    assert [r.get("status", False) for r in records] == [True, True, False]
+    assert [r["text"] for r in records] == ["Working on it…", "Running `ls`…", "the answer"]
