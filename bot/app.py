@@ -147,13 +147,14 @@ class Bot:
             bot_id = str(auth["bot_id"]) if auth.get("bot_id") else None
             poster = SlackPoster(self.client, self.store, bot_user_id=bot_user_id, bot_id=bot_id)
             backfill = Backfill(self.client, self.store, bot_user_id=bot_user_id, limit=s.context_messages or 1)
-            # approval buttons need Slack's interactivity; on the local channel a tool not allowed is denied
-            self.approvals = Approvals(
-                post=lambda channel, thread_ts, message: poster.post(channel, thread_ts, message),
-                update=poster.update,
-                is_admin=s.is_admin,
-                timeout=s.approval_seconds,
-            )
+        # buttons need Slack's interactivity; on the local channel the question names the commands that answer it
+        self.approvals = Approvals(
+            post=lambda channel, thread_ts, message: poster.post(channel, thread_ts, message),
+            update=poster.update,
+            is_admin=s.is_admin,
+            timeout=s.approval_seconds,
+            buttons=not local,
+        )
         contexts = ContextBuilder(
             self.store,
             bot_user_id=bot_user_id,

@@ -1,8 +1,9 @@
-"""Tool approvals in Slack: when Claude wants a tool that is not pre-allowed, a person decides in the thread.
+"""Tool approvals: when Claude wants a tool that is not pre-allowed, a person decides in the thread.
 
 Order: SLACKBUS_DISALLOWED_TOOLS and SLACKBUS_ALLOWED_TOOLS (the CLI applies them) → approvals remembered for
-this session → ask in Slack with Approve once / Approve for this session / Deny. Only the requester or an admin
-can click; no answer within SLACKBUS_APPROVAL_SECONDS means denied, and the thread is told.
+this session → ask in the thread with Approve once / Approve for this session / Deny buttons (on Slack), or
+`/claude approve [session]` / `/claude deny` (both transports; the only way on the local channel). Only the
+requester or an admin can answer; no answer within SLACKBUS_APPROVAL_SECONDS means denied, and the thread is told.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ APPROVE_ONCE = "slackbus_approve_once"
 APPROVE_SESSION = "slackbus_approve_session"
 DENY = "slackbus_deny"
 ACTIONS = (APPROVE_ONCE, APPROVE_SESSION, DENY)
+COMMAND_HINT = "Answer with `/claude approve`, `/claude approve session` or `/claude deny`."
 
 
 def describe_request(tool: str, args: dict[str, Any]) -> str:
@@ -76,7 +78,9 @@ class Approvals:
         update: Callable[[str, str, SlackMessage], Awaitable[None]],
         is_admin: Callable[[str], bool],
         timeout: float,
+        buttons: bool = True,
     ) -> None:
+        self._buttons = buttons  # False on the local channel: the question says which command answers it
         self._post = post
         self._update = update
         self._is_admin = is_admin
@@ -143,9 +147,26 @@ class Approvals:
         log.info("approval.answered", request=request_id, decision=action_id, by=user)
         return None
 
+    async def answer_command(self, user: str, channel: str, thread_ts: str | None, decision: str) -> str:
+        """`/claude approve [session]` or `/claude deny`: answers the latest request waiting in the channel (in
+        the thread, when the command was given in one) that `user` may answer."""
+        waiting = [p for p in self._pending.values() if p.channel == channel and not p.decided.is_set()
+                   and (thread_ts is None or p.thread_ts == thread_ts)]
+        if not waiting:
+            return "Nothing here is waiting for an approval."
+        mine = [p for p in waiting if p.requester == user or self._is_admin(user)]
+        target = max(mine or waiting, key=lambda p: p.asked_at)
+        refusal = await self.on_click(decision, target.request_id, user)
+        if refusal:
+            return refusal
+        return {APPROVE_ONCE: f"Approved once: {target.tool}.", APPROVE_SESSION:
+                f"Approved for this session: {target.tool}.", DENY: f"Denied: {target.tool}."}[decision]
+
     def _question(self, p: Pending) -> SlackMessage:
         text = (f":raised_hand: Claude wants to use *{p.tool}*. <@{p.requester}>, allow it?\n"
                 f"{describe_request(p.tool, p.args)}")
+        if not self._buttons:
+            return SlackMessage(text=f"{text}\n{COMMAND_HINT}")
         buttons = [
             ("Approve once", APPROVE_ONCE, "primary"),
             ("Approve for this session", APPROVE_SESSION, None),
@@ -166,4 +187,6 @@ class Approvals:
 
     def _answered(self, p: Pending, verdict: str) -> SlackMessage:
         text = f"Claude asked to use *{p.tool}*.\n{describe_request(p.tool, p.args)}\n{verdict}"
+        if not self._buttons:
+            return SlackMessage(text=text)
         return SlackMessage(text=verdict, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}])

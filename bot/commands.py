@@ -16,6 +16,7 @@ from slack_bolt.async_app import AsyncAck
 from slack_sdk.errors import SlackApiError
 
 from bot import renderer
+from bot.approvals import APPROVE_ONCE, APPROVE_SESSION, DENY
 from bot.config import Settings
 from bot.dispatcher import Dispatcher, Job, JobQueue
 from bot.log import get_logger
@@ -34,6 +35,7 @@ as context. Reply in the thread to continue the same Claude session (no mention 
 • `/claude cancel [thread link]`: stop your run (admins: any run). A :octagonal_sign: reaction on the request, \
 or the Stop button, does the same.
 • `/claude cwd [path]`: the folder Claude works in here (admins can change it, within the allowed roots).
+• `/claude approve [session]`, `/claude deny`: answer Claude's request to use a tool (the buttons do the same).
 • `/claude attach [thread link]`: the command that continues a thread's session in a terminal on my \
 host (default: your latest thread here). `slackbus handoff` there hands a terminal session to Slack.
 • `/claude help`: this text."""
@@ -119,6 +121,9 @@ class Commands:
             "stop": self._cancel,
             "cwd": self._cwd,
             "attach": self._attach,
+            "approve": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=True),
+            "allow": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=True),
+            "deny": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=False),
         }
         if not text or sub in {"help", "?", "-h", "--help"}:
             await ack(text=HELP)
@@ -189,6 +194,23 @@ class Commands:
                 f"`{thread.session_id[:8]}`, last active {when}, {state}"
             )
         return "\n".join(lines)
+
+    async def _decide(self, user: str, channel: str, rest: str, thread_ts: Any, *, approve: bool) -> str:
+        """`/claude approve [session]`, `/claude deny`: answer a tool request without the buttons."""
+        if self._approvals is None:
+            return "Nothing here is waiting for an approval."
+        if not approve:
+            decision = DENY
+        elif rest.lower() in {"", "once"}:
+            decision = APPROVE_ONCE
+        elif rest.lower() in {"session", "all", "always"}:
+            decision = APPROVE_SESSION
+        else:
+            return "Use `/claude approve` (this once), `/claude approve session` (for the rest of the session) or " \
+                   "`/claude deny`."
+        answer: str = await self._approvals.answer_command(user, channel, str(thread_ts) if thread_ts else None,
+                                                           decision)
+        return answer
 
     async def _attach(self, user: str, channel: str, rest: str) -> str:
         """The exact command to continue a thread's session in a terminal on the bot's host."""

@@ -121,3 +121,35 @@ def test_a_thread_reply_resumes_the_session_after_a_restart(chat: Any, fake_mode
     c.wait_answer(ts, "answer for rs2")
     assert "the secret number is 42" in "\n".join(fake_model.user_texts(len(fake_model.requests) - 1))
     assert session_ids(fake_model)[0] == session_ids(fake_model)[-1] != ""
+
+
+def test_a_tool_not_allowed_is_asked_about_and_a_typed_command_answers_it(
+    chat: Any, fake_model: FakeModel, tmp_path: Path
+) -> None:
+    c, start = chat
+    start()  # no SLACKBUS_ALLOWED_TOOLS: writing a file needs a person's yes
+    made, refused = tmp_path / "work" / "made.txt", tmp_path / "work" / "refused.txt"
+    fake_model.enqueue_tool_use("Write", {"file_path": str(made), "content": "hello\n"})
+    fake_model.enqueue_text("wrote it [[id:ap1]]")
+    ts = c.mention("U1", "make a file")
+    question = c.wait_answer(ts, "wants to use")
+    if c.name == "local":  # no buttons there: the question says how to answer
+        assert "made.txt" in question and "/claude approve" in question
+    c.command("U2", "approve")  # allowed to use the bot, but neither the requester nor an admin
+    wait_for(lambda: any("Only <@U1>" in t for t in c.private_to("U2")), what="the refusal")
+    assert not made.exists()
+    c.command("U1", "approve")
+    wait_for(made.exists, what="the approved write")
+    c.wait_answer(ts, "wrote it")
+    assert any("Approved once by <@U1>" in a for a in c.answers(ts))
+    assert not any("wants to use" in a for a in c.answers(ts))
+
+    fake_model.enqueue_tool_use("Write", {"file_path": str(refused), "content": "no\n"})
+    fake_model.enqueue_text("ok, I will not [[id:ap2]]")
+    c.say("U1", "and one more", thread_ts=ts)
+    # the first question now shows its verdict; one question is open again
+    wait_for(lambda: sum("wants to use" in a for a in c.answers(ts)) == 1, what="the second question")
+    c.command("U1", "deny")
+    c.wait_answer(ts, "I will not")
+    assert not refused.exists()
+    assert "denied by <@U1>" in "\n".join(fake_model.user_texts(len(fake_model.requests) - 1))

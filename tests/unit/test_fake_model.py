@@ -224,7 +224,7 @@ def test_cli_api_error_gives_is_error(tmp_path: Path) -> None:
 @needs_cli
 def test_cli_parallel_processes_each_get_their_answer(tmp_path: Path) -> None:
     with FakeModel() as fm:
-        fm.set_responder(lambda body: Reply(delay=0.3))  # keep the requests overlapping
+        fm.set_responder(lambda body: Reply(delay=2.0))  # keep the requests overlapping, even on a loaded machine
         results: dict[str, str] = {}
 
         def one(key: str) -> None:
