@@ -30,7 +30,7 @@ HELP = """\
 *slackbus* runs Claude Code on tasks from this channel.
 • `@slackbus <task>` or `/claude <task>`: run a task; I answer in a thread, with the channel's recent messages \
 as context. Reply in the thread to continue the same Claude session (no mention needed).
-• `/claude status`: what is running and queued.
+• `/claude status`: what is running and queued, and the Claude processes I keep (against the cap).
 • `/claude sessions`: this channel's recent sessions, with links to their threads.
 • `/claude cancel [thread link]`: stop your run (admins: any run). A :octagonal_sign: reaction on the request, \
 or the Stop button, does the same.
@@ -177,6 +177,11 @@ class Commands:
                 f"{position}. <@{job.user}> in <#{job.channel}>, {self.link(job.channel, job.thread_ts)}: waiting "
                 f"{_ago(now - job.received)}"
             )
+        c = self._pipeline.process_counts()
+        other = c["live"] - c["busy"] - c["warm"] - c["pool"]
+        lines.append(f"*Claude processes*: {c['live']} of {self._settings.max_processes} (SLACKBUS_MAX_PROCESSES): "
+                     f"{c['busy']} running, {c['warm']} kept warm for follow-ups, {c['pool']} pre-started"
+                     + (f", {other} starting or closing" if other > 0 else ""))
         return "\n".join(lines)
 
     async def _sessions(self, user: str, channel: str, rest: str) -> str:

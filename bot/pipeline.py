@@ -82,6 +82,10 @@ class TaskPipeline:
         self.peak_runs = 0
         self._edit_budget = RateBudget()  # chat.update for status messages, shared by all runs
 
+    def process_counts(self) -> dict[str, int]:
+        """The `claude` processes alive: all of them, running a turn, kept warm for a thread, pre-started."""
+        return self._sessions.counts()
+
     # --- cancel -------------------------------------------------------------------------------------
     def find(self, channel: str, ts: str) -> RunHandle | None:
         """The active run a message belongs to: its thread, a request in it, or its status message."""

@@ -96,9 +96,10 @@ class SessionManager:
         return [s.pid for s in self._live if s.pid and s.state != "closed"]
 
     def counts(self) -> dict[str, int]:
-        pooled = sum(len(v) for v in self._pool.values())
+        pooled = sum(1 for v in self._pool.values() for s in v if s.alive)
         busy = sum(1 for s in self._live if s.state == "busy")
-        return {"live": self.live, "pool": pooled, "warm": len(self._warm), "busy": busy}
+        warm = sum(1 for s in self._warm.values() if s.alive and s.state == "idle")
+        return {"live": self.live, "pool": pooled, "warm": warm, "busy": busy}
 
     # --- acquire / release ------------------------------------------------------------------------------
     async def acquire(self, key: ThreadKey, cwd: Path, resume_id: str | None) -> tuple[ClaudeSession, str]:

@@ -190,10 +190,12 @@ def test_the_pool_grows_while_new_threads_come_fast_and_shrinks_when_they_stop(s
     for i, ts in enumerate(threads):
         answer_in(fake_slack, "C1", ts, f"answer for g{i}")
     grow = bot.wait_event("sessions.pool_grow", timeout=5)
-    assert [e["size"] for e in grow] == [2]  # SLACKBUS_WARM_POOL_MAX defaults to the pool + 1, and no further
+    # SLACKBUS_WARM_POOL_MAX defaults to the pool + 1, and no further (on a slow machine the runs outlast
+    # SLACKBUS_IDLE_SECONDS, so the pool may shrink between two misses and grow again)
+    assert {e["size"] for e in grow} == {2}
 
     # quiet for SLACKBUS_IDLE_SECONDS: the pool is back to one process, and the warm threads are reaped
-    bot.wait_event("sessions.pool_shrink", timeout=20)
+    bot.wait_event("sessions.pool_shrink", count=len(bot.events("sessions.pool_grow")), timeout=20)
     try:
         fake_slack.wait_for(lambda: len(claude_pids(tmp_path / "work")) == 1, timeout=20, what="one pooled process")
     except AssertionError:

@@ -103,11 +103,14 @@ def test_eight_mentions_with_a_cap_of_two_are_each_answered_once(chat: Any, fake
 
 def test_claude_status_answers_privately(chat: Any, fake_model: FakeModel) -> None:
     c, start = chat
-    start()
+    start().wait_event("sessions.pooled")
     c.command("U1", "status")
     said = wait_for(lambda: [t for t in c.private_to("U1") if "running" in t.lower() or "nothing" in t.lower()],
                     what="the status answer")
-    assert said
+    assert "*Running*: none" in said[0] and "*Queued*: none" in said[0]
+    # the processes it keeps, against the cap: here only the pre-started one (SLACKBUS_WARM_POOL=1, cap 4+1+2)
+    assert "*Claude processes*: 1 of 7 (SLACKBUS_MAX_PROCESSES): 0 running, 0 kept warm for follow-ups, " \
+           "1 pre-started" in said[0], said[0]
 
 
 def test_a_thread_reply_resumes_the_session_after_a_restart(chat: Any, fake_model: FakeModel) -> None:
