@@ -249,7 +249,7 @@ class SessionManager:
 
     def refill(self, cwd: Path) -> None:
         """Start, in parallel, as many pool processes as the pool lacks (counting those on their way)."""
-        if self.warm_pool <= 0 or self._tg is None:
+        if self.warm_pool_max <= 0 or self._tg is None:
             return
         pooled = sum(1 for s in self._pool.get(cwd, []) if s.alive)
         starting = self._starting.setdefault(cwd, [])
