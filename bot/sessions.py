@@ -5,8 +5,8 @@
 - pool: SLACKBUS_WARM_POOL pre-started, connected new sessions per working directory, refilled in the
   background, so a mention's first query goes to a process that is already up. When new threads come faster
   than one process can start (a task found no ready process within BURST_GAP_S of the previous new thread),
-  the pool grows to SLACKBUS_WARM_POOL_MAX and refills in parallel; after SLACKBUS_IDLE_SECONDS without such
-  a miss it shrinks back, closing the extra idle processes.
+  the pool grows to SLACKBUS_WARM_POOL_MAX and refills in parallel; after SLACKBUS_IDLE_SECONDS without new
+  threads coming that close together it shrinks back, closing the extra idle processes.
 - cap: pool + warm + running ≤ SLACKBUS_MAX_PROCESSES. A new process first evicts an idle pooled or warm one
   (least recently used); pool refills only use free room.
 """
@@ -56,7 +56,7 @@ class SessionManager:
         self._starting: dict[Path, list[ClaudeSession]] = {}  # pool processes being started, per cwd
         self._target: dict[Path, int] = {}  # the pool's size per cwd, between warm_pool and warm_pool_max
         self._last_new: dict[Path, float] = {}  # when a task last asked for a new session there
-        self._last_miss: dict[Path, float] = {}  # when such a task last found no ready process
+        self._last_rush: dict[Path, float] = {}  # when a task last came within BURST_GAP_S of the previous
         self._tg: TaskGroup | None = None
         self._room = anyio.Lock()
         self.peak_live = 0
@@ -130,6 +130,8 @@ class SessionManager:
                 self.refill(cwd)
                 if starting.alive and starting.state == "idle":
                     return starting, "pool"
+            elif self.pool_target(cwd) > self.warm_pool:  # a rush: this task starts its own, the pool the next
+                self.refill(cwd)
         session = ClaudeSession(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None, key))
         await self._start(session)
         return session, "cold"
@@ -235,15 +237,16 @@ class SessionManager:
         return self._target.get(cwd, self.warm_pool)
 
     def _note_demand(self, cwd: Path, *, missed: bool) -> None:
-        """A task wants a new session in cwd: a miss soon after the previous new thread grows the pool."""
+        """A task wants a new session in cwd. Within BURST_GAP_S of the previous one that is a rush, which keeps
+        a grown pool from shrinking; a rush that finds no ready process grows the pool."""
         now = time.monotonic()
         previous = self._last_new.get(cwd)
         self._last_new[cwd] = now
-        if not missed or previous is None or now - previous > BURST_GAP_S:
+        if previous is None or now - previous > BURST_GAP_S:
             return
-        self._last_miss[cwd] = now
+        self._last_rush[cwd] = now
         target = self.pool_target(cwd)
-        if target < self.warm_pool_max:
+        if missed and target < self.warm_pool_max:
             self._target[cwd] = target + 1
             log.info("sessions.pool_grow", cwd=str(cwd), size=target + 1)
 
@@ -283,9 +286,9 @@ class SessionManager:
         log.info("sessions.pooled", cwd=str(cwd), session_id=session.session_id, pid=session.pid)
 
     def _shrink_pools(self, now: float) -> None:
-        """Back to SLACKBUS_WARM_POOL where no task has missed the pool for SLACKBUS_IDLE_SECONDS."""
+        """Back to SLACKBUS_WARM_POOL where new threads have not come in a rush for SLACKBUS_IDLE_SECONDS."""
         for cwd, target in list(self._target.items()):
-            if target <= self.warm_pool or now - self._last_miss.get(cwd, 0.0) < self.idle_seconds:
+            if target <= self.warm_pool or now - self._last_rush.get(cwd, 0.0) < self.idle_seconds:
                 continue
             self._target[cwd] = self.warm_pool
             pool = self._pool.get(cwd, [])

@@ -182,25 +182,38 @@ def test_warm_thread_pool_and_idle_reaper_under_the_process_cap(start_bot, fake_
     fake_slack.wait_for(lambda: len(claude_pids(tmp_path / "work")) <= 1, timeout=20, what="idle reaped")
 
 
-def test_the_pool_grows_while_new_threads_come_fast_and_shrinks_when_they_stop(start_bot, fake_slack, tmp_path):
-    bot = start_bot(SLACKBUS_IDLE_SECONDS="3", SLACKBUS_WARM_POOL="1", SLACKBUS_MAX_CONCURRENT="2")
-    bot.wait_event("sessions.pooled")
-    # three new threads at once: the second finds the pool's next process still starting
+@pytest.mark.parametrize(("pool", "pool_max"), [("1", ""), ("0", "1")])
+def test_the_pool_grows_while_new_threads_come_fast_and_shrinks_when_they_stop(
+    start_bot, fake_slack, tmp_path, pool, pool_max
+):
+    """SLACKBUS_WARM_POOL=1 grows to 2 (the default maximum); SLACKBUS_WARM_POOL=0 with a maximum of 1 pre-starts
+    a process only during the rush."""
+    bot = start_bot(SLACKBUS_IDLE_SECONDS="8", SLACKBUS_WARM_POOL=pool, SLACKBUS_WARM_POOL_MAX=pool_max,
+                    SLACKBUS_MAX_CONCURRENT="2")
+    if pool == "1":
+        bot.wait_event("sessions.pooled")
+    # three new threads at once: the second finds no ready process so soon after the first
     threads = [fake_slack.user_says("C1", "U1", f"thread {i} [[id:g{i}]]", mention=True) for i in range(3)]
     for i, ts in enumerate(threads):
         answer_in(fake_slack, "C1", ts, f"answer for g{i}")
     grow = bot.wait_event("sessions.pool_grow", timeout=5)
-    # SLACKBUS_WARM_POOL_MAX defaults to the pool + 1, and no further (on a slow machine the runs outlast
-    # SLACKBUS_IDLE_SECONDS, so the pool may shrink between two misses and grow again)
-    assert {e["size"] for e in grow} == {2}
+    # the pool grows by one and no further (on a slow machine the runs outlast SLACKBUS_IDLE_SECONDS, so it may
+    # shrink between two misses and grow again)
+    assert {e["size"] for e in grow} == {int(pool) + 1}
+    # a process pre-started for the rush: pooled, or taken by a task while it was starting
+    fake_slack.wait_for(lambda: bot.events("sessions.pooled") or [e for e in bot.events("run.reusing")
+                                                                    if e["origin"] == "pool"],
+                        timeout=30, what="a pre-started process")
 
-    # quiet for SLACKBUS_IDLE_SECONDS: the pool is back to one process, and the warm threads are reaped
+    # quiet for SLACKBUS_IDLE_SECONDS: the pool is back to its size, and the warm threads are reaped
     bot.wait_event("sessions.pool_shrink", count=len(bot.events("sessions.pool_grow")), timeout=20)
     try:
-        fake_slack.wait_for(lambda: len(claude_pids(tmp_path / "work")) == 1, timeout=20, what="one pooled process")
+        fake_slack.wait_for(lambda: len(claude_pids(tmp_path / "work")) == int(pool), timeout=20,
+                            what=f"{pool} pooled process(es)")
     except AssertionError:
         print("\n".join(line for line in bot.lines() if "sessions." in line or "claude." in line))
         raise
-    ts = fake_slack.user_says("C1", "U1", "after the burst [[id:g9]]", mention=True)
+    ts = fake_slack.user_says("C1", "U1", "after the rush [[id:g9]]", mention=True)
     answer_in(fake_slack, "C1", ts, "answer for g9")
-    assert bot.events("run.reusing")[-1]["origin"] == "pool"
+    assert bot.events("run.reusing" if pool == "1" else "run.spawning")[-1]["origin"] == ("pool" if pool == "1"
+                                                                                           else "cold")
