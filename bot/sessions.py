@@ -130,8 +130,8 @@ class SessionManager:
                 self.refill(cwd)
                 if starting.alive and starting.state == "idle":
                     return starting, "pool"
-            elif self.pool_target(cwd) > self.warm_pool:  # a rush: this task starts its own, the pool the next
-                self.refill(cwd)
+            elif self.warm_pool == 0 and self.pool_target(cwd) > 0:  # a rush with no standing pool: this task
+                self.refill(cwd)  # starts its own process, the pool one for the next
         session = ClaudeSession(self._make_spec(cwd, resume_id or str(uuid.uuid4()), resume_id is not None, key))
         await self._start(session)
         return session, "cold"
