@@ -70,6 +70,7 @@ class Settings:
     child_env: Mapping[str, str] = field(repr=False)
     transport: str = "slack"  # or "local": channels are JSON-lines files (bot.local_channel)
     local_dir: Path = Path()
+    max_input_chars: int = 20_000  # a longer task is refused (attach it as a file instead)
 
     @property
     def db_path(self) -> Path:
@@ -382,6 +383,7 @@ def load_settings(
         child_env=child_environment(merged),
         transport=transport,
         local_dir=Path(merged.get("SLACKBUS_LOCAL_DIR", "").strip() or home / "channels").expanduser().resolve(),
+        max_input_chars=_int(merged, "SLACKBUS_MAX_INPUT_CHARS", 20_000),
     )
 
 
