@@ -7,6 +7,7 @@ recorded as interrupted), close the warm and pooled ones, exit — all bounded.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import sys
 import time
@@ -95,6 +96,11 @@ class Bot:
             home = self.store.handoff_home(*key)
             if home:  # a session handed over from a terminal lives under that HOME: `--resume` needs it
                 env["HOME"] = home
+        if s.run_as:  # claude runs as that user, in its HOME (its sessions and login), never the bot's own folders
+            user = pwd.getpwnam(s.run_as)
+            env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+            for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
+                env.pop(name, None)  # the bot user's folders
         allowed = s.allowed_tools
         mcp: dict[str, Any] = {}
         if self.blackboard is not None:
@@ -115,6 +121,7 @@ class Bot:
             max_budget_usd=s.max_budget_usd,
             permission_mode=s.permission_mode,
             approvals=self.approvals,
+            run_as=s.run_as,
         )
 
     async def serve(self, *, ready: anyio.Event | None = None, signals: bool = True) -> None:

@@ -72,6 +72,7 @@ class SessionSpec:
     permission_mode: str | None = None
     approvals: Any = field(default=None, compare=False, repr=False)  # bot.approvals.Approvals
     mcp_servers: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    run_as: str | None = None  # the OS user the CLI runs as (SLACKBUS_RUN_AS; the bot is root); None: the bot's own
 
 
 @dataclass
@@ -109,6 +110,7 @@ def _options(spec: SessionSpec, stderr_lines: deque[str], can_use_tool: Any = No
         mcp_servers=dict(spec.mcp_servers),
         max_buffer_size=MAX_MESSAGE_BYTES,
         stderr=lambda line: stderr_lines.append(redact(line.rstrip())),
+        user=spec.run_as,
     )
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import pwd
 import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,7 @@ class Settings:
     child_env: Mapping[str, str] = field(repr=False)
     transport: str = "slack"  # or "local": channels are JSON-lines files (bot.local_channel)
     local_dir: Path = Path()
+    run_as: str | None = None  # SLACKBUS_RUN_AS: the OS user `claude` (and every tool) runs as; None: the bot's own
     max_input_chars: int = 20_000  # a longer task is refused (attach it as a file instead)
 
     @property
@@ -219,6 +222,65 @@ def _tool_list(raw: str | None) -> tuple[str, ...]:
     return tuple(r for r in rules if r)
 
 
+def _user_can(user: str, test: str, path: Path | str) -> bool:
+    """Whether `user` passes `test -<test> path` (permission bits, groups and ACLs alike): the check runs as
+    that user, switched to the way claude is (the user only, keeping the bot's group), so it answers for claude."""
+    try:
+        out = subprocess.run(["/bin/sh", "-c", f'test -{test} "$1"', "sh", str(path)], user=user, timeout=10,
+                             stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
+
+
+def _run_as(env: Mapping[str, str], cli: str, folders: Mapping[str, Path]) -> str | None:
+    """SLACKBUS_RUN_AS: a user other than the bot's own, which the bot (root) can switch to, with a writable
+    HOME, able to run the CLI and to work in every configured folder."""
+    name = env.get("SLACKBUS_RUN_AS", "").strip()
+    if not name:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(
+            f"SLACKBUS_RUN_AS={name} is not a user on this host: create it (e.g. `useradd --create-home {name}`) "
+            "or unset SLACKBUS_RUN_AS."
+        ) from None
+    if entry.pw_uid == os.geteuid():
+        raise ConfigError(
+            f"SLACKBUS_RUN_AS={name} is the user the bot itself runs as, which separates nothing: name another "
+            "user (e.g. one made with `useradd --create-home slackbus-agent`), or unset it."
+        )
+    if os.geteuid() != 0:
+        raise ConfigError(
+            f"SLACKBUS_RUN_AS={name} needs the bot to start as root (it switches to {name} for each claude "
+            "process); or unset it."
+        )
+    if not os.path.isdir(entry.pw_dir):
+        raise ConfigError(
+            f"SLACKBUS_RUN_AS={name}: its home folder {entry.pw_dir} does not exist, and claude keeps its sessions "
+            f"there: create it (`mkdir -p {entry.pw_dir} && chown {name} {entry.pw_dir}`) or give {name} another home."
+        )
+    if not (_user_can(name, "w", entry.pw_dir) and _user_can(name, "x", entry.pw_dir)):
+        raise ConfigError(
+            f"SLACKBUS_RUN_AS={name}: its home folder {entry.pw_dir} is not writable by {name}, and claude keeps "
+            f"its sessions there: `chown {name} {entry.pw_dir}`."
+        )
+    if not _user_can(name, "x", cli):
+        raise ConfigError(
+            f"SLACKBUS_RUN_AS={name} cannot run the Claude Code CLI at {cli} (it or a folder above it is not "
+            f"readable by {name}): make it so, or point CLAUDE_CLI_PATH at a copy {name} can run."
+        )
+    for what, folder in folders.items():
+        if not (_user_can(name, "w", folder) and _user_can(name, "x", folder)):
+            raise ConfigError(
+                f"{what} is not writable by {name} (SLACKBUS_RUN_AS), who runs claude there: "
+                f"`chown -R {name} {folder}` (or `chgrp -R` a group of {name}'s and `chmod -R g+rwX`), "
+                "or choose another folder."
+            )
+    return name
+
+
 def bundled_cli_path() -> str | None:
     """The `claude` executable shipped inside the claude-agent-sdk wheel, if present."""
     try:
@@ -348,6 +410,8 @@ def load_settings(
         else None
     )
     roots, channel_dirs = _directories(merged, workdir.resolve())
+    run_as = _run_as(merged, cli, {f"SLACKBUS_WORKDIR={workdir.resolve()}": workdir.resolve(),
+                                   **{f"The folder for channel {c}, {d},": d for c, d in channel_dirs.items()}})
     budget = merged.get("SLACKBUS_MAX_BUDGET_USD", "").strip()
     idle_off = merged.get("SLACKBUS_IDLE_SECONDS", "").strip() == "0"  # 0: no warm sessions
     return Settings(
@@ -383,6 +447,7 @@ def load_settings(
         child_env=child_environment(merged),
         transport=transport,
         local_dir=Path(merged.get("SLACKBUS_LOCAL_DIR", "").strip() or home / "channels").expanduser().resolve(),
+        run_as=run_as,
         max_input_chars=_int(merged, "SLACKBUS_MAX_INPUT_CHARS", 20_000),
     )
 
