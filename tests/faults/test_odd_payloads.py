@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bot.context_builder import ContextBuilder
+from bot.context_builder import Context, ContextBuilder
 from bot.dispatcher import IGNORED_SUBTYPES, Dispatcher, IncomingMessage, Job, JobQueue
 from bot.renderer import CHUNK_CHARS, split_markdown
 from bot.slack_events import incoming
@@ -333,7 +333,7 @@ def test_odd_payloads_never_raise_and_never_leave_a_thread_stuck(store, events, 
 
 # --- 2. the context builder over the stored odd messages ---------------------------------------------------
 
-FRAMING = 2 * (140 + len(LABEL))  # the <slack_context ...> open and close lines of both parts, and separators
+FRAMING = 2 * (200 + len(LABEL))  # the <slack_context id=...> open and close lines of both parts, and separators
 
 
 def builder(store: Store, *, max_messages: int, max_chars: int) -> ContextBuilder:
@@ -347,9 +347,21 @@ def builder(store: Store, *, max_messages: int, max_chars: int) -> ContextBuilde
     )
 
 
+def assert_framing_intact(ctx: Context) -> None:
+    """Whatever the messages held: every line that is not indented is a message's first line ("[time] …"), a
+    tag with this prompt's id, or the one request header, which comes last."""
+    top = [line for line in ctx.prompt.split("\n") if line and not line.startswith(" ")]
+    tags = [line for line in top if line.startswith("<")]
+    assert all(re.fullmatch(rf'</?slack_context id="{ctx.nonce}"[^<>]*>', line) for line in tags), tags
+    assert ctx.prompt.count("</slack_context") == len(tags) // 2
+    headers = [line for line in top if not line.startswith(("<", "["))]
+    assert len(headers) == 1 and headers[0] == top[-1], top
+    assert re.fullmatch(rf"(Request|Follow-up) \(id {ctx.nonce}\) in .* from .*:", headers[0]), headers[0]
+
+
 def request_size(contexts: ContextBuilder, m: StoredMessage) -> int:
-    """An upper bound on the request line: 'Follow-up in the thread from <name> (<user>):\n<clean text>'."""
-    return len(contexts.clean(m.text)) + len(LABEL) + 2 * len(str(m.user)) + 64
+    """An upper bound on the request: 'Follow-up (id <nonce>) in the thread from <name> (<user>):\n<body>'."""
+    return len(contexts.body(m.text)) + len(LABEL) + 2 * len(str(m.user)) + 96
 
 
 @PROPERTY
@@ -374,7 +386,8 @@ def test_the_context_builder_takes_odd_messages_within_its_budget(store, events,
             job.channel, job.trigger_ts, job.thread_ts, job.user, None, ""
         )
         ctx = contexts.for_new_session(job.channel, job.thread_ts, trigger, LABEL)
-        assert ctx.prompt.endswith(contexts.clean(trigger.text))  # the request comes last, whole
+        assert ctx.prompt.endswith(contexts.body(trigger.text))  # the request comes last, whole
+        assert_framing_intact(ctx)
         assert len(ctx.prompt) <= max_chars + request_size(contexts, trigger) + FRAMING
         assert ctx.last_ts == trigger.ts
 
@@ -387,7 +400,8 @@ def test_the_context_builder_takes_odd_messages_within_its_budget(store, events,
                 continue
             last = store.get_message(job.channel, ctx.last_ts)
             assert last is not None
-            assert ctx.prompt.endswith(contexts.clean(last.text))
+            assert ctx.prompt.endswith(contexts.body(last.text))
+            assert_framing_intact(ctx)
             assert len(ctx.prompt) <= max_chars + request_size(contexts, last) + FRAMING
 
 
