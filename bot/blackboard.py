@@ -16,13 +16,14 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
-from anyio.abc import SocketStream
+from anyio.abc import SocketAttribute, SocketStream
 from claude_agent_sdk import create_sdk_mcp_server, tool
 from claude_agent_sdk.types import McpSdkServerConfig
 
@@ -152,7 +153,7 @@ class Blackboard:
                     raw = b""
                     while not raw.endswith(b"\n") and len(raw) < MAX_REQUEST:
                         raw += await stream.receive(65536)
-                answer = await self._answer(json.loads(raw))
+                answer = await self._answer(json.loads(raw), _peer(stream))
             except TimeoutError:
                 answer = {"ok": False, "error": "request timed out"}
             except (anyio.EndOfStream, anyio.BrokenResourceError):
@@ -162,21 +163,24 @@ class Blackboard:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError), anyio.move_on_after(1):
                 await stream.send(json.dumps(answer).encode() + b"\n")
 
-    async def _answer(self, request: Any) -> dict[str, Any]:
+    async def _answer(self, request: Any, peer: Peer | None = None) -> dict[str, Any]:
         if not isinstance(request, dict):
             return {"ok": False, "error": "the request is not a JSON object"}
         op = request.get("op")
         try:
             if op == "post":
+                text = str(request.get("text") or "")
+                if ident.parse(text)[0] is None:  # untagged: say who really wrote it, as the OS tells it
+                    text = _peer_identity(peer).tag(text)
                 channel, ts = await self.post(
-                    str(request.get("text") or ""),
+                    text,
                     channel=_opt(request.get("channel")),
                     thread_ts=_opt(request.get("thread_ts")),
                     session_id=_opt(request.get("session_id")),
                 )
                 return {"ok": True, "channel": channel, "ts": ts}
             if op == "handoff":
-                return await self.handoff(request)
+                return await self.handoff(request, peer)
             if op == "attach":
                 return self.attach(str(request.get("channel") or ""), str(request.get("thread_ts") or ""),
                                    _opt(request.get("by")))
@@ -194,11 +198,16 @@ class Blackboard:
             return {"ok": False, "error": f"the post failed: {exc}"}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
-    async def handoff(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A terminal hands a session to a thread: post the hand-off, map the thread to the session, record it."""
+    async def handoff(self, request: dict[str, Any], peer: Peer | None = None) -> dict[str, Any]:
+        """A terminal hands a session to a thread: post the hand-off, map the thread to the session, record it.
+
+        The HOME the session lives under must be the caller's own (as the OS tells the socket's peer): a caller
+        cannot make the bot resume, as itself, a session from someone else's HOME."""
         session_id = _opt(request.get("session_id"))
         cwd = _opt(request.get("cwd"))
         home = _opt(request.get("home")) or handoff.HOME
+        if not _owns(peer, home):
+            raise bus.BusError(f"A hand-off's HOME must be your own: {home} does not belong to the user asking.")
         channel = _opt(request.get("channel"))
         if not session_id or not cwd:
             raise bus.BusError("Which session? Run `slackbus handoff` inside Claude Code, or give --session and --cwd.")
@@ -327,3 +336,45 @@ def _someone_listens(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+class Peer(NamedTuple):
+    """Who is at the other end of the socket, as the kernel tells it (SO_PEERCRED), not as the request says."""
+
+    pid: int
+    uid: int
+
+
+def _peer(stream: SocketStream) -> Peer | None:
+    try:
+        raw = stream.extra(SocketAttribute.raw_socket)
+        data = raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", data)
+    except (OSError, AttributeError, anyio.TypedAttributeLookupError, struct.error):
+        return None
+    return Peer(pid, uid)
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _owns(peer: Peer | None, home: str) -> bool:
+    """The folder belongs to the socket's peer (the kernel's word for who asks, not the request's)."""
+    if peer is None:
+        return False
+    try:
+        return os.stat(home).st_uid == peer.uid
+    except OSError:
+        return False
+
+
+def _peer_identity(peer: Peer | None) -> ident.Identity:
+    if peer is None:
+        return ident.Identity("socket", "unknown writer via the socket")
+    return ident.Identity(f"pid{peer.pid}", ident.clean_name(f"{_user_name(peer.uid)} pid {peer.pid} via the socket"))

@@ -52,6 +52,7 @@ class BusSettings(NamedTuple):
     history_interval: float
     spawned: bool  # a session the bot started (it gives context and posts answers itself)
     local_dir: str | None = None  # SLACKBUS_TRANSPORT=local: the channel files' folder (no Slack at all)
+    secrets: tuple[str, ...] = ()  # values of this process's secret settings: masked in what it posts
 
     @property
     def socket_path(self) -> str:
@@ -90,7 +91,14 @@ def load(env: Mapping[str, str] | None = None, *, env_file: str | None = None) -
         history_interval=positive_float(merged, "SLACKBUS_HISTORY_INTERVAL", 60.0),
         spawned=merged.get("SLACKBUS_SPAWNED", "") == "1",
         local_dir=_local_dir(merged, home) if merged.get("SLACKBUS_TRANSPORT", "").strip().lower() == "local" else None,
+        secrets=tuple(v for k, v in merged.items() if _secret_name(k) and len(v) >= 8),
     )
+
+
+def _secret_name(name: str) -> bool:
+    """Named like a secret (bot.redact.SECRET_NAME, without importing `re` into every hook)."""
+    upper = name.upper()
+    return any(word in upper for word in ("TOKEN", "SECRET", "KEY", "PASSWORD", "WEBHOOK"))
 
 
 def _local_dir(env: Mapping[str, str], home: str) -> str:
@@ -165,7 +173,10 @@ def post(
     """Post `text`, tagged with `who`, to the channel (in thread_ts when given)."""
     channel = channel or s.channel
     thread_ts = thread_ts if thread_ts is not None else s.thread_ts
-    body = who.tag(text.strip())
+    from bot.redact import redact, redactor  # here, not at the top: a hook that only reads need not load it
+
+    redactor.add(*s.secrets)
+    body = redact(who.tag(text.strip()))  # the bus's one exit: socket, Web API, webhook and local channel alike
     if len(body) > MAX_POST_CHARS:
         body = body[: MAX_POST_CHARS - 20].rstrip() + " … [trimmed]"
     deadline = deadline or time.monotonic() + s.timeout
@@ -187,7 +198,7 @@ def post(
             params["thread_ts"] = thread_ts
         data = _api(s, "chat.postMessage", params, deadline)
         ts = str(data.get("ts") or "")
-        _remember_post(s, channel, BusMessage(channel, ts, thread_ts, who.label, text.strip()))
+        _remember_post(s, channel, BusMessage(channel, ts, thread_ts, who.label, redact(text.strip())))
         return Posted("api", channel, ts)
     if s.webhook_url:
         payload: dict[str, Any] = {"text": body}
@@ -204,6 +215,7 @@ def post(
 
 
 def _post_local(s: BusSettings, channel: str | None, thread_ts: str | None, body: str) -> Posted:
+    """A session's post, appended to the file of the OS user running it (its author is that file's owner)."""
     from bot.local_channel import LocalChannel
 
     assert s.local_dir is not None
@@ -211,43 +223,57 @@ def _post_local(s: BusSettings, channel: str | None, thread_ts: str | None, body
         raise BusError("No channel to post to: set SLACKBUS_CHANNEL or pass --channel (a local channel's name).")
     try:
         rec = LocalChannel(s.local_dir, channel.lstrip("#")).append(
-            {"kind": "message", "thread_ts": thread_ts, "user": "session", "session": True, "text": body}
+            {"kind": "message", "thread_ts": thread_ts, "session": True, "text": body}
         )
     except (OSError, ValueError) as exc:
         raise BusError(f"The local channel {channel} cannot be written ({exc}).") from None
-    return Posted("local", channel, str(rec["ts"]))
+    return Posted("local", channel, rec.ts)
 
 
 def _read_local(
     s: BusSettings, channel: str, *, thread_ts: str | None, since: str | None, limit: int
 ) -> list[BusMessage]:
-    from bot.local_channel import LocalChannel
+    """The channel's messages, authors from the files' owners; a malformed line is skipped with a note on stderr."""
+    from bot.local_channel import LocalChannel, ts_key
 
     assert s.local_dir is not None
     try:
-        records, _ = LocalChannel(s.local_dir, channel).read(0)
-    except ValueError as exc:
+        records = LocalChannel(s.local_dir, channel).records(on_skip=_local_skipped)
+    except (OSError, ValueError) as exc:
         raise BusError(str(exc)) from None
-    texts: dict[str, dict[str, Any]] = {}
+    texts: dict[str, tuple[Any, str]] = {}  # ts → (its record, its text after the bot's edits)
     for r in records:
-        if r.get("kind", "message") == "message":
-            texts[r["ts"]] = dict(r)
-        elif r.get("kind") == "edit" and r.get("target") in texts:
-            texts[r["target"]]["text"] = r.get("text")
+        if r.kind == "message":
+            texts[r.ts] = (r, r.text)
+        elif r.kind == "edit" and r.target in texts and texts[r.target][0].bot:
+            texts[r.target] = (texts[r.target][0], r.text)
     out = []
-    for r in texts.values():
-        t_ts = r.get("thread_ts")
-        if thread_ts and not (t_ts == thread_ts or r["ts"] == thread_ts):
+    for r, text in texts.values():
+        t_ts = r.thread_ts
+        if thread_ts and not (t_ts == thread_ts or r.ts == thread_ts):
             continue
-        if not thread_ts and t_ts and t_ts != r["ts"]:
+        if not thread_ts and t_ts and t_ts != r.ts:
             continue
-        if since and r["ts"] <= since:
+        if since and ts_key(r.ts) <= _ts_key_or_zero(since):
             continue
-        user = None if r.get("session") else str(r.get("user") or "someone")
-        author, body = author_of(str(r.get("text") or ""), user, "session" if r.get("session") else None,
-                                 bool(r.get("bot")), {})
-        out.append(BusMessage(channel, str(r["ts"]), t_ts, author, body))
+        author, body = author_of(text, None if r.session else r.user, "session" if r.session else None, r.bot, {})
+        out.append(BusMessage(channel, r.ts, t_ts, author, body))
     return out[-limit:]
+
+
+def _ts_key_or_zero(ts: str) -> int:
+    from bot.local_channel import ts_key
+
+    try:
+        return ts_key(ts)
+    except ValueError:
+        return 0
+
+
+def _local_skipped(file: str, line: int | None, why: str) -> None:
+    import sys
+
+    print(f"slackbus: skipped {file}{f':{line}' if line else ''}: {why}", file=sys.stderr)
 
 
 def _ask_bot(s: BusSettings, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
+    from bot.config import Settings
+
 
 def _fail(message: str, code: int = 2) -> int:
     print(f"slackbus: {message}", file=sys.stderr)
@@ -46,15 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import anyio
 
     from bot.app import Bot
-    from bot.config import load_settings, read_environment, scrub_process_environment, secret_values
     from bot.log import configure_logging
-    from bot.redact import redactor
 
     try:
-        settings = load_settings(env_file=args.env_file, transport="local" if args.local else None)
-        redactor.add(settings.slack_bot_token, settings.slack_app_token)
-        redactor.add(*secret_values(read_environment(env_file=args.env_file)))
-        scrub_process_environment()
+        settings = _load_hardened(args.env_file, transport="local" if args.local else None)
         configure_logging(settings.log_level, settings.log_format)
         check_cli(settings.claude_cli_path)
         bot = Bot(settings)
@@ -76,6 +73,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_hardened(env_file: str | None, transport: str | None) -> Settings:
+    """The settings of a process that starts `claude` children (the bot, the console's bot): its secrets are
+    moved out of its environment (a re-exec, see bot.hardening) and out of /proc's reach, registered with the
+    redactor, and its state folder made private."""
+    from bot import hardening
+    from bot.config import load_settings, read_environment, scrub_process_environment, secret_values
+    from bot.redact import redactor
+
+    secrets = hardening.hide_secrets()  # may re-execute this process (once): before anything else is set up
+    hardening.undumpable()
+    env = {**os.environ, **secrets}
+    settings = load_settings(env, env_file=env_file, transport=transport)
+    redactor.add(settings.slack_bot_token, settings.slack_app_token)
+    redactor.add(*secret_values(read_environment(env, env_file=env_file)))
+    scrub_process_environment()
+    hardening.private_state(settings.home, settings.db_path)
+    return settings
+
+
 def _sentence_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | StoreError | None:
     """The ConfigError or StoreError a task group wrapped, if that is what stopped the bot."""
     found: BaseException | None = group.split((ConfigError, StoreError))[0]
@@ -85,14 +101,12 @@ def _sentence_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | S
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from bot.config import load_settings, scrub_process_environment
     from bot.local_channel import valid_name
 
     if not valid_name(args.channel):
         return _fail(f"{args.channel!r} is not a channel name: use letters, digits, - _ and . (e.g. general).")
     try:
-        settings = load_settings(env_file=args.env_file, transport="local")
-        scrub_process_environment()
+        settings = _load_hardened(args.env_file, transport="local")
         check_cli(settings.claude_cli_path)
     except (ConfigError, StoreError) as exc:
         return _fail(str(exc))

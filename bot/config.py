@@ -17,8 +17,9 @@ from pathlib import Path
 
 from bot.envfile import DEFAULT_SLACK_API_URL, read_environment
 from bot.errors import ConfigError
+from bot.redact import secret_values
 
-__all__ = ["DEFAULT_SLACK_API_URL", "Settings", "load_settings", "read_environment"]
+__all__ = ["DEFAULT_SLACK_API_URL", "Settings", "load_settings", "read_environment", "secret_values"]
 
 
 # Variables that must never reach the `claude` child (nor anything it spawns).
@@ -198,11 +199,6 @@ def _directories(env: Mapping[str, str], workdir: Path) -> tuple[tuple[Path, ...
             raise ConfigError(f"The directory for channel {channel}, {raw}, does not exist.")
         dirs[channel] = real
     return roots, dirs
-
-
-def secret_values(env: Mapping[str, str]) -> list[str]:
-    """Values of variables named like a secret (*TOKEN*, *SECRET*, *KEY*, *PASSWORD*): masked wherever shown."""
-    return [v for k, v in env.items() if re.search(r"TOKEN|SECRET|KEY|PASSWORD", k, re.IGNORECASE) and len(v) >= 8]
 
 
 def _tool_list(raw: str | None) -> tuple[str, ...]:

@@ -1,9 +1,24 @@
-"""Remove secrets from text before it reaches a log line or a Slack message."""
+"""Remove secrets from text before it leaves the bot: one redactor, applied at each transport's single exit.
+
+Where text leaves, and where it is masked (a new feature that posts through these cannot forget it):
+- Slack: `slack_poster.MaskingWebClient` — every Web API call's arguments (posts, edits, ephemerals,
+  reactions, uploads' text and file content) — and the `ack(text=…)` of a slash command (slack_events).
+- Local channels: `LocalChannel.append`, for every record any process writes.
+- The bus (`slackbus post`, hooks, hand-off notes): `bus.post` before the socket, the Web API or a webhook;
+  the bot's side of the socket posts through the transport, masked again there.
+- Logs: the structlog processor and the logging formatter (bot.log). The console: bot.console.
+
+Stdlib only: hooks import it.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # Token shapes: Slack bot/app/user/config tokens, Anthropic keys, generic sk- keys, bearer headers.
 # A token starts at a word boundary (so "task-scheduler-..." is not an "sk-" key), and a bearer value must
@@ -21,10 +36,10 @@ REDACTED = "[redacted]"
 class Redactor:
     """Masks known token shapes and the exact values of configured secrets."""
 
-    def __init__(self, secret_values: Iterable[str] = ()) -> None:
+    def __init__(self, values: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
         self._values: re.Pattern[str] | None = None
-        self.add(*secret_values)
+        self.add(*values)
 
     def add(self, *values: str) -> None:
         """Mask these exact values too (short values are ignored: they would mask ordinary words)."""
@@ -40,9 +55,28 @@ class Redactor:
         return _TOKEN_PATTERNS.sub(REDACTED, text)
 
 
+SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASSWORD|WEBHOOK", re.IGNORECASE)
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """Values of variables named like a secret (*TOKEN*, *SECRET*, *KEY*, *PASSWORD*, *WEBHOOK*)."""
+    return [v for k, v in env.items() if SECRET_NAME.search(k) and isinstance(v, str) and len(v) >= 8]
+
+
 # The process-wide redactor: config adds the values of secret settings at start-up.
 redactor = Redactor()
 
 
 def redact(text: str) -> str:
     return redactor(text)
+
+
+def redact_data(value: Any, *, keep: frozenset[str] = frozenset()) -> Any:
+    """A copy of a JSON-like value with every string masked (dict keys in `keep` are left as they are)."""
+    if isinstance(value, str):
+        return redactor(value)
+    if isinstance(value, dict):
+        return {k: (v if k in keep else redact_data(v, keep=keep)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(v, keep=keep) for v in value]
+    return value

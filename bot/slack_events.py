@@ -18,6 +18,7 @@ from bot import identity
 from bot.dispatcher import Dispatcher, IncomingMessage
 from bot.errors import StoreError
 from bot.log import get_logger
+from bot.redact import redact_data
 from bot.store import Store
 
 log = get_logger("slackbus.events")
@@ -120,7 +121,7 @@ def register(
 
     @app.command("/claude")
     async def on_claude(ack: AsyncAck, command: dict[str, Any]) -> None:
-        await on_slash(command, ack)
+        await on_slash(command, masked_ack(ack))
 
     @app.action("slackbus_stop")
     async def stop_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
@@ -150,3 +151,12 @@ def store_edit(store: Store, channel: str, changed: dict[str, Any]) -> None:
     from dataclasses import replace
 
     store.record_message(replace(existing, text=str(changed.get("text") or "")))
+
+
+def masked_ack(ack: AsyncAck) -> AsyncAck:
+    """A slash command's answer goes back over the socket, not the Web API: the same mask on its way out."""
+
+    async def ack_masked(text: Any = None, blocks: Any = None, **kwargs: Any) -> Any:
+        return await ack(text=redact_data(text), blocks=redact_data(blocks), **redact_data(kwargs))
+
+    return ack_masked  # type: ignore[return-value]

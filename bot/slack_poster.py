@@ -7,6 +7,7 @@ posts is written to the store at once, so the next context includes it without a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sqlite3
@@ -23,6 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import StoreError
 from bot.log import get_logger
+from bot.redact import redact, redact_data
 from bot.renderer import SlackMessage, plain_text
 from bot.store import Store, StoredMessage
 
@@ -103,8 +105,51 @@ def _retry_after(response: HttpResponse) -> float:
     return 1.0
 
 
+# Arguments that carry no text a person wrote, and that a mask must not touch (a token is sent in a header,
+# but some calls accept it as an argument).
+_UNMASKED = frozenset({"token", "app_token", "client_secret", "upload_url"})
+
+
+class MaskingWebClient(AsyncWebClient):
+    """The Slack transport's one exit: every Web API call (posts, edits, ephemerals, reactions, uploads, and any
+    call a later feature adds) has the secrets masked out of its arguments here, whoever made it."""
+
+    async def api_call(
+        self,
+        api_method: str,
+        *,
+        http_verb: str = "POST",
+        files: dict[str, Any] | None = None,
+        data: Any = None,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, Any] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> Any:
+        return await super().api_call(
+            api_method,
+            http_verb=http_verb,
+            files=files,
+            data=redact_data(data, keep=_UNMASKED) if isinstance(data, dict) else data,
+            params=redact_data(params, keep=_UNMASKED) if params else params,
+            json=redact_data(json, keep=_UNMASKED) if json else json,
+            headers=headers,
+            auth=auth,
+        )
+
+    async def files_upload_v2(self, **kwargs: Any) -> Any:
+        """A file's own bytes bypass api_call (they go to the upload URL): a text file is masked here."""
+        content = kwargs.get("content")
+        if isinstance(content, bytes):
+            with contextlib.suppress(UnicodeDecodeError):  # binary (an image): nothing a redactor could read
+                kwargs["content"] = redact(content.decode("utf-8")).encode("utf-8")
+        elif isinstance(content, str):
+            kwargs["content"] = redact(content)
+        return await super().files_upload_v2(**kwargs)
+
+
 def make_client(token: str, base_url: str) -> AsyncWebClient:
-    client = AsyncWebClient(token=token, base_url=base_url, timeout=30)
+    client = MaskingWebClient(token=token, base_url=base_url, timeout=30)
     client.retry_handlers = [TransientErrorRetryHandler()]
     return client
 
