@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import signal
 import time
 from collections import deque
@@ -89,7 +90,25 @@ class _Turn:
     cancelled_by: str | None = None
 
 
+def take_groups_of(user: str) -> None:
+    """Give this process (root) the group and supplementary groups of `user`, which its children inherit.
+
+    The SDK switches only the user id of the child it starts (ClaudeAgentOptions.user), so a claude started
+    by root would keep root's group (gid 0) and could read files readable by group root (a .env at 0640, say).
+    The bot stays uid 0 and can still reach every file; only what its children inherit changes.
+    """
+    entry = pwd.getpwnam(user)
+    groups = os.getgrouplist(user, entry.pw_gid)
+    if os.getresgid() == (entry.pw_gid,) * 3 and set(os.getgroups()) == set(groups):
+        return
+    os.setgroups(groups)
+    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+    log.info("claude.run_as_groups", user=user, gid=entry.pw_gid, groups=groups)
+
+
 def _options(spec: SessionSpec, stderr_lines: deque[str], can_use_tool: Any = None) -> ClaudeAgentOptions:
+    if spec.run_as:
+        take_groups_of(spec.run_as)
     system_prompt: Any = None
     if spec.system_prompt_append:
         system_prompt = {"type": "preset", "preset": "claude_code", "append": spec.system_prompt_append}

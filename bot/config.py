@@ -220,10 +220,12 @@ def _tool_list(raw: str | None) -> tuple[str, ...]:
 
 def _user_can(user: str, test: str, path: Path | str) -> bool:
     """Whether `user` passes `test -<test> path` (permission bits, groups and ACLs alike): the check runs as
-    that user, switched to the way claude is (the user only, keeping the bot's group), so it answers for claude."""
+    that user with its groups, as claude will (bot.claude_runner.take_groups_of)."""
+    gid = pwd.getpwnam(user).pw_gid
     try:
-        out = subprocess.run(["/bin/sh", "-c", f'test -{test} "$1"', "sh", str(path)], user=user, timeout=10,
-                             stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        out = subprocess.run(["/bin/sh", "-c", f'test -{test} "$1"', "sh", str(path)], user=user, group=gid,
+                             extra_groups=os.getgrouplist(user, gid), timeout=10, stdin=subprocess.DEVNULL,
+                             capture_output=True, check=False)
     except (OSError, subprocess.SubprocessError):
         return False
     return out.returncode == 0

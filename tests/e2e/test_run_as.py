@@ -1,0 +1,154 @@
+"""SLACKBUS_RUN_AS: claude and its tools run as another OS user, who cannot read the bot's state or .env.
+
+These need root (the bot switches to the other user for each claude process) and `useradd`: they create a
+throwaway user for each test and delete it afterwards. Everything the user must reach (its home, the working
+folder, the CLI) lies outside pytest's tmp_path, whose parent is private to root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import claude_cli, processes_in, wait_no_processes
+from tests.e2e.test_reactive import answer_in
+
+pytestmark = pytest.mark.e2e
+
+DOTENV_SECRET = "signing-secret-from-the-dotenv-9876"
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    base: Path  # world-traversable folder holding the bot's state, .env and the working folder
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def work(self) -> Path:
+        return self.base / "work"
+
+    @property
+    def dotenv(self) -> Path:
+        return self.base / "bot.env"
+
+    def env(self, **more: str) -> dict[str, str]:
+        return {"SLACKBUS_RUN_AS": self.name, "SLACKBUS_HOME": str(self.state), "SLACKBUS_WORKDIR": str(self.work),
+                "SLACKBUS_ENV_FILE": str(self.dotenv), **more}
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    if os.geteuid() != 0:
+        pytest.skip(f"SLACKBUS_RUN_AS needs the bot to start as root; these tests run as uid {os.geteuid()}")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("useradd/userdel are not installed, so no throwaway user can be made for SLACKBUS_RUN_AS")
+    cli = Path(claude_cli()).resolve()
+    base = Path(tempfile.mkdtemp(prefix="slackbus-run-as-"))
+    base.chmod(0o755)
+    name = f"slackbus-test-{secrets.token_hex(4)}"
+    home = base / "agent-home"
+    subprocess.run(["useradd", "--system", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        uid, gid = pwd.getpwnam(name).pw_uid, pwd.getpwnam(name).pw_gid
+        probe = subprocess.run(["/bin/sh", "-c", 'test -x "$1"', "sh", str(cli)], user=name, timeout=10, check=False)
+        assert probe.returncode == 0, (
+            f"the claude CLI at {cli} cannot be run by another user (a folder above it is private?): SLACKBUS_RUN_AS "
+            "needs a CLI that user can run, e.g. CLAUDE_CLI_PATH pointing to a copy outside private folders"
+        )
+        # the state folder private to the bot (the bot keeps an existing folder's mode)
+        agent = Agent(name=name, uid=uid, gid=gid, home=home, base=base)
+        agent.state.mkdir(mode=0o700)
+        agent.work.mkdir()
+        shutil.chown(agent.work, user=name)
+        # the operator's .env, readable by the bot's user and group only (root:root 0640)
+        agent.dotenv.write_text(f"SLACK_SIGNING_SECRET={DOTENV_SECRET}\n")
+        agent.dotenv.chmod(0o640)
+        for script, body in (
+            ("probe.sh", "\n".join([
+                "exec 2>&1", 'echo "user=$(id -un) groups=$(id -G)"', 'echo "HOME=$HOME"',
+                f"cat {agent.state}/slackbus.db >/dev/null && echo 'read the database'",
+                f"cat {agent.dotenv}", f"ls {agent.state}", "true",
+            ])),
+            ("slow.sh", "sleep 47"),
+        ):
+            path = agent.work / script
+            path.write_text(f"#!/bin/sh\n{body}\n")
+            path.chmod(0o755)
+        yield agent
+    finally:
+        for pid in _processes_of(uid):  # whatever a failed test left behind: userdel refuses a user with processes
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        subprocess.run(["userdel", name], check=False, capture_output=True, timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_claude_and_its_tools_run_as_the_other_user_and_cannot_read_the_bot_state(
+    start_bot, fake_slack, fake_model, agent
+):
+    start_bot(**agent.env(SLACKBUS_ALLOWED_TOOLS="Bash(./probe.sh)"))
+    assert agent.state.stat().st_mode & 0o077 == 0, "SLACKBUS_HOME must stay private to the bot's user"
+    fake_model.enqueue_tool_use("Bash", {"command": "./probe.sh", "description": "who am I, what can I read"})
+    fake_model.enqueue_text("probed the host")
+    ts = fake_slack.user_says("C1", "U1", "who are you here?", mention=True)
+    answer_in(fake_slack, "C1", ts, "probed the host", timeout=60)
+
+    output = "\n".join(fake_model.user_texts(1))
+    assert f"user={agent.name} groups={agent.gid}\n" in output  # the tool ran as the other user, with its group
+    assert f"HOME={agent.home}" in output  # ...in its own HOME
+    assert f"{agent.state}/slackbus.db: Permission denied" in output  # and could not read the bot's database,
+    assert "read the database" not in output
+    assert f"{agent.dotenv}: Permission denied" in output  # nor the bot's .env (not as group root either),
+    assert DOTENV_SECRET not in output
+    assert f"{agent.state}': Permission denied" in output  # nor list the state folder (bot.sock is in there)
+    # the session is kept under the other user's HOME, owned by it
+    transcripts = list((agent.home / ".claude" / "projects").rglob("*.jsonl"))
+    assert transcripts and all(t.stat().st_uid == agent.uid for t in transcripts)
+
+
+def test_the_other_users_claude_is_interrupted_and_reaped_when_the_bot_stops(
+    start_bot, fake_slack, fake_model, agent
+):
+    bot = start_bot(**agent.env(SLACKBUS_ALLOWED_TOOLS="Bash(./slow.sh)"))
+    fake_model.enqueue_tool_use("Bash", {"command": "./slow.sh", "description": "wait a long time"})
+    ts = fake_slack.user_says("C1", "U1", "long job", mention=True)
+    sleep = fake_slack.wait_for(
+        lambda: next((pid for pid, cmd in processes_in(agent.work) if "sleep 47" in cmd), None),
+        timeout=30, what="the tool's sleep to start")
+    assert Path(f"/proc/{sleep}").stat().st_uid == agent.uid
+    claude = [pid for pid, cmd in processes_in(agent.work) if "claude" in cmd]
+    assert claude and all(Path(f"/proc/{pid}").stat().st_uid == agent.uid for pid in claude)
+    assert bot.stop() == 0
+    wait_no_processes(agent.work, timeout=5)  # the bot (root) signalled and reaped the other user's processes
+    assert _processes_of(agent.uid) == []
+    notice = answer_in(fake_slack, "C1", ts, "shutting down", timeout=5)
+    assert "Reply here to continue" in notice["text"]
