@@ -1,15 +1,16 @@
 """`slackbus console [CHANNEL]`: a terminal chat on a local channel, with the bot in it.
 
 Starts a local bot in this process (its log goes to SLACKBUS_HOME/console.log) unless one already serves the
-same channel folder. Then: type a message; `@claude …` asks the bot; `>N text` replies in thread N (a reply
-in a bot thread needs no mention); `/claude status|sessions|cancel|cwd|help` work as on Slack; Ctrl-C
+same channel folder. You are your OS user: what you type goes to your own file in the channel's folder, and
+your private answers are read from the file only you can read (bot.local_channel).
+Then: type a message; `@claude …` asks the bot; `>N text` replies in thread N (a reply in a bot thread needs no
+mention); `/claude status|sessions|cancel|cwd|help` work as on Slack; Ctrl-C
 cancels your running task (twice, or with nothing running, quits); Ctrl-D quits.
 """
 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import signal
@@ -26,7 +27,8 @@ from rich.markdown import Markdown
 from rich.text import Text
 
 from bot.config import Settings
-from bot.local_channel import LocalChannel
+from bot.local_channel import Follower, LocalChannel, Record
+from bot.local_channel import me as os_user
 from bot.local_events import LOCAL_BOT
 
 POLL_S = 0.02
@@ -43,12 +45,13 @@ class ConsoleView:
         self.ch = channel
         self.me = me
         self.out = out
+        # the channel's files and my private answers (.private/<me>.jsonl, when it is mine)
+        self.follower = Follower(channel, on_skip=self._skipped, private_for=me)
         self.threads: dict[str, int] = {}  # top-level ts → its number
         self.by_number: dict[int, str] = {}
         self.working: dict[str, float] = {}  # my requests the bot is working on: ts → since
         self.reply_thread: dict[str, int] = {}  # a reply's ts → its thread's number (for the bot's edits)
         self.status_line: dict[str, str] = {}  # a status message's ts → the line last shown for it
-        self.offset = 0
 
     def number(self, ts: str) -> int:
         n = self.threads.get(ts)
@@ -57,60 +60,61 @@ class ConsoleView:
             self.by_number[n] = ts
         return n
 
+    def _skipped(self, file: str, line: int | None, why: str) -> None:
+        where = f"{file}:{line}" if line else file
+        self.out.print(Text(f"  (skipped {where}: {why})", style="dim"))
+
     def catch_up(self, history: int = HISTORY) -> None:
-        records, self.offset = self.ch.read(0)
-        messages = [r for r in records if r.get("kind", "message") == "message"]
+        records = self.follower.poll()
+        messages = [r for r in records if r.kind == "message"]
         for r in messages:
-            if not r.get("thread_ts") or r["thread_ts"] == r["ts"]:
-                self.number(r["ts"])
-        shown = {r["ts"] for r in messages[-history:]}
+            if not r.thread_ts or r.thread_ts == r.ts:
+                self.number(r.ts)
+        shown = {r.ts for r in messages[-history:]}
         if len(messages) > history:
             self.out.print(Text(f"… {len(messages) - history} earlier messages", style="dim"))
         for r in records:
-            if r.get("kind", "message") != "message" or r["ts"] in shown:
+            if r.kind != "message" or r.ts in shown:
                 self.show(r)
 
     def poll(self) -> None:
-        if self.ch.size() > self.offset:
-            records, self.offset = self.ch.read(self.offset)
-            for r in records:
-                self.show(r)
+        for r in self.follower.poll():
+            self.show(r)
 
-    def show(self, r: dict[str, Any]) -> None:
-        kind = r.get("kind", "message")
-        user = str(r.get("user") or "someone")
-        if kind == "reaction":
-            target = str(r.get("target"))
-            if r.get("name") == WORKING and r.get("op", "add") == "add":
+    def show(self, r: Record) -> None:
+        user = r.user
+        if r.kind == "reaction":
+            target = str(r.target)
+            if r.name == WORKING and r.op == "add":
                 self.working[target] = time.monotonic()
-            elif r.get("name") in DONE or (r.get("name") == WORKING and r.get("op") == "remove"):
+            elif r.name in DONE or (r.name == WORKING and r.op == "remove"):
                 self.working.pop(target, None)
             return
-        if kind == "ephemeral":
-            if r.get("to") == self.me:
-                self.out.print(Text(f"  (only you) {r.get('text', '')}", style="dim"))
+        if r.kind == "ephemeral":  # only from my own private file
+            if r.to == self.me:
+                self.out.print(Text(f"  (only you) {r.text}", style="dim"))
             return
-        text = str(r.get("text") or "")
-        thread = r.get("thread_ts")
-        if kind == "edit":
-            target = str(r.get("target"))
+        text = r.text
+        thread = r.thread_ts
+        if r.kind == "edit":  # only the bot's (the follower drops anyone else's)
+            target = str(r.target)
             n = self.reply_thread.get(target, 0)
-            if r.get("status"):
+            if r.status:
                 self._print_status(target, n, text)
             else:  # an answer in place of the status line, or an answer edited
                 self._print_reply(n, "claude", text, updated=self.status_line.pop(target, None) is None)
             return
-        if r.get("status") and thread and thread != r["ts"]:
-            self.reply_thread[r["ts"]] = self.threads.get(str(thread), 0)
-            self._print_status(r["ts"], self.reply_thread[r["ts"]], text)
+        if r.bot and r.status and thread and thread != r.ts:
+            self.reply_thread[r.ts] = self.threads.get(thread, 0)
+            self._print_status(r.ts, self.reply_thread[r.ts], text)
             return
-        if not thread or thread == r["ts"]:
-            n = self.number(r["ts"])
-            who = "you" if user == self.me else ("claude" if r.get("bot") else user)
+        who = "claude" if r.bot else ("you" if user == self.me else user)
+        if not thread or thread == r.ts:
+            n = self.number(r.ts)
             self.out.print(Text.assemble((f"[{n}] ", "bold cyan"), (f"{who}: ", "bold"), text))
         else:
-            n = self.reply_thread[r["ts"]] = self.threads.get(str(thread), 0)
-            self._print_reply(n, "claude" if r.get("bot") else ("you" if user == self.me else user), text)
+            n = self.reply_thread[r.ts] = self.threads.get(thread, 0)
+            self._print_reply(n, who, text)
 
     def _print_status(self, target: str, n: int, text: str) -> None:
         """A running task's status, as one dim line; a line-based terminal cannot edit it in place, so an
@@ -198,7 +202,7 @@ async def run_console(settings: Settings, channel_name: str, me: str, out: Conso
                         tg.cancel_scope.cancel()
                         return
                     last = time.monotonic()
-                    ch.append({"kind": "reaction", "op": "add", "target": target, "name": STOP, "user": me})
+                    ch.append({"kind": "reaction", "op": "add", "target": target, "name": STOP})
                     out.print(Text(f"  cancelling thread [{view.threads.get(target, '?')}] … "
                                    "(Ctrl-C again to quit)", style="yellow"))
 
@@ -215,7 +219,11 @@ async def run_console(settings: Settings, channel_name: str, me: str, out: Conso
                     continue
                 if parsed is not None:
                     thread_ts, text = parsed
-                    ch.append({"kind": "message", "user": me, "thread_ts": thread_ts, "text": text})
+                    try:
+                        ch.append({"kind": "message", "thread_ts": thread_ts, "text": text})
+                    except (OSError, ValueError) as exc:
+                        out.print(Text(f"  not sent: {exc}", style="red"))
+                        continue
                     view.poll()
 
         tg.start_soon(follow)
@@ -228,9 +236,14 @@ async def run_console(settings: Settings, channel_name: str, me: str, out: Conso
 
 
 def main(settings: Settings, channel: str, user: str | None) -> int:
-    me = user or os.environ.get("SLACKBUS_USER") or getpass.getuser()
+    me = os_user()  # on a local channel you are your OS user: the owner of the file you write to
+    asked = user or os.environ.get("SLACKBUS_USER")
+    if asked and asked != me:
+        print(f"slackbus: on a local channel you are your OS user, {me}; the name {asked!r} is not used.",
+              file=sys.stderr)
     if me == LOCAL_BOT:
-        print("slackbus: that name is the bot's; pick another with --user.", file=sys.stderr)
+        print(f"slackbus: the OS user {me!r} has the bot's name on local channels; chat as another user.",
+              file=sys.stderr)
         return 2
     out = Console(highlight=False)
     with open(settings.home / "console.log", "a") as log_file, contextlib.suppress(KeyboardInterrupt):

@@ -1,6 +1,11 @@
-"""The local channel's side of the events seam: follow every channel file, turn new records into the same
-typed messages Slack's events become (IncomingMessage for the dispatcher, /claude for the commands, 🛑 for a
-cancel), so the core cannot tell the transports apart.
+"""The local channel's side of the events seam: follow every channel folder's files, turn new records into the
+same typed messages Slack's events become (IncomingMessage for the dispatcher, /claude for the commands, 🛑 for
+a cancel), so the core cannot tell the transports apart.
+
+Who wrote a record is the OS owner of the file it is in (bot.local_channel); the bot's own file counts as the
+bot's only when it is owned by the bot's uid. A malformed line, or a file that is not its owner's, is logged
+(local.record_skipped, with file and line) and skipped; a record the core chokes on is logged
+(local.record_failed) and skipped too, so no line in a channel can stop the bot or make it crash-loop.
 
 At start-up, a channel the store has never seen is read as history (recorded, nothing run); after that, and
 for every channel created while the bot runs, each record the store does not hold yet is new, including
@@ -9,28 +14,37 @@ those appended while the bot was down.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 import anyio
 
 from bot.dispatcher import Dispatcher, IncomingMessage
-from bot.local_channel import LocalChannel, channels_in
+from bot.local_channel import (
+    BOT_NAME,
+    DIR_MODE,
+    Follower,
+    LocalChannel,
+    Record,
+    channels_in,
+    legacy_files,
+    make_dir,
+)
 from bot.log import get_logger
 from bot.store import Store, StoredMessage
 
 log = get_logger("slackbus.local")
 
-LOCAL_BOT = "claude"  # the bot's user id on the local channel; people write "@claude …"
-POLL_S = 0.005  # how often a channel file's size is checked (a stat per channel)
-RESCAN_S = 0.5  # how often new channel files are looked for
+LOCAL_BOT = BOT_NAME  # the bot's user id on the local channel; people write "@claude …"
+POLL_S = 0.005  # how often the channels' files are checked for growth (an fstat per file)
+RESCAN_S = 0.5  # how often new channel folders are looked for
 
 
 class LocalDirectory:
-    """Names on the local channel are the names people write under; history is the file itself."""
+    """Names on the local channel are OS user names; history is the files themselves."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -78,35 +92,43 @@ class LocalEvents:
         self._on_slash = on_slash
         self._on_reaction = on_reaction
         self._spawn = spawn
-        self._channels: dict[str, LocalChannel] = {}
-        self._offsets: dict[str, int] = {}
+        self._followers: dict[str, Follower] = {}
         self.seen = 0
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        make_dir(self._dir, DIR_MODE)
+        for path in legacy_files(self._dir):
+            log.warning("local.legacy_channel_file", file=path,
+                        note="a channel of the old one-file layout is no longer read: its lines do not say "
+                             "truthfully who wrote them; channels are now folders with a file per person")
         self._scan(first=True)
         task_status.started()
         last_scan = time.monotonic()
         dir_stamp = _mtime(self._dir)
-        while True:
-            stamp = _mtime(self._dir)  # a new channel file changes the folder: look at once, not at the next rescan
-            if stamp != dir_stamp or time.monotonic() - last_scan > RESCAN_S:
-                dir_stamp = stamp
-                self._scan(first=False)
-                last_scan = time.monotonic()
-            for name, ch in self._channels.items():
-                if ch.size() > self._offsets[name]:
-                    records, self._offsets[name] = ch.read(self._offsets[name])
-                    for rec in records:
+        try:
+            while True:
+                stamp = _mtime(self._dir)  # a new channel folder changes the folder: look at once
+                if stamp != dir_stamp or time.monotonic() - last_scan > RESCAN_S:
+                    dir_stamp = stamp
+                    self._scan(first=False)
+                    last_scan = time.monotonic()
+                for name, follower in self._followers.items():
+                    for rec in follower.poll():
                         self._handle(name, rec, history=False)
-            await anyio.sleep(POLL_S)
+                await anyio.sleep(POLL_S)
+        finally:
+            for follower in self._followers.values():
+                follower.close()
 
     def _scan(self, *, first: bool) -> None:
         for name in channels_in(self._dir):
-            if name in self._channels:
+            if name in self._followers:
                 continue
-            ch = self._channels[name] = LocalChannel(self._dir, name)
-            records, self._offsets[name] = ch.read(0)
+            follower = self._followers[name] = Follower(
+                LocalChannel(self._dir, name, bot=True), on_skip=partial(_skipped, name),
+                bot_uids=frozenset({os.geteuid()}),
+            )
+            records = follower.poll()
             # at start-up, a channel the store never saw is history; one created since is all new
             history = first and not self._store.is_backfilled(name)
             for rec in records:
@@ -114,28 +136,32 @@ class LocalEvents:
             self._store.mark_backfilled(name, name)
             log.info("local.channel", channel=name, records=len(records), history=history)
 
-    def _handle(self, channel: str, rec: dict[str, Any], *, history: bool) -> None:
-        kind = rec.get("kind", "message")
-        ts = str(rec["ts"])
-        user = str(rec.get("user") or "someone")
+    def _handle(self, channel: str, rec: Record, *, history: bool) -> None:
+        """One record; whatever goes wrong with it is logged with its file and line, never fatal."""
+        try:
+            self._handle_record(channel, rec, history=history)
+        except Exception as exc:  # one odd record must not stop the channel (or crash-loop the bot)
+            file, _, line = rec.source.rpartition(":")
+            log.exception("local.record_failed", channel=channel, file=file, line=line, ts=rec.ts, error=exc)
+
+    def _handle_record(self, channel: str, rec: Record, *, history: bool) -> None:
+        ts, user = rec.ts, rec.user  # user: the OS owner of the file it is in, never the record's say-so
         received = time.monotonic()
-        if kind == "message":
-            if rec.get("bot") or user == LOCAL_BOT:
-                return  # the bot's own: recorded when it wrote them
+        if rec.bot:
+            return  # the bot's own: recorded when it wrote them
+        if rec.kind == "message":
             if self._store.get_message(channel, ts) is not None:
                 return  # already recorded (before a restart)
-            text = str(rec.get("text") or "")
-            thread_ts = rec.get("thread_ts") or None
-            session = bool(rec.get("session"))  # a Claude Code session's post (hooks, `slackbus post`): never run
-            if history or session:
+            text, thread_ts = rec.text, rec.thread_ts
+            if history or rec.session:  # a Claude Code session's post (hooks, `slackbus post`): never run
                 self._store.record_message(StoredMessage(
-                    channel=channel, ts=ts, thread_ts=thread_ts, user=None if session else user,
-                    bot_id="session" if session else None, text=text,
+                    channel=channel, ts=ts, thread_ts=thread_ts, user=None if rec.session else user,
+                    bot_id="session" if rec.session else None, text=text,
                 ))
                 return
             self.seen += 1
-            with contextlib.suppress(ValueError):  # appended → seen here (ts is the writer's clock, given on append)
-                log.info("local.seen", channel=channel, ts=ts, lag_ms=round((time.time() - float(ts)) * 1000, 2))
+            log.info("local.seen", channel=channel, ts=ts, user=user,
+                     lag_ms=round((time.time() - float(ts)) * 1000, 2))  # appended → seen here
             if text.startswith("/claude"):
                 command = {"command": "/claude", "text": text[len("/claude"):].strip(), "user_id": user,
                            "user_name": user, "channel_id": channel, "thread_ts": thread_ts, "trigger_ts": ts}
@@ -151,10 +177,14 @@ class LocalEvents:
                 channel_type="channel", bot_id=None, subtype=None, mentions_bot=mentions_bot(text),
                 event_id=f"local:{channel}:{ts}", received=received,
             ))
-        elif kind == "reaction" and not history and user != LOCAL_BOT and rec.get("op", "add") == "add":
-            event = {"type": "reaction_added", "user": user, "reaction": rec.get("name"),
-                     "item": {"type": "message", "channel": channel, "ts": rec.get("target")}, "event_ts": ts}
+        elif rec.kind == "reaction" and not history and rec.op == "add":
+            event = {"type": "reaction_added", "user": user, "reaction": rec.name,
+                     "item": {"type": "message", "channel": channel, "ts": rec.target}, "event_ts": ts}
             self._spawn(self._on_reaction, event)
+
+
+def _skipped(channel: str, file: str, line: int | None, why: str) -> None:
+    log.warning("local.record_skipped", channel=channel, file=file, line=line, why=why)
 
 
 def _mtime(path: str) -> int:

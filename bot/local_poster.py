@@ -1,5 +1,7 @@
-"""The local channel's side of the poster seam: the bot's posts, edits and reactions appended to the channel's
-file (bot.local_channel), and recorded in the store like its Slack posts."""
+"""The local channel's side of the poster seam: the bot's posts, edits and reactions appended to its own file in
+the channel's folder (bot.local_channel), and recorded in the store like its Slack posts. Private answers go
+where only their reader can read them, or, when the bot cannot give them such a file (it is not root and they
+are not its own user), are not written at all: the thread is told, without the text, and the log has it."""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ from dataclasses import replace
 
 import anyio
 
-from bot.local_channel import LocalChannel
+from bot.local_channel import LocalChannel, Undeliverable
+from bot.log import get_logger
 from bot.renderer import STATUS_BLOCK_ID, SlackMessage, plain_text
 from bot.store import Store, StoredMessage
+
+log = get_logger("slackbus.local")
 
 
 class LocalPoster:
@@ -22,26 +27,25 @@ class LocalPoster:
     def channel(self, name: str) -> LocalChannel:
         ch = self._channels.get(name)
         if ch is None:
-            ch = self._channels[name] = LocalChannel(self._dir, name)
+            ch = self._channels[name] = LocalChannel(self._dir, name, bot=True)
         return ch
 
     async def post(self, channel: str, thread_ts: str | None, message: SlackMessage) -> str:
         text = plain_text(message)
-        record: dict[str, object] = {"kind": "message", "thread_ts": thread_ts, "user": self._bot, "bot": True,
-                                     "text": text}
+        record: dict[str, object] = {"kind": "message", "thread_ts": thread_ts, "text": text}
         if _is_status(message):
             record["status"] = True
         rec = self.channel(channel).append(record)
         self._store.record_message(
-            StoredMessage(channel=channel, ts=rec["ts"], thread_ts=thread_ts, user=self._bot, bot_id=self._bot,
+            StoredMessage(channel=channel, ts=rec.ts, thread_ts=thread_ts, user=self._bot, bot_id=self._bot,
                           text=text, from_self=True)
         )
         await anyio.lowlevel.checkpoint()
-        return str(rec["ts"])
+        return rec.ts
 
     async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
         text = plain_text(message)
-        record: dict[str, object] = {"kind": "edit", "target": ts, "user": self._bot, "text": text}
+        record: dict[str, object] = {"kind": "edit", "target": ts, "text": text}
         if _is_status(message):
             record["status"] = True
         self.channel(channel).append(record)
@@ -69,19 +73,25 @@ class LocalPoster:
         return True
 
     async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
-        self.channel(channel).append(
-            {"kind": "ephemeral", "to": user, "thread_ts": thread_ts, "user": self._bot, "text": text}
-        )
+        ch = self.channel(channel)
+        try:
+            ch.append_private(user, {"thread_ts": thread_ts, "text": text})
+        except (Undeliverable, OSError) as exc:
+            log.warning("local.private_undelivered", channel=channel, user=user, thread_ts=thread_ts,
+                        reason=str(exc), text=text)
+            ch.append({"kind": "message", "thread_ts": thread_ts,
+                       "text": f"(a private answer for @{user} could not be delivered: {exc}. Run the bot as root, "
+                               f"or use the console as the bot's own user, to get private answers here.)"})
         await anyio.lowlevel.checkpoint()
 
     async def react(self, channel: str, ts: str, name: str) -> bool:
-        self.channel(channel).append({"kind": "reaction", "op": "add", "target": ts, "name": name, "user": self._bot})
+        self.channel(channel).append({"kind": "reaction", "op": "add", "target": ts, "name": name})
         await anyio.lowlevel.checkpoint()
         return True
 
     async def unreact(self, channel: str, ts: str, name: str) -> None:
         self.channel(channel).append(
-            {"kind": "reaction", "op": "remove", "target": ts, "name": name, "user": self._bot}
+            {"kind": "reaction", "op": "remove", "target": ts, "name": name}
         )
         await anyio.lowlevel.checkpoint()
 

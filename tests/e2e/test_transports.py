@@ -3,6 +3,7 @@ channel (JSON-lines files). Same scenarios, the real bot process and the real `c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,13 @@ def chat(request: Any, tmp_path: Path, fake_slack: FakeSlack, bot_env: dict[str,
         c: Chat = SlackChat(fake_slack)
         extra: dict[str, str] = {}
     else:
+        if os.geteuid() != 0:
+            pytest.skip("the local transport's authors are OS users: writing as U1 and U2 (daemon, bin) needs root")
         c = LocalChat(tmp_path / "channels")
+        # the allowed users are OS user names there
         extra = {"SLACKBUS_TRANSPORT": "local", "SLACKBUS_LOCAL_DIR": str(tmp_path / "channels"),
-                 "SLACK_BOT_TOKEN": "", "SLACK_APP_TOKEN": ""}
+                 "SLACK_BOT_TOKEN": "", "SLACK_APP_TOKEN": "",
+                 "SLACKBUS_ALLOWED_USERS": ",".join(c.who(u) for u in ("U1", "U2", "U3"))}
         c.say("U1", "hello")  # the channel exists before the bot starts (its history, nothing run)
     started: list[BotProcess] = []
 
@@ -139,12 +144,12 @@ def test_a_tool_not_allowed_is_asked_about_and_a_typed_command_answers_it(
     if c.name == "local":  # no buttons there: the question says how to answer
         assert "made.txt" in question and "/claude approve" in question
     c.command("U2", "approve")  # allowed to use the bot, but neither the requester nor an admin
-    wait_for(lambda: any("Only <@U1>" in t for t in c.private_to("U2")), what="the refusal")
+    wait_for(lambda: any(f"Only <@{c.who('U1')}>" in t for t in c.private_to("U2")), what="the refusal")
     assert not made.exists()
     c.command("U1", "approve")
     wait_for(made.exists, what="the approved write")
     c.wait_answer(ts, "wrote it")
-    assert any("Approved once by <@U1>" in a for a in c.answers(ts))
+    assert any(f"Approved once by <@{c.who('U1')}>" in a for a in c.answers(ts))
     assert not any("wants to use" in a for a in c.answers(ts))
 
     fake_model.enqueue_tool_use("Write", {"file_path": str(refused), "content": "no\n"})
@@ -155,4 +160,4 @@ def test_a_tool_not_allowed_is_asked_about_and_a_typed_command_answers_it(
     c.command("U1", "deny")
     c.wait_answer(ts, "I will not")
     assert not refused.exists()
-    assert "denied by <@U1>" in "\n".join(fake_model.user_texts(len(fake_model.requests) - 1))
+    assert f"denied by <@{c.who('U1')}>" in "\n".join(fake_model.user_texts(len(fake_model.requests) - 1))

@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from bot.local_channel import LocalChannel
+from bot.local_channel import BOT_NAME, LocalChannel, Record, me, parse_line
 from tests.fakes.fake_slack import FakeSlack
 
 T = TypeVar("T")
@@ -37,6 +37,10 @@ class Chat:
     def answers(self, thread_ts: str) -> list[str]: ...
     def reactions(self, ts: str) -> set[str]: ...
     def private_to(self, user: str) -> list[str]: ...
+
+    def who(self, user: str) -> str:
+        """The name the bot knows `user` by on this transport (in its answers: <@name>)."""
+        return user
 
     def wait_answer(self, thread_ts: str, needle: str, timeout: float = 30.0) -> str:
         return wait_for(lambda: next((a for a in self.answers(thread_ts) if needle in a), None), timeout,
@@ -75,15 +79,34 @@ class SlackChat(Chat):
         return out + [str(r.get("text") or "") for r in self.slack.responses]
 
 
+# Test ids as OS users: on a local channel the author is the owner of the file written to, so each test user
+# is a real account of this machine (writing as them needs root; see LocalChat).
+LOCAL_USERS = {"U1": "daemon", "U2": "bin", "U3": "sys"}
+
+
 class LocalChat(Chat):
+    """Writes as the OS users in `users` (test id → user name; root only, as each person would from their own
+    account), or as this process's user for a name not in it that is not an OS account either."""
+
     name = "local"
 
-    def __init__(self, directory: Path, channel: str = "general") -> None:
-        self.ch = LocalChannel(str(directory), channel)
+    def __init__(self, directory: Path, channel: str = "general", users: dict[str, str] | None = None) -> None:
+        self.directory = str(directory)
         self.channel = channel
+        self.users = dict(LOCAL_USERS if users is None else users)
+        self.ch = LocalChannel(self.directory, channel)
+
+    def who(self, user: str) -> str:
+        return self.users.get(user, user)
+
+    def writer(self, user: str) -> LocalChannel:
+        name = self.who(user)
+        if name == me():
+            return self.ch
+        return LocalChannel(self.directory, self.channel, as_user=name)
 
     def say(self, user: str, text: str, thread_ts: str | None = None) -> str:
-        return str(self.ch.append({"kind": "message", "user": user, "thread_ts": thread_ts, "text": text})["ts"])
+        return self.writer(user).append({"kind": "message", "thread_ts": thread_ts, "text": text}).ts
 
     def mention(self, user: str, text: str, thread_ts: str | None = None) -> str:
         return self.say(user, f"@claude {text}", thread_ts)
@@ -91,29 +114,40 @@ class LocalChat(Chat):
     def command(self, user: str, text: str) -> None:
         self.say(user, f"/claude {text}")
 
-    def records(self) -> list[dict[str, Any]]:
-        return self.ch.read(0)[0]
+    def records(self) -> list[Record]:
+        return self.ch.records()
 
-    def messages(self) -> list[dict[str, Any]]:
+    def messages(self) -> list[tuple[Record, str]]:
         """Messages with the bot's edits applied (a status message becomes its answer)."""
-        msgs: dict[str, dict[str, Any]] = {}
+        msgs: dict[str, tuple[Record, str]] = {}
         for r in self.records():
-            if r.get("kind", "message") == "message":
-                msgs[r["ts"]] = dict(r)
-            elif r.get("kind") == "edit" and r.get("target") in msgs:
-                msgs[r["target"]]["text"] = r.get("text")
+            if r.kind == "message":
+                msgs[r.ts] = (r, r.text)
+            elif r.kind == "edit" and r.target in msgs:
+                msgs[r.target] = (msgs[r.target][0], r.text)
         return list(msgs.values())
 
     def answers(self, thread_ts: str) -> list[str]:
-        return [str(m.get("text") or "") for m in self.messages() if m.get("bot") and m.get("thread_ts") == thread_ts]
+        return [text for r, text in self.messages() if r.bot and r.thread_ts == thread_ts]
 
     def reactions(self, ts: str) -> set[str]:
         on: set[str] = set()
         for r in self.records():
-            if r.get("kind") == "reaction" and r.get("target") == ts:
-                (on.add if r.get("op", "add") == "add" else on.discard)(str(r.get("name")))
+            if r.kind == "reaction" and r.bot and r.target == ts:
+                (on.add if r.op == "add" else on.discard)(r.name)
         return on
 
+    def private_file(self, user: str) -> Path:
+        return Path(self.ch.private_file(self.who(user)))
+
     def private_to(self, user: str) -> list[str]:
-        mine = [r for r in self.records() if r.get("kind") == "ephemeral" and r.get("to") == user]
-        return [str(r.get("text") or "") for r in mine]
+        """What the bot told `user` privately: their private file (read as root, or as that user)."""
+        path = self.private_file(user)
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_bytes().splitlines():
+            rec = parse_line(line, author=BOT_NAME, bot=True, private_to=self.who(user))
+            if not isinstance(rec, str) and rec.kind == "ephemeral":
+                out.append(rec.text)
+        return out

@@ -10,7 +10,7 @@ import anyio
 from rich.console import Console
 
 from bot.console import ConsoleView
-from bot.local_channel import LocalChannel
+from bot.local_channel import LocalChannel, Record
 from bot.local_poster import LocalPoster
 from bot.progress import render_status
 from bot.renderer import SlackMessage
@@ -25,13 +25,16 @@ def view(tmp_path) -> tuple[ConsoleView, io.StringIO]:
 
 def test_a_status_is_one_line_shown_once_per_change_and_the_answer_replaces_it(tmp_path):
     v, out = view(tmp_path)
-    v.show({"kind": "message", "ts": "1.0", "user": "alice", "text": "@claude list the files"})
-    v.show({"kind": "message", "ts": "2.0", "thread_ts": "1.0", "user": "claude", "bot": True, "status": True,
-            "text": "Working on it…"})
+    v.show(Record(kind="message", ts="1.000000", user="alice", text="@claude list the files"))
+    v.show(Record(kind="message", ts="2.000000", thread_ts="1.000000", user="claude", bot=True, status=True,
+                  text="Working on it…"))
     for _ in range(3):  # the elapsed time ticks, the step does not: nothing new to show
-        v.show({"kind": "edit", "target": "2.0", "user": "claude", "status": True, "text": "Running `ls`…"})
-    v.show({"kind": "edit", "target": "2.0", "user": "claude", "text": "Here are **the files**."})
-    v.show({"kind": "edit", "target": "2.0", "user": "claude", "text": "Here are the files, edited."})
+        v.show(Record(kind="edit", ts="3.000000", target="2.000000", user="claude", bot=True, status=True,
+                      text="Running `ls`…"))
+    v.show(Record(kind="edit", ts="4.000000", target="2.000000", user="claude", bot=True,
+                  text="Here are **the files**."))
+    v.show(Record(kind="edit", ts="5.000000", target="2.000000", user="claude", bot=True,
+                  text="Here are the files, edited."))
     lines = [line.rstrip() for line in out.getvalue().splitlines() if line.strip()]
     assert lines[0] == "[1] you: @claude list the files"
     assert lines[1] == "    ↳ [1] claude · Working on it…"
@@ -47,11 +50,12 @@ def test_the_local_poster_marks_status_messages_and_not_answers(tmp_path):
     poster = LocalPoster(str(tmp_path / "channels"), store, bot_user_id="claude")
 
     async def main() -> None:
-        ts = await poster.post("dev", "1.0", render_status("dev", "1.0", "", 0.0, 0))
-        await poster.update("dev", ts, render_status("dev", "1.0", "Running `ls`", 1.0, 1))
+        ts = await poster.post("dev", "1.000000", render_status("dev", "1.000000", "", 0.0, 0))
+        await poster.update("dev", ts, render_status("dev", "1.000000", "Running `ls`", 1.0, 1))
         await poster.update("dev", ts, SlackMessage(text="the answer"))
 
     anyio.run(main)
-    records = [json.loads(line) for line in (tmp_path / "channels" / "dev.jsonl").read_text().splitlines()]
+    path = tmp_path / "channels" / "dev" / ".slackbus-bot.jsonl"  # the bot's own file
+    records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r.get("status", False) for r in records] == [True, True, False]
     assert [r["text"] for r in records] == ["Working on it…", "Running `ls`…", "the answer"]

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from bot.local_channel import LocalChannel, channels_in, valid_name
+from bot.local_channel import Follower, LocalChannel, channels_in, valid_name
+
+
+WRITERS = ["root", "daemon", "bin", "sys", "sync", "games", "man", "lp"]  # OS accounts: a file each (as root)
 
 
 def _writer(directory: str, w: int, n: int) -> None:
-    ch = LocalChannel(directory, "busy")
+    ch = LocalChannel(directory, "busy", as_user=WRITERS[w] if os.geteuid() == 0 else None)
     for i in range(n):
-        ch.append({"kind": "message", "user": f"w{w}", "seq": i, "text": f"writer {w} message {i} " + "x" * (i % 300)})
+        ch.append({"kind": "message", "seq": i, "text": f"writer {w} message {i} " + "x" * (i % 300)})
 
 
 def test_eight_writers_appending_a_thousand_each_leave_8000_whole_lines_in_order(tmp_path: Path) -> None:
@@ -28,35 +32,40 @@ def test_eight_writers_appending_a_thousand_each_leave_8000_whole_lines_in_order
         p.join(120)
         assert p.exitcode == 0
     took = time.perf_counter() - started
-    raw = (tmp_path / "busy.jsonl").read_bytes()
-    lines = raw.split(b"\n")
-    assert lines[-1] == b"" and len(lines) == 8001  # every line whole, none torn or glued
-    records = [json.loads(line) for line in lines[:-1]]
-    for w in range(8):
-        assert [r["seq"] for r in records if r["user"] == f"w{w}"] == list(range(1000))  # each writer's order
-    ts = [r["ts"] for r in records]
-    assert ts == sorted(ts) and len(set(ts)) == 8000  # chronological, unique, like Slack's ts
+    records = []
+    for path in sorted((tmp_path / "busy").glob("*.jsonl")):
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        assert lines[-1] == b""  # every line whole, none torn or glued
+        records += [{**json.loads(line), "file": path.stem} for line in lines[:-1]]
+    assert len(records) == 8000
+    for w in range(8 if os.geteuid() == 0 else 1):
+        mine = [r for r in records if r["file"] == WRITERS[w]]
+        assert [r["seq"] for r in mine] == list(range(1000))  # each writer's order, in its own file
+    ts = [r["ts"] for r in sorted(records, key=lambda r: r["ts"])]
+    assert len(set(ts)) == 8000  # unique across the channel's files, like Slack's ts
+    merged = LocalChannel(str(tmp_path), "busy").records()
+    assert [r.ts for r in merged] == ts  # readers merge the files in ts order
     print(f"\n8 writers x 1000 appends: {8000 / took:.0f} appends/s")
 
 
 def test_a_follower_reads_only_whole_new_records(tmp_path: Path) -> None:
     ch = LocalChannel(str(tmp_path), "general")
-    ch.append({"kind": "message", "user": "a", "text": "one"})
-    first, offset = ch.read(0)
-    assert [r["text"] for r in first] == ["one"]
-    with open(ch.path, "ab") as f:
+    ch.append({"kind": "message", "text": "one"})
+    follower = Follower(ch)
+    assert [r.text for r in follower.poll()] == ["one"]
+    with open(ch.own_file, "ab") as f:
         f.write(b'{"ts": "9999999999.000001", "text": "half')  # a writer mid-line (not through append)
-    assert ch.read(offset) == ([], offset)
-    with open(ch.path, "ab") as f:
+    assert follower.poll() == []
+    with open(ch.own_file, "ab") as f:
         f.write(b'"}\n')
-    again, _ = ch.read(offset)
-    assert [r["text"] for r in again] == ["half"]
+    assert [r.text for r in follower.poll()] == ["half"]
 
 
 def test_ts_increases_even_when_the_clock_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
     ch = LocalChannel(str(tmp_path), "general")
-    stamps = [ch.append({"text": str(i)})["ts"] for i in range(3)]
+    stamps = [ch.append({"text": str(i)}).ts for i in range(3)]
     assert stamps == ["1700000000.000000", "1700000000.000001", "1700000000.000002"]
 
 
@@ -71,4 +80,5 @@ def test_channels_are_listed_from_the_folder(tmp_path: Path) -> None:
     for name in ("dev", "general"):
         LocalChannel(str(tmp_path), name).append({"text": "hi"})
     (tmp_path / "notes.txt").write_text("not a channel")
+    (tmp_path / "old.jsonl").write_text("")  # the old one-file layout: not a channel any more
     assert list(channels_in(str(tmp_path))) == ["dev", "general"]
