@@ -34,7 +34,7 @@ from bot.errors import ConfigError, StoreError
 from bot.local_events import LOCAL_BOT, LocalDirectory, LocalEvents
 from bot.local_poster import LocalPoster
 from bot.log import get_logger
-from bot.pipeline import WORKING, TaskPipeline
+from bot.pipeline import WORKING, TaskPipeline, checked_workdir
 from bot.poster import Directory, Poster
 from bot.sessions import SessionManager
 from bot.slack_poster import SlackPoster, make_client
@@ -87,6 +87,7 @@ class Bot:
 
     def session_spec(self, cwd: Path, session_id: str, resume: bool, key: tuple[str, str] | None = None) -> SessionSpec:
         s = self.settings
+        cwd = checked_workdir(s, cwd)  # every spawn, the pool's included
         env = dict(s.child_env)
         # the session's hooks and `slackbus post` reach the channel through the bot's socket (no token here)
         env.update(SLACKBUS_SPAWNED="1", SLACKBUS_SESSION_ID=session_id, SLACKBUS_HOME=str(s.home))

@@ -10,7 +10,8 @@
         ├── RunTimeoutError       the run exceeded SLACKBUS_RUN_TIMEOUT
         ├── RunStalledError       the CLI was silent for SLACKBUS_STALL_SECONDS
         ├── RunCancelledError     somebody (or shutdown) cancelled the run
-        └── SessionNotFoundError  `--resume` found no conversation (other HOME/cwd, or never saved)
+        ├── SessionNotFoundError  `--resume` found no conversation (other HOME/cwd, or never saved)
+        └── WorkdirError          the folder no longer passes SLACKBUS_ROOTS (checked again at every spawn)
 """
 
 from __future__ import annotations
@@ -73,4 +74,8 @@ class RunCancelledError(RunError):
 
 
 class SessionNotFoundError(RunError):
+    pass
+
+
+class WorkdirError(RunError):
     pass

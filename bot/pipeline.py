@@ -20,7 +20,7 @@ from bot.claude_runner import ClaudeSession
 from bot.config import Settings
 from bot.context_builder import Context, ContextBuilder
 from bot.dispatcher import Job
-from bot.errors import RunCancelledError, RunError, SessionNotFoundError, StoreError
+from bot.errors import RunCancelledError, RunError, SessionNotFoundError, StoreError, WorkdirError
 from bot.log import get_logger
 from bot.poster import Directory, Poster
 from bot.progress import Progress, RateBudget
@@ -295,7 +295,8 @@ class TaskPipeline:
                  since_received_ms=round((time.monotonic() - last.received) * 1000, 1))
         if resume_id is not None:
             await self._wait_for_terminal(handle, resume_id, row.workdir)
-        session, origin = await self._sessions.acquire(handle.key, Path(row.workdir), resume_id)
+        workdir = checked_workdir(self._settings, row.workdir)  # again now: links and SLACKBUS_ROOTS may have changed
+        session, origin = await self._sessions.acquire(handle.key, workdir, resume_id)
         handle.session = session
         self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)
         log.info(
@@ -355,3 +356,21 @@ class TaskPipeline:
         users = {m.user for m in self._store.channel_messages(job.channel, job.trigger_ts, 50) if m.user}
         users.update(m.user for m in self._store.thread_messages(job.channel, job.thread_ts) if m.user)
         await self._backfill.resolve(users)
+
+
+def checked_workdir(settings: Settings, workdir: str | Path) -> Path:
+    """The folder a `claude` process may start in, checked at every spawn against the current SLACKBUS_ROOTS
+    with symlinks resolved (a folder approved once may since have become a link out of the roots, or the
+    roots may have been narrowed); its real path, or a WorkdirError sentence for the thread."""
+    real = settings.within_roots(Path(workdir))
+    if real is None:
+        roots = ", ".join(f"`{r}`" for r in settings.roots)
+        raise WorkdirError(
+            f"This thread's folder `{workdir}` is outside the folders I may work in (SLACKBUS_ROOTS: {roots}) once "
+            "links and `..` are resolved, so nothing was run. Ask an admin to set this channel's folder with "
+            "`/claude cwd`, then start a new thread."
+        )
+    if not real.is_dir():
+        raise WorkdirError(f"This thread's folder `{workdir}` does not exist any more, so nothing was run. Ask an "
+                           "admin to set this channel's folder with `/claude cwd`, then start a new thread.")
+    return real

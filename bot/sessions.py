@@ -258,7 +258,12 @@ class SessionManager:
         starting = self._starting.setdefault(cwd, [])
         have = pooled + sum(1 for s in starting if not s.claimed)
         for n in range(have, self.pool_target(cwd)):
-            session = ClaudeSession(self._make_spec(cwd, str(uuid.uuid4()), False, None))
+            try:
+                spec = self._make_spec(cwd, str(uuid.uuid4()), False, None)
+            except RunError as err:  # the folder no longer passes SLACKBUS_ROOTS: no pool there
+                log.warning("sessions.pool_start_failed", cwd=str(cwd), error=str(err))
+                return
+            session = ClaudeSession(spec)
             starting.append(session)  # counted from now on, so a second refill does not start it twice
             self._spawn(functools.partial(self._start_pooled, cwd, session, n < self.warm_pool))
 
