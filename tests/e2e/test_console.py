@@ -9,6 +9,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from bot.local_channel import me
 from tests.conftest import REPO, processes_in, wait_no_processes
 from tests.fakes.chat import LocalChat
 from tests.fakes.fake_model import FakeModel, Reply
@@ -27,8 +28,8 @@ def test_the_console_answers_a_mention_and_ctrl_c_cancels_the_running_task(
     tmp_path: Path, bot_env: dict[str, str], fake_model: FakeModel
 ) -> None:
     env = {k: v for k, v in bot_env.items() if not k.startswith("SLACK_") and k != "SLACKBUS_ALLOWED_USERS"}
-    LocalChat(Path(env["SLACKBUS_HOME"]) / "channels", "dev").say("bob", "we ship on thursdays")
-    child = spawn_console(env, "dev", "--user", "alice")
+    LocalChat(Path(env["SLACKBUS_HOME"]) / "channels", "dev").say(me(), "we ship on thursdays")
+    child = spawn_console(env, "dev")  # you are your OS user
     try:
         child.expect("we ship on thursdays")  # the channel's history scrolls back
         child.sendline("@claude when do we ship? [[id:con1]]")
@@ -44,7 +45,7 @@ def test_the_console_answers_a_mention_and_ctrl_c_cancels_the_running_task(
         child.expect("Working on it")
         child.sendintr()
         child.expect("cancelling thread")
-        child.expect("cancelled by @alice")
+        child.expect(f"cancelled by @{me()}")
         wait_no_processes(Path(env["SLACKBUS_WORKDIR"]), timeout=20,
                           allow=lambda cmd: "claude" in cmd and "--input-format" in cmd, at_most=8)
         child.sendeof()
