@@ -418,12 +418,12 @@ def test_hooks_post_and_read_work_on_a_local_channel_shared_with_a_local_bot(
     assert out.returncode == 0 and "via local" in out.stderr, out.stderr
     install_hooks(project, env, channel="general")
     first = run_claude(project, env, "Check the cache [[id:loc1]]")
-    from bot.local_channel import LocalChannel
+    from bot.local_channel import LocalChannel, me
 
-    records = LocalChannel(str(channels), "general").read(0)[0]
-    summary = [r for r in records if "answer for loc1" in r.get("text", "")]
-    assert len(summary) == 1 and summary[0]["session"] is True
-    assert summary[0]["text"].startswith(f"`[session {first['session_id'][:8]} · api-server]`")
+    records = LocalChannel(str(channels), "general").records()
+    summary = [r for r in records if "answer for loc1" in r.text]
+    assert len(summary) == 1 and summary[0].session is True
+    assert summary[0].text.startswith(f"`[session {first['session_id'][:8]} · api-server]`")
 
     run_claude(project, env, "What is new? [[id:loc2]]")
     context = "\n".join(all_texts(request_with(fake_model, "[[id:loc2]]")[0]))
@@ -433,10 +433,10 @@ def test_hooks_post_and_read_work_on_a_local_channel_shared_with_a_local_bot(
 
     # a local bot on the same channel: the sessions' posts are context for a mention, never a trigger
     start_bot(**{k: v for k, v in local.items() if k != "SLACKBUS_CHANNEL"}, SLACKBUS_WARM_POOL="0",
-              SLACK_APP_TOKEN="")
+              SLACK_APP_TOKEN="", SLACKBUS_ALLOWED_USERS=me())  # local authors are OS users
     ch = LocalChannel(str(channels), "general")
-    ch.append({"kind": "message", "user": "session", "session": True, "text": "@claude this must not run"})
-    ts = ch.append({"kind": "message", "user": "U1", "text": "@claude what did the sessions find? [[id:loc3]]"})["ts"]
+    ch.append({"kind": "message", "session": True, "text": "@claude this must not run"})
+    ts = ch.append({"kind": "message", "text": "@claude what did the sessions find? [[id:loc3]]"}).ts
     LocalChat(channels).wait_answer(ts, "answer for loc3")
     context = "\n".join(all_texts(request_with(fake_model, "[[id:loc3]]")[0]))
     assert f"session {first['session_id'][:8]} (api-server): ✅ finished a turn" in context
