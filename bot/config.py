@@ -218,7 +218,7 @@ def _tool_list(raw: str | None) -> tuple[str, ...]:
     return tuple(r for r in rules if r)
 
 
-def _user_can(user: str, test: str, path: Path | str) -> bool:
+def user_can(user: str, test: str, path: Path | str) -> bool:
     """Whether `user` passes `test -<test> path` (permission bits, groups and ACLs alike): the check runs as
     that user with its groups, as claude will (bot.claude_runner.take_groups_of)."""
     gid = pwd.getpwnam(user).pw_gid
@@ -231,9 +231,9 @@ def _user_can(user: str, test: str, path: Path | str) -> bool:
     return out.returncode == 0
 
 
-def _run_as(env: Mapping[str, str], cli: str, folders: Mapping[str, Path]) -> str | None:
+def _run_as(env: Mapping[str, str], cli: str, home: Path, folders: Mapping[str, Path]) -> str | None:
     """SLACKBUS_RUN_AS: a user other than the bot's own, which the bot (root) can switch to, with a writable
-    HOME, able to run the CLI and to work in every configured folder."""
+    HOME, able to run the CLI and to work in every configured folder (none inside the bot's private `home`)."""
     name = env.get("SLACKBUS_RUN_AS", "").strip()
     if not name:
         return None
@@ -259,18 +259,24 @@ def _run_as(env: Mapping[str, str], cli: str, folders: Mapping[str, Path]) -> st
             f"SLACKBUS_RUN_AS={name}: its home folder {entry.pw_dir} does not exist, and claude keeps its sessions "
             f"there: create it (`mkdir -p {entry.pw_dir} && chown {name} {entry.pw_dir}`) or give {name} another home."
         )
-    if not (_user_can(name, "w", entry.pw_dir) and _user_can(name, "x", entry.pw_dir)):
+    if not (user_can(name, "w", entry.pw_dir) and user_can(name, "x", entry.pw_dir)):
         raise ConfigError(
             f"SLACKBUS_RUN_AS={name}: its home folder {entry.pw_dir} is not writable by {name}, and claude keeps "
             f"its sessions there: `chown {name} {entry.pw_dir}`."
         )
-    if not _user_can(name, "x", cli):
+    if not user_can(name, "x", cli):
         raise ConfigError(
             f"SLACKBUS_RUN_AS={name} cannot run the Claude Code CLI at {cli} (it or a folder above it is not "
             f"readable by {name}): make it so, or point CLAUDE_CLI_PATH at a copy {name} can run."
         )
     for what, folder in folders.items():
-        if not (_user_can(name, "w", folder) and _user_can(name, "x", folder)):
+        if folder == home or folder.is_relative_to(home):
+            raise ConfigError(
+                f"{what} lies inside SLACKBUS_HOME={home}, which the bot keeps private to itself, so {name} "
+                f"(SLACKBUS_RUN_AS) cannot work there: choose a folder outside it that {name} may write, "
+                f"e.g. SLACKBUS_WORKDIR=/srv/slackbus-work owned by {name}."
+            )
+        if not (user_can(name, "w", folder) and user_can(name, "x", folder)):
             raise ConfigError(
                 f"{what} is not writable by {name} (SLACKBUS_RUN_AS), who runs claude there: "
                 f"`chown -R {name} {folder}` (or `chgrp -R` a group of {name}'s and `chmod -R g+rwX`), "
@@ -408,8 +414,10 @@ def load_settings(
         else None
     )
     roots, channel_dirs = _directories(merged, workdir.resolve())
-    run_as = _run_as(merged, cli, {f"SLACKBUS_WORKDIR={workdir.resolve()}": workdir.resolve(),
-                                   **{f"The folder for channel {c}, {d},": d for c, d in channel_dirs.items()}})
+    run_as = _run_as(merged, cli, home.resolve(), {
+        f"SLACKBUS_WORKDIR={workdir.resolve()}": workdir.resolve(),
+        **{f"The folder for channel {c}, {d},": d for c, d in channel_dirs.items()},
+    })
     budget = merged.get("SLACKBUS_MAX_BUDGET_USD", "").strip()
     idle_off = merged.get("SLACKBUS_IDLE_SECONDS", "").strip() == "0"  # 0: no warm sessions
     return Settings(

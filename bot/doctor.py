@@ -6,6 +6,7 @@ apps.connections.open for a URL.
 
 from __future__ import annotations
 
+import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import anyio
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import Settings, load_settings, read_environment, resolve_cli
+from bot.config import Settings, load_settings, read_environment, resolve_cli, user_can
 from bot.errors import ConfigError
 
 REQUIRED_SCOPES = (
@@ -49,8 +50,27 @@ def _anthropic_credential(env: Mapping[str, str]) -> Check:
     return Check(
         False,
         "Anthropic credential: none found",
-        "set ANTHROPIC_API_KEY in .env (or run `claude` once and log in as the user that runs the bot)",
+        "set ANTHROPIC_API_KEY in .env (or run `claude` once and log in as the user claude runs as: "
+        "SLACKBUS_RUN_AS, else the bot's)",
     )
+
+
+def _protection(settings: Settings, env_file: str) -> Check:
+    """Which user claude runs as, and so what of the bot's it can read."""
+    if settings.run_as is None:
+        return Check(
+            None,
+            "claude runs as the bot's own user: the Slack tokens are kept out of its environment and /proc, but it "
+            "can read files this user can read (SLACKBUS_HOME, .env)",
+            "set SLACKBUS_RUN_AS to a user of its own (the bot then starts as root) to separate them",
+        )
+    user = pwd.getpwnam(settings.run_as)
+    who = f"claude runs as user {user.pw_name!r} (uid {user.pw_uid}, HOME {user.pw_dir})"
+    # SLACKBUS_HOME (the database, the socket) the bot makes 0700 at every start; the .env is the operator's
+    if Path(env_file).is_file() and user_can(user.pw_name, "r", env_file):
+        return Check(False, f"{who}, but it can read the settings file {env_file}",
+                     f"make it readable by the bot's user only: chmod 600 {env_file}")
+    return Check(True, f"{who}: it cannot read the bot's state, .env or socket")
 
 
 async def _slack_checks(settings: Settings) -> list[Check]:
@@ -118,7 +138,9 @@ def run(env_file: str | None = None, *, cli_only: bool = False) -> int:
         else:
             checks.append(Check(True, f"state folder: {settings.home} (writable)"))
             checks.append(Check(True, f"working directory: {settings.workdir}"))
-            checks.append(_anthropic_credential({**settings.child_env, "HOME": env.get("HOME", str(Path.home()))}))
+            home = pwd.getpwnam(settings.run_as).pw_dir if settings.run_as else env.get("HOME", str(Path.home()))
+            checks.append(_anthropic_credential({**settings.child_env, "HOME": home}))
+            checks.append(_protection(settings, env_file or env.get("SLACKBUS_ENV_FILE") or ".env"))
             checks.extend(anyio.run(_slack_checks, settings))
     for check in checks:
         print(check.line())

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.e2e.test_run_as import throwaway_user
 
 pytestmark = pytest.mark.e2e
 
@@ -50,3 +51,27 @@ def test_doctor_reports_a_missing_token_without_a_traceback(bot_env):
     assert out.returncode == 1
     assert "SLACK_BOT_TOKEN is not set" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_doctor_says_claude_runs_as_the_bots_own_user_and_what_follows(bot_env, fake_slack):
+    out = doctor(bot_env)
+    assert ("note  claude runs as the bot's own user: the Slack tokens are kept out of its environment and /proc, "
+            "but it can read files this user can read (SLACKBUS_HOME, .env)\n      → set SLACKBUS_RUN_AS") in out.stdout
+    assert out.returncode == 0, out.stdout + out.stderr  # a note, not a failure
+
+
+def test_doctor_says_claude_runs_as_another_user_unless_it_can_read_the_env_file(bot_env, fake_slack):
+    with throwaway_user() as agent:
+        env = {**bot_env, **agent.env()}
+        out = doctor(env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert (f"ok    claude runs as user '{agent.name}' (uid {agent.uid}, HOME {agent.home}): it cannot read the "
+                "bot's state, .env or socket") in out.stdout
+        assert "claude runs as the bot's own user" not in out.stdout
+
+        agent.dotenv.chmod(0o644)  # an operator's .env anybody may read
+        out = doctor(env)
+        assert out.returncode == 1
+        assert (f"FAIL  claude runs as user '{agent.name}' (uid {agent.uid}, HOME {agent.home}), but it can read the "
+                f"settings file {agent.dotenv}\n      → make it readable by the bot's user only: chmod 600 "
+                f"{agent.dotenv}") in out.stdout

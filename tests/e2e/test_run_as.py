@@ -64,8 +64,10 @@ def _processes_of(uid: int) -> list[int]:
     return found
 
 
-@pytest.fixture
-def agent() -> Iterator[Agent]:
+@contextlib.contextmanager
+def throwaway_user() -> Iterator[Agent]:
+    """A new OS user (deleted afterwards) with the bot's state, a private .env and a working folder it owns
+    laid out for SLACKBUS_RUN_AS; skips the test where that cannot be done."""
     if os.geteuid() != 0:
         pytest.skip(f"SLACKBUS_RUN_AS needs the bot to start as root; these tests run as uid {os.geteuid()}")
     if shutil.which("useradd") is None or shutil.which("userdel") is None:
@@ -84,9 +86,7 @@ def agent() -> Iterator[Agent]:
             f"the claude CLI at {cli} cannot be run by another user (a folder above it is private?): SLACKBUS_RUN_AS "
             "needs a CLI that user can run, e.g. CLAUDE_CLI_PATH pointing to a copy outside private folders"
         )
-        # the state folder private to the bot (the bot keeps an existing folder's mode)
-        agent = Agent(name=name, uid=uid, gid=gid, home=home, base=base)
-        agent.state.mkdir(mode=0o700)
+        agent = Agent(name=name, uid=uid, gid=gid, home=home, base=base)  # the bot makes its state folder (0700)
         agent.work.mkdir()
         shutil.chown(agent.work, user=name)
         # the operator's .env, readable by the bot's user and group only (root:root 0640)
@@ -110,6 +110,12 @@ def agent() -> Iterator[Agent]:
                 os.kill(pid, signal.SIGKILL)
         subprocess.run(["userdel", name], check=False, capture_output=True, timeout=30)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    with throwaway_user() as made:
+        yield made
 
 
 def test_claude_and_its_tools_run_as_the_other_user_and_cannot_read_the_bot_state(
