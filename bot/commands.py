@@ -15,10 +15,10 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck
 from slack_sdk.errors import SlackApiError
 
-from bot import renderer
+from bot import renderer, slack_events
 from bot.approvals import APPROVE_ONCE, APPROVE_SESSION, DENY
 from bot.config import Settings
-from bot.dispatcher import Dispatcher, Job, JobQueue
+from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
 from bot.log import get_logger
 from bot.pipeline import STOPPED, WORKING, RunHandle, TaskPipeline
 from bot.poster import Poster
@@ -42,6 +42,7 @@ host (default: your latest thread here). `slackbus handoff` there hands a termin
 
 _LINK = re.compile(r"archives/([CDG][A-Z0-9]+)/p(\d{10})(\d{6})(?:\S*?thread_ts=(\d+\.\d+))?")
 _TS = re.compile(r"^\d{10}\.\d{6}$")
+ECHO_CHARS = 300  # how much of a `/claude <task>` the "asked:" message in the channel repeats
 
 
 def parse_thread_ref(text: str) -> tuple[str | None, str] | None:
@@ -53,6 +54,19 @@ def parse_thread_ref(text: str) -> tuple[str | None, str] | None:
     if _TS.match(text):
         return None, text
     return None
+
+
+def too_long(size: int, limit: int) -> str:
+    """The one sentence for a task over SLACKBUS_MAX_INPUT_CHARS."""
+    return (f"That task is {size:,} characters long, more than the {limit:,} I take (SLACKBUS_MAX_INPUT_CHARS), so "
+            "nothing was run: attach the long part as a file and ask again in a few sentences.")
+
+
+def _shortened(text: str, limit: int = ECHO_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    kept = text[:limit].rstrip()
+    return f"{kept} … [{len(text) - len(kept):,} more characters]"
 
 
 def _ago(seconds: float) -> str:
@@ -89,6 +103,10 @@ class Commands:
         self._dispatcher = dispatcher
         self._url = workspace_url.rstrip("/") + "/" if workspace_url else ""
         self._spawn = spawn
+        dispatcher.limit_input(settings.max_input_chars, self._refuse_too_long)
+
+    def _refuse_too_long(self, msg: IncomingMessage, size: int, limit: int) -> None:
+        self._spawn(self._poster.post_ephemeral, msg.channel, msg.user or "", too_long(size, limit), msg.thread_ts)
 
     def link(self, channel: str, ts: str, label: str = "thread") -> str:
         if not self._url:
@@ -136,12 +154,17 @@ class Commands:
             await ack(text=f"`{word}` is not a subcommand I know. To run a task, describe it: "
                       f"`/claude {word} the flaky login test`.\n\n{HELP}")
             return
+        if len(text) > self._settings.max_input_chars:
+            await ack(text=too_long(len(text), self._settings.max_input_chars))
+            log.info("commands.too_long", user=user, channel=channel, chars=len(text))
+            return
         await ack(text="Got it: starting in a thread here.")
         await self._start_task(user, channel, text)
 
     async def _start_task(self, user: str, channel: str, text: str) -> None:
         try:
-            parent_ts = await self._poster.post(channel, None, renderer.render_notice(f"<@{user}> asked: {text}"))
+            parent_ts = await self._poster.post(channel, None,
+                                                renderer.render_notice(f"<@{user}> asked: {_shortened(text)}"))
         except SlackApiError as exc:
             await self._poster.post_ephemeral(
                 channel, user, f"I could not post in this channel ({exc.response.get('error')}): invite me with "
@@ -158,25 +181,41 @@ class Commands:
                 received=time.monotonic(), is_dm=channel.startswith("D"))
         )
 
+    def _may_see(self, user: str, channel: str, where: str, requester: str | None) -> bool:
+        """Runs in this channel and the user's own; admins see every channel's and DM's."""
+        return where == channel or requester == user or self._settings.is_admin(user)
+
     async def _status(self, user: str, channel: str, rest: str) -> str:
         now = time.monotonic()
         lines = []
         running = sorted(self._pipeline.active.values(), key=lambda h: h.started)
         cap = self._settings.max_concurrent
         lines.append(f"*Running* ({len(running)} of {cap}):" if running else "*Running*: none")
+        hidden = 0
         for h in running:
+            if not self._may_see(user, channel, h.channel, h.requester):
+                hidden += 1
+                continue
             step = f", {h.progress.step}" if h.progress and h.progress.step else ""
             where = self.link(h.channel, h.thread_ts)
             lines.append(
                 f"• <@{h.requester}> in <#{h.channel}>, {where}: for {_ago(now - h.started)}{step} (run `{h.run_id}`)"
             )
+        if hidden:
+            lines.append(f"• and {hidden} elsewhere")
         waiting = self._queue.waiting()
         lines.append(f"*Queued* ({len(waiting)}):" if waiting else "*Queued*: none")
+        hidden = 0
         for position, job in enumerate(waiting, start=1):
+            if not self._may_see(user, channel, job.channel, job.user):
+                hidden += 1
+                continue
             lines.append(
                 f"{position}. <@{job.user}> in <#{job.channel}>, {self.link(job.channel, job.thread_ts)}: waiting "
                 f"{_ago(now - job.received)}"
             )
+        if hidden:
+            lines.append(f"and {hidden} elsewhere")
         c = self._pipeline.process_counts()
         other = c["live"] - c["busy"] - c["warm"] - c["pool"]
         lines.append(f"*Claude processes*: {c['live']} of {self._settings.max_processes} (SLACKBUS_MAX_PROCESSES): "
@@ -232,6 +271,11 @@ class Commands:
     def attach_command(self, thread: ThreadSession | None, user: str) -> str:
         if thread is None or not thread.started or not thread.session_id:
             return "That thread has no Claude session yet (or I have not seen one of yours here): start one first."
+        if thread.requester != user and not self._settings.is_admin(user):
+            log.info("commands.attach_refused", user=user, channel=thread.channel, thread_ts=thread.thread_ts)
+            who = f"<@{thread.requester}>, who started it," if thread.requester else "the person who handed it over"
+            return (f"Only {who} or an admin (SLACKBUS_ADMIN_USERS) can take that thread's session to a terminal, "
+                    "so nothing was changed.")
         if (thread.channel, thread.thread_ts) in self._pipeline.active:
             return "That thread's session is running now: attach once it has answered (or cancel it first)."
         from bot import handoff
@@ -248,9 +292,12 @@ class Commands:
 
     async def on_attach_button(self, body: dict[str, Any]) -> None:
         """"Continue in a terminal" on an answer: the command, privately, to whoever clicked (if allowed)."""
-        user = str((body.get("user") or {}).get("id") or "")
-        action = (body.get("actions") or [{}])[0]
-        channel, _, thread_ts = str(action.get("value") or "").partition("|")
+        clicked = slack_events.click(body)
+        user = clicked.user
+        channel, _, thread_ts = clicked.value.partition("|")
+        if not user or not channel:
+            log.info("commands.odd_click", action="attach", user=user, channel=channel)
+            return
         if not self._settings.is_allowed(user) or not self._settings.is_channel_allowed(channel):
             await self._poster.post_ephemeral(channel, user, "You are not on this bot's allow list.", thread_ts)
             return
@@ -319,12 +366,11 @@ class Commands:
 
     # --- 🛑 and the Stop button ----------------------------------------------------------------------------
     async def on_reaction(self, event: dict[str, Any]) -> None:
-        if event.get("reaction") != STOPPED:
+        reacted = slack_events.reaction(event)
+        if reacted.name != STOPPED or not reacted.user:
             return
-        item = event.get("item") or {}
-        user = str(event.get("user") or "")
-        channel, ts = str(item.get("channel") or ""), str(item.get("ts") or "")
-        handle = self._pipeline.find(channel, ts)
+        user, channel = reacted.user, reacted.channel
+        handle = self._pipeline.find(channel, reacted.ts)
         if handle is None or handle.cancelled_by:
             return
         if not self._settings.is_allowed(user):
@@ -336,22 +382,25 @@ class Commands:
             await self._poster.post_ephemeral(channel, user, answer, handle.thread_ts)
 
     async def on_approval_button(self, body: dict[str, Any]) -> None:
-        user = str((body.get("user") or {}).get("id") or "")
-        action = (body.get("actions") or [{}])[0]
-        channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id") or "")
-        thread_ts = (body.get("message") or {}).get("thread_ts")
+        clicked = slack_events.click(body)
+        user, channel, thread_ts = clicked.user, clicked.channel, clicked.thread_ts
+        if not user or not channel:
+            log.info("commands.odd_click", action="approval", user=user, channel=channel)
+            return
         if not self._settings.is_allowed(user) or self._approvals is None:
             await self._poster.post_ephemeral(channel, user, "You are not on this bot's allow list.", thread_ts)
             return
-        action_id, request_id = str(action.get("action_id")), str(action.get("value") or "")
-        refusal = await self._approvals.on_click(action_id, request_id, user)
+        refusal = await self._approvals.on_click(clicked.action_id, clicked.value, user)
         if refusal:
             await self._poster.post_ephemeral(channel, user, refusal, thread_ts)
 
     async def on_stop_button(self, body: dict[str, Any]) -> None:
-        user = str((body.get("user") or {}).get("id") or "")
-        action = (body.get("actions") or [{}])[0]
-        channel, _, thread_ts = str(action.get("value") or "").partition("|")
+        clicked = slack_events.click(body)
+        user = clicked.user
+        channel, _, thread_ts = clicked.value.partition("|")
+        if not user or not channel:
+            log.info("commands.odd_click", action="stop", user=user, channel=channel)
+            return
         handle = self._pipeline.find(channel, thread_ts)
         if handle is None:
             await self._poster.post_ephemeral(channel, user, "That run has already finished.", thread_ts or None)

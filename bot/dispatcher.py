@@ -1,6 +1,7 @@
 """Decides what an incoming message means and when its work runs.
 
 who may   — only allowed users start or continue work; everyone else's messages are still recorded
+how much  — a task longer than SLACKBUS_MAX_INPUT_CHARS is refused (the message is still recorded)
 dedupe    — a message becomes at most one job (a mention arrives as app_mention AND message; Slack retries)
 queue     — a global cap on concurrent runs with a FIFO queue
 order     — one run per thread at a time; follow-ups wait their turn and are answered together
@@ -212,6 +213,14 @@ class Dispatcher:
         self._on_accepted = on_accepted
         self._on_refused = on_refused
         self._refused_in_thread: set[tuple[str, str, str]] = set()
+        self._max_input_chars: int | None = None
+        self._on_too_long: Callable[[IncomingMessage, int, int], None] | None = None
+        self._too_long: set[tuple[str, str]] = set()  # (channel, ts) already told (a mention arrives twice)
+
+    def limit_input(self, max_chars: int, on_too_long: Callable[[IncomingMessage, int, int], None]) -> None:
+        """A task longer than `max_chars` runs nothing; `on_too_long(msg, size, limit)` tells its author (once)."""
+        self._max_input_chars = max_chars
+        self._on_too_long = on_too_long
 
     def on_message(self, msg: IncomingMessage) -> Job | None:
         if msg.subtype in IGNORED_SUBTYPES:
@@ -256,6 +265,14 @@ class Dispatcher:
                 log.info("dispatch.refused", channel=msg.channel, thread_ts=msg.reply_target, user=msg.user)
                 self._on_refused(msg, "user")
             return None
+        if self._max_input_chars is not None and len(msg.text) > self._max_input_chars:
+            if (msg.channel, msg.ts) not in self._too_long:
+                self._too_long.add((msg.channel, msg.ts))
+                log.info("dispatch.too_long", channel=msg.channel, ts=msg.ts, user=msg.user, chars=len(msg.text),
+                         limit=self._max_input_chars)
+                if self._on_too_long is not None:
+                    self._on_too_long(msg, len(msg.text), self._max_input_chars)
+            return None  # recorded as context (cut there), never a task
 
         try:
             if not self._store.claim_request(msg.channel, msg.ts, msg.reply_target, msg.user, "message"):

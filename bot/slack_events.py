@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -25,6 +26,60 @@ log = get_logger("slackbus.events")
 
 SlashHandler = Callable[[dict[str, Any], AsyncAck], Awaitable[None]]
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A reaction_added event, typed: "" for whatever was missing or not a string."""
+
+    user: str
+    name: str
+    channel: str
+    ts: str
+
+
+@dataclass(frozen=True)
+class Click:
+    """A button click (block_actions), typed: "" (None for thread_ts) for whatever was missing or not a string."""
+
+    user: str
+    channel: str
+    action_id: str
+    value: str
+    thread_ts: str | None  # the thread of the message holding the button
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def reaction(event: Any) -> Reaction:
+    event = _dict(event)
+    item = _dict(event.get("item"))
+    return Reaction(_str(event.get("user")), _str(event.get("reaction")), _str(item.get("channel")),
+                    _str(item.get("ts")))
+
+
+def click(body: Any) -> Click:
+    body = _dict(body)
+    actions = body.get("actions")
+    action = _dict(actions[0]) if isinstance(actions, list) and actions else {}
+    channel = _str(_dict(body.get("channel")).get("id")) or _str(_dict(body.get("container")).get("channel_id"))
+    return Click(_str(_dict(body.get("user")).get("id")), channel, _str(action.get("action_id")),
+                 _str(action.get("value")), _str(_dict(body.get("message")).get("thread_ts")) or None)
+
+
+def edit(event: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(channel, ts, new text) of a person's message_changed event; None for a bot's or a malformed one."""
+    changed = _dict(event.get("message"))
+    channel, ts = _str(event.get("channel")), _str(changed.get("ts"))
+    if not channel or not ts or changed.get("bot_id"):
+        return None
+    return channel, ts, _str(changed.get("text"))
 
 
 def incoming(event: dict[str, Any], body: dict[str, Any], *, bot_user_id: str, received: float,
@@ -102,13 +157,14 @@ def register(
             return
         try:
             if subtype == "message_changed":
-                changed = event.get("message") or {}
-                if changed.get("ts") and not changed.get("bot_id"):
-                    store_edit(store, str(event.get("channel")), changed)
+                changed = edit(event)
+                if changed is not None:
+                    store_edit(store, *changed)
                 return
             if subtype == "message_deleted":
-                if event.get("deleted_ts"):
-                    store.delete_message(str(event.get("channel")), str(event["deleted_ts"]))
+                channel, deleted = _str(event.get("channel")), _str(event.get("deleted_ts"))
+                if channel and deleted:
+                    store.delete_message(channel, deleted)
                 return
         except StoreError as exc:
             log.error("store.write_failed", what=subtype, channel=event.get("channel"), error=str(exc))
@@ -144,13 +200,11 @@ def register(
         await ack()
 
 
-def store_edit(store: Store, channel: str, changed: dict[str, Any]) -> None:
-    existing = store.get_message(channel, str(changed["ts"]))
+def store_edit(store: Store, channel: str, ts: str, text: str) -> None:
+    existing = store.get_message(channel, ts)
     if existing is None:
         return
-    from dataclasses import replace
-
-    store.record_message(replace(existing, text=str(changed.get("text") or "")))
+    store.record_message(replace(existing, text=text))
 
 
 def masked_ack(ack: AsyncAck) -> AsyncAck:
