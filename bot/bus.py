@@ -173,10 +173,7 @@ def post(
     """Post `text`, tagged with `who`, to the channel (in thread_ts when given)."""
     channel = channel or s.channel
     thread_ts = thread_ts if thread_ts is not None else s.thread_ts
-    from bot.redact import redact, redactor  # here, not at the top: a hook that only reads need not load it
-
-    redactor.add(*s.secrets)
-    body = redact(who.tag(text.strip()))  # the bus's one exit: socket, Web API, webhook and local channel alike
+    body = mask(s, who.tag(text.strip()))  # the bus's one exit: socket, Web API, webhook and local channel alike
     if len(body) > MAX_POST_CHARS:
         body = body[: MAX_POST_CHARS - 20].rstrip() + " … [trimmed]"
     deadline = deadline or time.monotonic() + s.timeout
@@ -198,7 +195,7 @@ def post(
             params["thread_ts"] = thread_ts
         data = _api(s, "chat.postMessage", params, deadline)
         ts = str(data.get("ts") or "")
-        _remember_post(s, channel, BusMessage(channel, ts, thread_ts, who.label, redact(text.strip())))
+        _remember_post(s, channel, BusMessage(channel, ts, thread_ts, who.label, mask(s, text.strip())))
         return Posted("api", channel, ts)
     if s.webhook_url:
         payload: dict[str, Any] = {"text": body}
@@ -212,6 +209,14 @@ def post(
         "Nothing to post with: run the slackbus bot on this host, or set SLACK_BOT_TOKEN (with SLACKBUS_CHANNEL) "
         "or SLACK_WEBHOOK_URL."
     )
+
+
+def mask(s: BusSettings, text: str) -> str:
+    """Text this process sends anywhere, with the known token shapes and its own secret values masked."""
+    from bot.redact import redact, redactor  # here, not at the top: a hook that only reads need not load it
+
+    redactor.add(*s.secrets)
+    return redact(text)
 
 
 def _post_local(s: BusSettings, channel: str | None, thread_ts: str | None, body: str) -> Posted:

@@ -192,7 +192,8 @@ def cmd_handoff(args: argparse.Namespace) -> int:
     last = hooks.last_from_transcript((hold or {}).get("transcript_path") or handoff.transcript_path(home, cwd,
                                                                                                     session_id))
     request = {"op": "handoff", "session_id": session_id, "cwd": cwd, "home": home,
-               "channel": args.channel or settings.channel, "note": args.note, "last": last,
+               "channel": args.channel or settings.channel, "note": bus.mask(settings, args.note or ""),
+               "last": bus.mask(settings, last or ""),
                "by": os.environ.get("SLACKBUS_USER") or getpass.getuser()}
     try:
         answer = bus.ask_bot(settings, request, timeout=15)
