@@ -124,6 +124,7 @@ def test_claude_and_its_tools_run_as_the_other_user_and_cannot_read_the_bot_stat
     start_bot(**agent.env(SLACKBUS_ALLOWED_TOOLS="Bash(./probe.sh)"))
     assert agent.state.stat().st_mode & 0o077 == 0, "SLACKBUS_HOME must stay private to the bot's user"
     fake_model.enqueue_tool_use("Bash", {"command": "./probe.sh", "description": "who am I, what can I read"})
+    fake_model.enqueue_tool_use("mcp__slackbus__post", {"text": "posted by the other user's claude"})
     fake_model.enqueue_text("probed the host")
     ts = fake_slack.user_says("C1", "U1", "who are you here?", mention=True)
     answer_in(fake_slack, "C1", ts, "probed the host", timeout=60)
@@ -136,6 +137,8 @@ def test_claude_and_its_tools_run_as_the_other_user_and_cannot_read_the_bot_stat
     assert f"{agent.dotenv}: Permission denied" in output  # nor the bot's .env (not as group root either),
     assert DOTENV_SECRET not in output
     assert f"{agent.state}': Permission denied" in output  # nor list the state folder (bot.sock is in there)
+    # the bot's MCP tools (served over claude's own pipes, not the socket) still reach the channel
+    assert any("posted by the other user's claude" in (m.get("text") or "") for m in fake_slack.bot_messages("C1"))
     # the session is kept under the other user's HOME, owned by it
     transcripts = list((agent.home / ".claude" / "projects").rglob("*.jsonl"))
     assert transcripts and all(t.stat().st_uid == agent.uid for t in transcripts)
