@@ -398,7 +398,7 @@ def parse_line(raw: bytes, *, author: str, bot: bool, private_to: str | None = N
     if not isinstance(ts, str) or not _TS.fullmatch(ts):
         return "no ts like 1764150000.000100"
     kind = data.get("kind", "message")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         return f"an unknown kind {str(kind)[:40]!r}"
     thread_ts = data.get("thread_ts")
     if thread_ts is not None and not (isinstance(thread_ts, str) and _TS.fullmatch(thread_ts)):
