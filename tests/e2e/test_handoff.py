@@ -149,9 +149,12 @@ def test_continue_in_a_terminal_on_an_answer_gives_the_command_privately(
     [answer] = [m for m in fake_slack.bot_messages("C1", ts) if "answer for b1" in m["text"]]
     button = answer["blocks"][-1]["elements"][0]
     assert button["action_id"] == "slackbus_attach" and button["text"]["text"] == "Continue in a terminal"
-    fake_slack.block_action("U2", "C1", answer["ts"], "slackbus_attach", value=button["value"])
-    said = wait_for(lambda: [e for e in fake_slack.ephemerals if e.get("user") == "U2"], what="the private answer")
+    fake_slack.block_action("U1", "C1", answer["ts"], "slackbus_attach", value=button["value"])
+    said = wait_for(lambda: [e for e in fake_slack.ephemerals if e.get("user") == "U1"], what="the private answer")
     assert "claude --resume=" in said[0]["text"] and "cd " in said[0]["text"]
+    fake_slack.block_action("U2", "C1", answer["ts"], "slackbus_attach", value=button["value"])  # not the requester
+    other = wait_for(lambda: [e for e in fake_slack.ephemerals if e.get("user") == "U2"], what="the refusal")
+    assert "Only <@U1>" in other[0]["text"] and "resume" not in other[0]["text"]
     fake_slack.block_action("U9", "C1", answer["ts"], "slackbus_attach", value=button["value"])  # not allowed
     refused = wait_for(lambda: [e for e in fake_slack.ephemerals if e.get("user") == "U9"], what="the refusal")
     assert "allow list" in refused[0]["text"] and "resume" not in refused[0]["text"]
