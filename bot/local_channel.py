@@ -320,11 +320,13 @@ class LocalChannel:
 
     # --- reading -----------------------------------------------------------------------------------------------
     def last_ts(self) -> str | None:
-        """The newest ts in any of the channel's public files (each file's last whole line)."""
+        """The newest ts in any of the channel's public files (each file's last whole line); one more than a day
+        ahead of the clock is not believed (it would push every later ts past the 10-digit form)."""
         best: str | None = None
+        horizon = int((time.time() + 86400) * 1_000_000)
         for _name, path in self.files():
             ts = _tail_ts(path)
-            if ts is not None and (best is None or ts_key(ts) > ts_key(best)):
+            if ts is not None and ts_key(ts) <= horizon and (best is None or ts_key(ts) > ts_key(best)):
                 best = ts
         return best
 
@@ -344,14 +346,6 @@ class LocalChannel:
     def records(self, on_skip: OnSkip | None = None, *, private_for: str | None = None) -> list[Record]:
         """Every record now in the channel, in ts order (and `private_for`'s private answers)."""
         return Follower(self, on_skip=on_skip, private_for=private_for).poll()
-
-    def size(self) -> int:
-        """Total bytes in the channel's files: grows with every record (a cheap "anything new?")."""
-        total = 0
-        for _, path in self.files():
-            with contextlib.suppress(OSError):
-                total += os.lstat(path).st_size
-        return total
 
 
 def _tail_ts(path: str) -> str | None:

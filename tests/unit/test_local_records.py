@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,3 +267,12 @@ def test_old_single_file_channels_are_listed_as_no_longer_read(tmp_path: Path) -
     LocalChannel(str(tmp_path), "dev").append({"kind": "message", "text": "new"})
     assert legacy_files(str(tmp_path)) == [str(tmp_path / "general.jsonl")]
     assert LocalChannel(str(tmp_path), "general").records() == []
+
+
+def test_a_ts_far_in_the_future_does_not_stop_the_channel(tmp_path: Path) -> None:
+    ch = LocalChannel(str(tmp_path), "general")
+    ch.append({"kind": "message", "text": "one"})
+    raw(ch.own_file, {"ts": "9999999999.999999", "text": "from the far future"})
+    after = ch.append({"kind": "message", "text": "two"})  # would be 10000000000.000000, not a ts, if believed
+    assert after.ts.startswith(str(int(time.time()))[:6])
+    assert [r.text for r in ch.records()] == ["one", "two", "from the far future"]
