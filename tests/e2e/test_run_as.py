@@ -15,6 +15,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,7 @@ def throwaway_user() -> Iterator[Agent]:
     home = base / "agent-home"
     subprocess.run(["useradd", "--system", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
                    check=True, capture_output=True, timeout=30)
+    uid = -1
     try:
         uid, gid = pwd.getpwnam(name).pw_uid, pwd.getpwnam(name).pw_gid
         probe = subprocess.run(["/bin/sh", "-c", 'test -x "$1"', "sh", str(cli)], user=name, timeout=10, check=False)
@@ -105,11 +108,22 @@ def throwaway_user() -> Iterator[Agent]:
             path.chmod(0o755)
         yield agent
     finally:
-        for pid in _processes_of(uid):  # whatever a failed test left behind: userdel refuses a user with processes
+        _remove_user(name, uid)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _remove_user(name: str, uid: int) -> None:
+    """userdel, once whatever a failed test left running as that user is gone (userdel refuses a user with
+    processes). Tests take `agent` before `start_bot`, so the bot has stopped and reaped its children by now."""
+    deadline = time.monotonic() + 10
+    while uid >= 0 and (left := _processes_of(uid)) and time.monotonic() < deadline:
+        for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        subprocess.run(["userdel", name], check=False, capture_output=True, timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
+        time.sleep(0.1)
+    out = subprocess.run(["userdel", name], check=False, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        warnings.warn(f"could not delete the test user {name}: {out.stderr.strip()}", stacklevel=1)
 
 
 @pytest.fixture
@@ -119,7 +133,7 @@ def agent() -> Iterator[Agent]:
 
 
 def test_claude_and_its_tools_run_as_the_other_user_and_cannot_read_the_bot_state(
-    start_bot, fake_slack, fake_model, agent
+    agent, start_bot, fake_slack, fake_model
 ):
     start_bot(**agent.env(SLACKBUS_ALLOWED_TOOLS="Bash(./probe.sh)"))
     assert agent.state.stat().st_mode & 0o077 == 0, "SLACKBUS_HOME must stay private to the bot's user"
@@ -145,7 +159,7 @@ def test_claude_and_its_tools_run_as_the_other_user_and_cannot_read_the_bot_stat
 
 
 def test_the_other_users_claude_is_interrupted_and_reaped_when_the_bot_stops(
-    start_bot, fake_slack, fake_model, agent
+    agent, start_bot, fake_slack, fake_model
 ):
     bot = start_bot(**agent.env(SLACKBUS_ALLOWED_TOOLS="Bash(./slow.sh)"))
     fake_model.enqueue_tool_use("Bash", {"command": "./slow.sh", "description": "wait a long time"})
