@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = _load_hardened(args.env_file, transport="local" if args.local else None)
         configure_logging(settings.log_level, settings.log_format)
+        _warn_readable_env_file(args.env_file)
         check_cli(settings.claude_cli_path)
         bot = Bot(settings)
     except (ConfigError, StoreError) as exc:
@@ -90,6 +91,19 @@ def _load_hardened(env_file: str | None, transport: str | None) -> Settings:
     scrub_process_environment()
     hardening.private_state(settings.home, settings.db_path)
     return settings
+
+
+def _warn_readable_env_file(env_file: str | None) -> None:
+    """A .env other users can read gives the tokens away whatever the bot does: say so at start."""
+    from pathlib import Path
+
+    from bot import hardening
+    from bot.log import get_logger
+
+    path = Path(env_file or os.environ.get("SLACKBUS_ENV_FILE") or ".env")
+    if path.is_file() and hardening.world_readable(path):
+        get_logger("slackbus.cli").warning("config.env_file_readable", path=str(path.resolve()),
+                                           fix=f"chmod 600 {path}: other local users can read the tokens in it")
 
 
 def _sentence_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | StoreError | None:

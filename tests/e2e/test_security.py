@@ -166,3 +166,17 @@ def test_the_bot_starts_without_a_traceback_when_the_secrets_pipe_is_odd(tmp_pat
     assert out.returncode == 2
     assert "SLACK_BOT_TOKEN is not set" in out.stderr and "Traceback" not in out.stderr
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
+
+
+def test_a_env_file_other_users_can_read_is_named_at_start(start_bot, tmp_path, bot_env):
+    env_file = Path(bot_env["SLACKBUS_ENV_FILE"])
+    env_file.write_text("DEPLOY_TOKEN=opensesame-plain-9876\n")
+    env_file.chmod(0o644)
+    bot = start_bot()
+    [warning] = bot.events("config.env_file_readable")
+    assert warning["path"] == str(env_file.resolve()) and "chmod 600" in warning["fix"]
+    assert "opensesame-plain-9876" not in bot.log_path.read_text()
+    assert bot.stop() == 0
+
+    env_file.chmod(0o600)
+    assert not start_bot().events("config.env_file_readable")
