@@ -1,4 +1,4 @@
-"""The local channel file: whole lines under many concurrent writers, increasing ts, followers see growth."""
+"""A channel's files: whole lines under many concurrent writers (a file each), ts increasing across all of them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bot.local_channel import Follower, LocalChannel, channels_in, valid_name
-
 
 WRITERS = ["root", "daemon", "bin", "sys", "sync", "games", "man", "lp"]  # OS accounts: a file each (as root)
 
