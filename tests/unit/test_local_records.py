@@ -4,6 +4,7 @@ them; nobody: a real process of its own, so the kernel enforces what it may do).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from bot import bus
 from bot.console import ConsoleView
 from bot.local_channel import (
     BOT_FILE,
+    LOCK_WAIT_S,
     Follower,
     LocalChannel,
     Undeliverable,
@@ -276,3 +278,19 @@ def test_a_ts_far_in_the_future_does_not_stop_the_channel(tmp_path: Path) -> Non
     after = ch.append({"kind": "message", "text": "two"})  # would be 10000000000.000000, not a ts, if believed
     assert after.ts.startswith(str(int(time.time()))[:6])
     assert [r.text for r in ch.records()] == ["one", "two", "from the far future"]
+
+
+def test_a_lock_held_forever_slows_a_channel_but_does_not_stop_it(tmp_path: Path) -> None:
+    ch = LocalChannel(str(tmp_path), "general")
+    ch.append({"kind": "message", "text": "one"})
+    follower = Follower(ch)
+    assert [r.text for r in follower.poll()] == ["one"]
+    holder = os.open(ch.path, os.O_RDONLY | os.O_DIRECTORY)  # anyone who can open the folder can lock it
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        ch.append({"kind": "message", "text": "two"})
+        assert time.monotonic() - started < LOCK_WAIT_S + 2
+        assert [r.text for r in follower.poll()] == ["two"]
+    finally:
+        os.close(holder)
