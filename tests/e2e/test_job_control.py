@@ -64,13 +64,13 @@ def test_slash_command_ack_is_fast_and_the_task_runs(start_bot, fake_slack, fake
 
 
 def test_queue_positions_with_a_cap_of_one(start_bot, fake_slack, fake_model, tmp_path):
-    start_bot(SLACKBUS_MAX_CONCURRENT="1", **ALLOWED_TOOLS)
+    start_bot(SLACKBUS_MAX_CONCURRENT="1", SLACKBUS_ADMIN_USERS="U3", **ALLOWED_TOOLS)
     first = start_slow_run(fake_slack, fake_model, tmp_path)
     second = fake_slack.user_says("C2", "U2", "second [[id:p2]]", mention=True)
     third = fake_slack.user_says("C3", "U3", "third [[id:p3]]", mention=True)
     answer_in(fake_slack, "C2", second, "Queued, position 1")
     answer_in(fake_slack, "C3", third, "Queued, position 2")
-    status = ack_text(fake_slack, fake_slack.slash_command(text="status", user="U2"))
+    status = ack_text(fake_slack, fake_slack.slash_command(text="status", user="U3"))  # an admin sees every channel
     assert "*Running* (1 of 1)" in status and "*Queued* (2)" in status
     assert status.index("<@U2>") < status.index("<@U3>")
 
