@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from bot.context_builder import Context, ContextBuilder
 from bot.dispatcher import IGNORED_SUBTYPES, Dispatcher, IncomingMessage, Job, JobQueue
 from bot.renderer import CHUNK_CHARS, split_markdown
-from bot.slack_events import incoming
+from bot.slack_events import click, edit, incoming, reaction
 from bot.store import Store, StoredMessage
 
 BOT = "UBOT"
@@ -533,3 +533,72 @@ def test_split_markdown_keeps_parts_within_the_limit_balanced_and_complete(text,
     # only fence lines were added: all other text is kept, in order
     assert squash(without_fences(joined)) == squash(without_fences(text))
     assert is_subsequence(fence_lines(text), fence_lines(joined))  # the text's own fences are all kept
+
+
+# --- 4. odd reactions, clicks and edits through the real bot --------------------------------------------------
+
+
+@PROPERTY
+@given(st.one_of(JSON_JUNK, st.none(), st.dictionaries(
+    st.sampled_from(["user", "reaction", "item", "actions", "channel", "container", "message", "ts", "text",
+                     "bot_id"]),
+    st.one_of(JSON_JUNK, st.none(), st.text(max_size=5),
+              st.lists(st.one_of(JSON_JUNK, st.dictionaries(st.sampled_from(["action_id", "value", "id"]),
+                                                            st.one_of(JSON_JUNK, st.text(max_size=5)))),
+                       max_size=2),
+              st.dictionaries(st.sampled_from(["id", "channel", "ts", "channel_id", "thread_ts"]),
+                              st.one_of(JSON_JUNK, st.none(), st.text(max_size=5)))),
+    max_size=6)))
+def test_reactions_clicks_and_edits_are_read_without_raising(payload):
+    reacted = reaction(payload)
+    clicked = click(payload)
+    assert all(isinstance(v, str) for v in (reacted.user, reacted.name, reacted.channel, reacted.ts))
+    assert all(isinstance(v, str) for v in (clicked.user, clicked.channel, clicked.action_id, clicked.value))
+    assert clicked.thread_ts is None or isinstance(clicked.thread_ts, str)
+    if isinstance(payload, dict):
+        edited = edit(payload)
+        assert edited is None or all(isinstance(v, str) and v for v in edited[:2])
+
+
+def click_payload(**fields: Any) -> dict[str, Any]:
+    """A block_actions body as Slack sends it, with some fields replaced by what Slack never sends."""
+    body: dict[str, Any] = {
+        "type": "block_actions", "user": {"id": "U1"}, "api_app_id": "A1", "token": "t", "team": {"id": "T1"},
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C1"},
+        "channel": {"id": "C1"}, "message": {"ts": "1700000000.000100", "thread_ts": "1700000000.000100"},
+        "trigger_id": "1.2", "response_url": "https://example.invalid/r",
+    }
+    return body | fields
+
+
+ODD_EVENTS = [  # most made a listener raise (Bolt logged "Failed to run listener function"), the rest kept junk
+    {"type": "message", "subtype": "message_changed", "channel": "C1", "message": "now this text"},
+    {"type": "message", "subtype": "message_changed", "channel": "C1", "message": ["x"]},
+    {"type": "message", "subtype": "message_changed", "channel": "C1", "message": {"ts": ["1"], "text": {}}},
+    {"type": "message", "subtype": "message_deleted", "channel": "C1", "deleted_ts": {"ts": "1"}},
+    {"type": "reaction_added", "user": "U1", "reaction": "octagonal_sign", "item": "C1"},
+    {"type": "reaction_added", "user": {}, "reaction": "octagonal_sign", "item": ["C1", "1700000000.000100"]},
+]
+ODD_CLICKS = [
+    click_payload(user="U1", actions=[{"action_id": "slackbus_stop", "value": "C1|1700000000.000100"}]),
+    click_payload(user=["U1"], actions=[{"action_id": "slackbus_attach", "value": {"C1": 1}}]),
+    click_payload(channel="C1", actions=[{"action_id": "slackbus_approve_once", "value": 7}], message="x"),
+    click_payload(container=[], channel=None, actions=[{"action_id": "slackbus_deny"}], user={"id": 5}),
+    click_payload(actions=[{"action_id": "slackbus_stop", "value": ["C1", "1"]}]),
+]
+
+
+@pytest.mark.e2e
+def test_odd_events_and_clicks_never_make_a_listener_raise(start_bot, fake_slack, fake_model):
+    bot = start_bot()
+    envelopes = [fake_slack.send_event(event) for event in ODD_EVENTS]
+    envelopes += [fake_slack.send_envelope("interactive", body) for body in ODD_CLICKS]
+    for envelope in envelopes:
+        fake_slack.wait_ack(envelope)
+    # the bot goes on: a mention sent after them is answered (their handlers, short, ran before its run ended)
+    ts = fake_slack.user_says("C1", "U1", "still there? [[id:odd]]", mention=True)
+    fake_slack.wait_for(lambda: any("answer for odd" in m["text"] for m in fake_slack.bot_messages("C1", ts)),
+                        what="the answer")
+    failures = [line for line in bot.lines() if "Failed to run listener" in line or "Traceback" in line
+                or line.startswith("ERROR")]
+    assert failures == [], "\n".join(bot.lines())
