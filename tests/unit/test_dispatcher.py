@@ -373,3 +373,20 @@ def test_incoming_message_helpers():
     assert not top.is_dm
     assert IncomingMessage("D1", ts(1), "x", "U1").is_dm
     assert IncomingMessage("C1", ts(1), "x", "U1", channel_type="im").is_dm
+
+
+def test_a_task_over_the_input_limit_runs_nothing_and_is_told_once(harness):
+    told: list[tuple[str, int, int]] = []
+    harness.dispatcher.limit_input(100, lambda msg, size, limit: told.append((msg.ts, size, limit)))
+    long = f"<@{BOT}> " + "x" * 100
+    assert harness.say(1, long, mentions_bot=True, event_id="Ev1") is None  # as app_mention...
+    assert harness.say(1, long, mentions_bot=True, event_id="Ev2") is None  # ...and as message: told once
+    harness.store.save_thread(ThreadSession("C1", ts(5), "sess-1", "/w", True, ts(5), "U1"))
+    assert harness.say(6, "y" * 101, thread_ts=ts(5)) is None  # a follow-up
+    assert harness.say(7, "z" * 101, channel="D1", channel_type="im") is None  # a DM
+    assert told == [(ts(1), len(long), 100), (ts(6), 101, 100), (ts(7), 101, 100)]
+    assert harness.accepted == [] and harness.queue.pending == 0
+    assert harness.store.unfinished_requests() == []
+    stored = harness.store.get_message("C1", ts(6))  # still recorded: context for what comes next
+    assert stored is not None and stored.text == "y" * 101
+    assert harness.say(8, "w" * 100, thread_ts=ts(5)) is not None  # at the limit: a task
