@@ -5,6 +5,7 @@ The local side is not a fake: it writes records exactly as `slackbus console` an
 
 from __future__ import annotations
 
+import pwd
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,13 @@ class LocalChat(Chat):
         self.ch = LocalChannel(self.directory, channel)
 
     def who(self, user: str) -> str:
-        return self.users.get(user, user)
+        """The OS user `user` writes as: its mapping, itself if an OS account, else this process's user."""
+        name = self.users.get(user, user)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            return me()
+        return name
 
     def writer(self, user: str) -> LocalChannel:
         name = self.who(user)
