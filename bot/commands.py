@@ -30,14 +30,15 @@ HELP = """\
 *slackbus* runs Claude Code on tasks from this channel.
 • `@slackbus <task>` or `/claude <task>`: run a task; I answer in a thread, with the channel's recent messages \
 as context. Reply in the thread to continue the same Claude session (no mention needed).
-• `/claude status`: what is running and queued, and the Claude processes I keep (against the cap).
+• `/claude status`: what is running and queued here and for you (admins: everywhere), and the Claude processes \
+I keep (against the cap).
 • `/claude sessions`: this channel's recent sessions, with links to their threads.
 • `/claude cancel [thread link]`: stop your run (admins: any run). A :octagonal_sign: reaction on the request, \
 or the Stop button, does the same.
 • `/claude cwd [path]`: the folder Claude works in here (admins can change it, within the allowed roots).
 • `/claude approve [session]`, `/claude deny`: answer Claude's request to use a tool (the buttons do the same).
-• `/claude attach [thread link]`: the command that continues a thread's session in a terminal on my \
-host (default: your latest thread here). `slackbus handoff` there hands a terminal session to Slack.
+• `/claude attach [thread link]`: the command that continues your thread's session (admins: any) in a \
+terminal on my host (default: your latest thread here). `slackbus handoff` there hands a terminal session to Slack.
 • `/claude help`: this text."""
 
 _LINK = re.compile(r"archives/([CDG][A-Z0-9]+)/p(\d{10})(\d{6})(?:\S*?thread_ts=(\d+\.\d+))?")
@@ -273,9 +274,11 @@ class Commands:
             return "That thread has no Claude session yet (or I have not seen one of yours here): start one first."
         if thread.requester != user and not self._settings.is_admin(user):
             log.info("commands.attach_refused", user=user, channel=thread.channel, thread_ts=thread.thread_ts)
-            who = f"<@{thread.requester}>, who started it," if thread.requester else "the person who handed it over"
-            return (f"Only {who} or an admin (SLACKBUS_ADMIN_USERS) can take that thread's session to a terminal, "
-                    "so nothing was changed.")
+            if not thread.requester:
+                return ("That thread was handed over from a terminal: only an admin (SLACKBUS_ADMIN_USERS) can take "
+                        "its session back to one from Slack, so nothing was changed.")
+            return (f"Only <@{thread.requester}>, who started that thread, or an admin (SLACKBUS_ADMIN_USERS) can take "
+                    "its session to a terminal, so nothing was changed.")
         if (thread.channel, thread.thread_ts) in self._pipeline.active:
             return "That thread's session is running now: attach once it has answered (or cancel it first)."
         from bot import handoff
