@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import tempfile
@@ -19,15 +18,27 @@ from tests.fakes.chat import LocalChat, wait_for
 from tests.fakes.fake_model import FakeModel
 
 
-def _writer(directory: str, w: int, n: int) -> None:
-    ch = LocalChannel(directory, "busy")
+def _writers_as(writers: int) -> list[str | None]:
+    """Who writes: as root, that many distinct system accounts (a file each, as a team would have); otherwise
+    this user, every writer appending to the same own file."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return [None] * writers
+    names = [p.pw_name for p in pwd.getpwall() if 0 < p.pw_uid < 1000 and p.pw_name.isidentifier()]
+    return [names[w % len(names)] if names else None for w in range(writers)]
+
+
+def _writer(directory: str, as_user: str | None, w: int, n: int) -> None:
+    ch = LocalChannel(directory, "busy", as_user=as_user)
     for i in range(n):
-        ch.append({"kind": "message", "user": f"w{w}", "seq": i, "text": f"writer {w} message {i}"})
+        ch.append({"kind": "message", "seq": i, "text": f"writer {w} message {i}"})
 
 
 def appends_per_second(writers: int = 8, each: int = 1000) -> dict[str, Any]:
+    who = _writers_as(writers)
     with tempfile.TemporaryDirectory(prefix="slackbus-bench-") as tmp:
-        procs = [multiprocessing.get_context("fork").Process(target=_writer, args=(tmp, w, each))
+        procs = [multiprocessing.get_context("fork").Process(target=_writer, args=(tmp, who[w], w, each))
                  for w in range(writers)]
         started = time.perf_counter()
         for p in procs:
@@ -35,9 +46,11 @@ def appends_per_second(writers: int = 8, each: int = 1000) -> dict[str, Any]:
         for p in procs:
             p.join()
         took = time.perf_counter() - started
-        lines = (Path(tmp) / "busy.jsonl").read_bytes().split(b"\n")[:-1]
-        whole = sum(1 for line in lines if json.loads(line))
-        return {"writers": writers, "appends": writers * each, "whole_lines": whole, "seconds": round(took, 3),
+        records = LocalChannel(tmp, "busy").records()
+        tss = [r.ts for r in records]
+        in_order = tss == sorted(tss) and len(set(tss)) == len(tss)
+        return {"writers": writers, "files": len({w for w in who}), "appends": writers * each,
+                "whole_lines": len(records), "in_order": in_order, "seconds": round(took, 3),
                 "appends_per_second": round(writers * each / took)}
 
 
@@ -62,9 +75,8 @@ def round_trip(n: int) -> dict[str, Any]:
                 ts = chat.mention("alice", f"question {i} [[id:r{i}]]")
                 wait_for(lambda ts=ts: "white_check_mark" in chat.reactions(ts), timeout=60)
                 recs = chat.records()
-                eyes = next(r["ts"] for r in recs if r.get("kind") == "reaction" and r.get("target") == ts
-                            and r.get("name") == "eyes")
-                answer = next(r["ts"] for r in recs if r.get("bot") and r.get("thread_ts") == ts)
+                eyes = next(r.ts for r in recs if r.kind == "reaction" and r.target == ts and r.name == "eyes")
+                answer = next(r.ts for r in recs if r.bot and r.kind == "message" and r.thread_ts == ts)
                 first_sign.append((float(eyes) - float(ts)) * 1000)
                 answered.append((float(answer) - float(ts)) * 1000)
                 time.sleep(1.5)  # paced, as people type: the warm pool refills between mentions

@@ -94,8 +94,8 @@ TARGETS: list[tuple[str, str, str, str, Callable[[Any], bool]]] = [
      lambda s: True),
     ("local channel: mention appended → 👀", "local.round_trip.appended_to_first_sign_ms", "_dist", "",
      lambda s: True),
-    ("local channel: 8 writers × 1,000 appends at once", "local.eight_writers.appends_per_second", "_rate",
-     "whole lines, in order", lambda v: True),
+    ("local channel: 8 writers × 1,000 appends at once (a file each)", "local.eight_writers", "_writers",
+     "whole lines, in order", lambda v: v["whole_lines"] == v["appends"] and v.get("in_order") is True),
 ]
 
 
@@ -112,6 +112,8 @@ def _format(kind: str, value: Any) -> str:
         return f"{value:g} MB"
     if kind == "_rate":
         return f"{value:g} appends/s"
+    if kind == "_writers":
+        return f"{value['appends_per_second']:g} appends/s, {value['whole_lines']:g} of {value['appends']:g} whole"
     if kind == "_bool":
         return "yes" if value else "no"
     return f"{value:g}" if isinstance(value, int | float) else str(value)

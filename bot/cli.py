@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     console = sub.add_parser("console", help="chat with the bot in this terminal, on a local channel (no Slack)")
     console.add_argument("channel", nargs="?", default="general", help="the local channel (default: general)")
-    console.add_argument("--user", help="your name in the channel (default: your login name)")
+    console.add_argument("--user", help=argparse.SUPPRESS)  # kept for old scripts: you are your OS user now
     console.set_defaults(func=cmd_console)
     doctor = sub.add_parser("doctor", help="check the settings and the claude CLI, then exit")
     doctor.add_argument("--cli-only", action="store_true", help="only check that the claude CLI runs")
