@@ -29,7 +29,7 @@ from bot.claude_runner import SessionSpec
 from bot.commands import Commands
 from bot.config import Settings
 from bot.context_builder import SYSTEM_PROMPT_APPEND, ContextBuilder
-from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
+from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue, too_long
 from bot.errors import ConfigError, StoreError
 from bot.local_events import LOCAL_BOT, LocalDirectory, LocalEvents
 from bot.local_poster import LocalPoster
@@ -197,13 +197,14 @@ class Bot:
             self._spawn(backfill.ensure, job.channel)
 
         def on_refused(msg: IncomingMessage, why: str) -> None:
-            text = (
-                f"Sorry <@{msg.user}>, you are not on this bot's allow list, so nothing was run. Ask the person who "
-                f"runs slackbus to add your member id ({msg.user}) to SLACKBUS_ALLOWED_USERS."
-                if why == "user"
-                else "I am not enabled in this channel, so nothing was run. Ask the person who runs slackbus to add "
-                f"it ({msg.channel}) to SLACKBUS_ALLOWED_CHANNELS."
-            )
+            if why == "too_long":
+                text = too_long(len(msg.text), s.max_input_chars)
+            elif why == "user":
+                text = (f"Sorry <@{msg.user}>, you are not on this bot's allow list, so nothing was run. Ask the "
+                        f"person who runs slackbus to add your member id ({msg.user}) to SLACKBUS_ALLOWED_USERS.")
+            else:
+                text = ("I am not enabled in this channel, so nothing was run. Ask the person who runs slackbus to add "
+                        f"it ({msg.channel}) to SLACKBUS_ALLOWED_CHANNELS.")
             self._spawn(poster.post_ephemeral, msg.channel, msg.user or "", text, msg.thread_ts)
 
         def on_unrecorded(msg: IncomingMessage, exc: StoreError) -> None:
@@ -225,6 +226,7 @@ class Bot:
             is_channel_allowed=s.is_channel_allowed,
             on_seen=on_seen,
             on_unrecorded=on_unrecorded,
+            max_input_chars=s.max_input_chars,
         )
         commands = Commands(
             s, self.store, queue, pipeline, poster, dispatcher,

@@ -18,7 +18,7 @@ from slack_sdk.errors import SlackApiError
 from bot import renderer, slack_events
 from bot.approvals import APPROVE_ONCE, APPROVE_SESSION, DENY
 from bot.config import Settings
-from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
+from bot.dispatcher import Dispatcher, Job, JobQueue, too_long
 from bot.log import get_logger
 from bot.pipeline import STOPPED, WORKING, RunHandle, TaskPipeline
 from bot.poster import Poster
@@ -55,12 +55,6 @@ def parse_thread_ref(text: str) -> tuple[str | None, str] | None:
     if _TS.match(text):
         return None, text
     return None
-
-
-def too_long(size: int, limit: int) -> str:
-    """The one sentence for a task over SLACKBUS_MAX_INPUT_CHARS."""
-    return (f"That task is {size:,} characters long, more than the {limit:,} I take (SLACKBUS_MAX_INPUT_CHARS), so "
-            "nothing was run: attach the long part as a file and ask again in a few sentences.")
 
 
 def _shortened(text: str, limit: int = ECHO_CHARS) -> str:
@@ -104,10 +98,6 @@ class Commands:
         self._dispatcher = dispatcher
         self._url = workspace_url.rstrip("/") + "/" if workspace_url else ""
         self._spawn = spawn
-        dispatcher.limit_input(settings.max_input_chars, self._refuse_too_long)
-
-    def _refuse_too_long(self, msg: IncomingMessage, size: int, limit: int) -> None:
-        self._spawn(self._poster.post_ephemeral, msg.channel, msg.user or "", too_long(size, limit), msg.thread_ts)
 
     def link(self, channel: str, ts: str, label: str = "thread") -> str:
         if not self._url:

@@ -200,6 +200,7 @@ class Dispatcher:
         is_channel_allowed: Callable[[str], bool] = lambda _c: True,
         on_seen: Callable[[Job], None] | None = None,
         on_unrecorded: Callable[[IncomingMessage, StoreError], None] | None = None,
+        max_input_chars: int | None = None,
     ) -> None:
         self._on_seen = on_seen
         self._on_unrecorded = on_unrecorded
@@ -213,14 +214,8 @@ class Dispatcher:
         self._on_accepted = on_accepted
         self._on_refused = on_refused
         self._refused_in_thread: set[tuple[str, str, str]] = set()
-        self._max_input_chars: int | None = None
-        self._on_too_long: Callable[[IncomingMessage, int, int], None] | None = None
+        self._max_input_chars = max_input_chars  # a longer task runs nothing; on_refused(msg, "too_long") once
         self._too_long: set[tuple[str, str]] = set()  # (channel, ts) already told (a mention arrives twice)
-
-    def limit_input(self, max_chars: int, on_too_long: Callable[[IncomingMessage, int, int], None]) -> None:
-        """A task longer than `max_chars` runs nothing; `on_too_long(msg, size, limit)` tells its author (once)."""
-        self._max_input_chars = max_chars
-        self._on_too_long = on_too_long
 
     def on_message(self, msg: IncomingMessage) -> Job | None:
         if msg.subtype in IGNORED_SUBTYPES:
@@ -270,8 +265,7 @@ class Dispatcher:
                 self._too_long.add((msg.channel, msg.ts))
                 log.info("dispatch.too_long", channel=msg.channel, ts=msg.ts, user=msg.user, chars=len(msg.text),
                          limit=self._max_input_chars)
-                if self._on_too_long is not None:
-                    self._on_too_long(msg, len(msg.text), self._max_input_chars)
+                self._on_refused(msg, "too_long")
             return None  # recorded as context (cut there), never a task
 
         try:
@@ -333,3 +327,9 @@ class Dispatcher:
         )
         self._on_accepted(job, position)
         return job
+
+
+def too_long(size: int, limit: int) -> str:
+    """The one sentence for a task over SLACKBUS_MAX_INPUT_CHARS."""
+    return (f"That task is {size:,} characters long, more than the {limit:,} I take (SLACKBUS_MAX_INPUT_CHARS), so "
+            "nothing was run: attach the long part as a file and ask again in a few sentences.")

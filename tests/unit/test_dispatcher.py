@@ -191,10 +191,11 @@ async def test_a_crashing_handler_does_not_stop_the_queue():
 
 
 class Harness:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_input_chars: int | None = None) -> None:
         self.store = store
         self.accepted: list[tuple[Job, int]] = []
         self.refused: list[IncomingMessage] = []
+        self.why: list[str] = []
         self.queue = JobQueue(self._never_runs, max_concurrent=2)  # not attached: jobs only queue
         self.dispatcher = Dispatcher(
             store,
@@ -202,9 +203,14 @@ class Harness:
             bot_user_id=BOT,
             is_allowed=lambda user: user in ALLOWED,
             on_accepted=lambda j, position: self.accepted.append((j, position)),
-            on_refused=lambda msg, _why: self.refused.append(msg),
+            on_refused=self._refused,
             workdir_for=lambda _channel: "/work/dir",
+            max_input_chars=max_input_chars,
         )
+
+    def _refused(self, msg: IncomingMessage, why: str) -> None:
+        self.refused.append(msg)
+        self.why.append(why)
 
     @staticmethod
     async def _never_runs(jobs: list[Job]) -> None:  # pragma: no cover - the queue is never attached
@@ -375,18 +381,20 @@ def test_incoming_message_helpers():
     assert IncomingMessage("C1", ts(1), "x", "U1", channel_type="im").is_dm
 
 
-def test_a_task_over_the_input_limit_runs_nothing_and_is_told_once(harness):
-    told: list[tuple[str, int, int]] = []
-    harness.dispatcher.limit_input(100, lambda msg, size, limit: told.append((msg.ts, size, limit)))
+def test_a_task_over_the_input_limit_runs_nothing_and_is_told_once(tmp_path):
+    store = Store.open(tmp_path / "x.db")
+    harness = Harness(store, max_input_chars=100)
     long = f"<@{BOT}> " + "x" * 100
     assert harness.say(1, long, mentions_bot=True, event_id="Ev1") is None  # as app_mention...
     assert harness.say(1, long, mentions_bot=True, event_id="Ev2") is None  # ...and as message: told once
     harness.store.save_thread(ThreadSession("C1", ts(5), "sess-1", "/w", True, ts(5), "U1"))
     assert harness.say(6, "y" * 101, thread_ts=ts(5)) is None  # a follow-up
     assert harness.say(7, "z" * 101, channel="D1", channel_type="im") is None  # a DM
-    assert told == [(ts(1), len(long), 100), (ts(6), 101, 100), (ts(7), 101, 100)]
+    assert [(m.ts, len(m.text)) for m in harness.refused] == [(ts(1), len(long)), (ts(6), 101), (ts(7), 101)]
+    assert harness.why == ["too_long"] * 3
     assert harness.accepted == [] and harness.queue.pending == 0
     assert harness.store.unfinished_requests() == []
     stored = harness.store.get_message("C1", ts(6))  # still recorded: context for what comes next
     assert stored is not None and stored.text == "y" * 101
     assert harness.say(8, "w" * 100, thread_ts=ts(5)) is not None  # at the limit: a task
+    store.close()
