@@ -307,7 +307,7 @@ class Blackboard:
             except bus.BusError as exc:
                 return result(str(exc), True)
             limit = max(1, min(int(args.get("limit") or 30), 200))
-            lines = [m.line() for m in board.read(where[0], since=since, limit=limit)]
+            lines = [m.data_line() for m in board.read(where[0], since=since, limit=limit)]  # data, escaped
             return result("\n".join(lines) if lines else "No messages in that range.")
 
         @tool("sessions", "List the Claude Code sessions active in the shared channel in the last hour.",

@@ -120,6 +120,22 @@ class BusMessage(NamedTuple):
             text = text[:limit].rstrip() + f" … [{len(text) - limit} more characters]"
         return f"[{clock(self.ts)}] {self.author}: {text}"
 
+    def data_line(self, limit: int = 2000) -> str:
+        """The line as it goes into a prompt, as data: `&`, `<` and `>` as entities (so no message can close or
+        imitate the framing around it), the author on one line, the message's further lines indented."""
+        text = entities(self.text.strip())
+        if len(text) > limit:
+            text = text[:limit].rstrip() + f" … [{len(text) - limit} more characters]"
+        first, *rest = text.splitlines() or [""]
+        author = " ".join(entities(self.author).split())
+        return "\n".join([f"[{clock(self.ts)}] {author}: {first}", *("    " + r for r in rest)])
+
+
+def entities(text: str) -> str:
+    """Slack's own escaping undone, then `&`, `<`, `>` (and `"`) escaped once: data that frames cannot break."""
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
 
 def clock(ts: str) -> str:
     from datetime import datetime
