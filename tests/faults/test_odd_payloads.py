@@ -515,6 +515,7 @@ ODD_RUN = re.compile(r"(?:[`~]|[^\S\n]){40,}")
 # a long info string was repeated in full when the block was reopened, pushing the part past the limit
 @example(text='```python title="' + "x" * 30 + '"\n' + "y" * 600 + "\n```\nafter", limit=500)
 @example(text="\n" + "`" * 200, limit=200)  # a fence longer than the room for it
+@example(text="```::" * 60, limit=200)  # a fence line (its info string) longer than a part: cut, the rest is text
 def test_split_markdown_keeps_parts_within_the_limit_balanced_and_complete(text, limit):
     parts = split_markdown(text, limit)
     if len(text) <= limit:
@@ -530,6 +531,8 @@ def test_split_markdown_keeps_parts_within_the_limit_balanced_and_complete(text,
         assert open_fence(part) is None, part
     if parts:  # ...and the last part is left as the text itself ends
         assert (open_fence(parts[-1]) is None) == (open_fence(text) is None)
+    if any(FENCE.match(line) and len(line) > limit for line in text.split("\n")):
+        return  # a fence line longer than a whole part has to be cut: the rest of it is text in the next part
     # only fence lines were added: all other text is kept, in order
     assert squash(without_fences(joined)) == squash(without_fences(text))
     assert is_subsequence(fence_lines(text), fence_lines(joined))  # the text's own fences are all kept
