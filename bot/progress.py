@@ -82,9 +82,12 @@ def _elapsed(seconds: float) -> str:
     return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def render_status(channel: str, thread_ts: str, step: str, elapsed: float, tool_calls: int) -> SlackMessage:
+def render_status(channel: str, thread_ts: str, step: str, elapsed: float, tool_calls: int,
+                  where: str = "") -> SlackMessage:
     line = f":hourglass_flowing_sand: {step or 'Working on it'}…"
     facts = f"{_elapsed(elapsed)} · {tool_calls} tool call{'s' if tool_calls != 1 else ''}"
+    if where:  # the repository, branch and model this thread works with
+        facts = f"{where} · {facts}"
     return SlackMessage(
         text=f"{step or 'Working on it'}…",
         blocks=[
@@ -146,7 +149,7 @@ class Progress:
                 if h.answered:
                     return
                 message = render_status(h.channel, h.thread_ts, self.step, time.monotonic() - h.started,
-                                        self.tool_calls)
+                                        self.tool_calls, getattr(h, "where", ""))
                 try:
                     if h.status_ts is None:
                         h.status_ts = await self._poster.post(h.channel, h.thread_ts, message)

@@ -130,12 +130,18 @@ def duration(seconds: float) -> str:
     return f"{int(seconds) // 60} min {int(seconds) % 60:02d} s"
 
 
-def footer(finished: Finished) -> str:
+def footer(finished: Finished, *, where: str = "", changes: str = "") -> str:
+    """Duration, turns, cost and session; the repository, branch and model (`where`) and what the run changed
+    in its worktree (`changes`, e.g. "3 files changed, +40 −12 on branch `slackbus/…`") when there are any."""
     bits = [duration(finished.duration_ms / 1000), f"{finished.num_turns} turn{'s' if finished.num_turns != 1 else ''}"]
     if finished.cost_usd is not None:
         bits.append(f"${finished.cost_usd:.4f}")
     bits.append(f"session `{finished.session_id[:8]}`")
+    if where:
+        bits.append(where)
     text = " · ".join(bits)
+    if changes:
+        text += f"\n{changes}"
     if finished.permission_denials:
         denied = ", ".join(sorted(set(finished.permission_denials)))
         text += (f"\n:warning: Claude was not allowed to use {denied}; an operator can allow it with "
@@ -249,10 +255,22 @@ def plain_text(message: SlackMessage) -> str:
     return message.text
 
 
-def with_attach_button(message: SlackMessage, channel: str, thread_ts: str) -> SlackMessage:
-    """The answer's last message, with "Continue in a terminal" (the command comes privately to whoever clicks)."""
-    button = {"type": "button", "action_id": "slackbus_attach", "value": f"{channel}|{thread_ts}",
-              "text": {"type": "plain_text", "text": "Continue in a terminal"}}
+DIFF_ACTION, PUSH_ACTION, PR_ACTION = "slackbus_diff", "slackbus_push", "slackbus_pr"
+
+
+def with_attach_button(message: SlackMessage, channel: str, thread_ts: str, *, worktree: bool = False) -> SlackMessage:
+    """The answer's last message, with "Continue in a terminal" (the command comes privately to whoever clicks)
+    and, for a thread with its own worktree, "Show diff", "Push" and "Pull request"."""
+    value = f"{channel}|{thread_ts}"
+
+    def button(action_id: str, text: str) -> dict[str, Any]:
+        return {"type": "button", "action_id": action_id, "value": value,
+                "text": {"type": "plain_text", "text": text}}
+
+    buttons = [button("slackbus_attach", "Continue in a terminal")]
+    if worktree:
+        buttons = [button(DIFF_ACTION, "Show diff"), button(PUSH_ACTION, "Push"), button(PR_ACTION, "Pull request"),
+                   *buttons]
     if not message.blocks or len(message.blocks) >= 50:
         return message
-    return SlackMessage(text=message.text, blocks=[*message.blocks, {"type": "actions", "elements": [button]}])
+    return SlackMessage(text=message.text, blocks=[*message.blocks, {"type": "actions", "elements": buttons}])

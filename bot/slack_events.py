@@ -117,6 +117,7 @@ def register(
     on_stop: EventHandler,
     on_approval: EventHandler,
     on_attach: EventHandler | None = None,
+    on_change: EventHandler | None = None,
 ) -> None:
     @app.middleware
     async def stamp_and_dedupe(
@@ -189,6 +190,12 @@ def register(
         await ack()
         if on_attach is not None:
             await on_attach(body)
+
+    @app.action(re.compile(r"^slackbus_(diff|push|pr)$"))
+    async def change_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        if on_change is not None:
+            await on_change(body)
 
     @app.action(re.compile(r"^slackbus_(approve_once|approve_session|deny)$"))
     async def approval_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
