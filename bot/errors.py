@@ -3,6 +3,7 @@
     SlackbusError                 base; str(err) is a sentence a user can act on
     ├── ConfigError               a setting is missing or wrong (start-up refuses, exit 2)
     ├── StoreError                the SQLite state cannot be read or written
+    ├── WorktreeError             a thread's git worktree cannot be made, compared, pushed or removed
     └── RunError                  a Claude run did not produce an answer
         ├── CLINotFoundError      the `claude` executable cannot be started
         ├── CLIProcessError       the CLI exited or crashed without a result (exit_code, stderr_tail)
@@ -26,6 +27,10 @@ class ConfigError(SlackbusError):
 
 
 class StoreError(SlackbusError):
+    pass
+
+
+class WorktreeError(SlackbusError):
     pass
 
 
