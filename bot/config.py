@@ -18,6 +18,7 @@ from pathlib import Path
 from bot.envfile import DEFAULT_SLACK_API_URL, read_environment
 from bot.errors import ConfigError
 from bot.redact import secret_values
+from bot.request_options import KEYS, RequestOptions, branch_problem, find_folder, match_model, model_problem
 
 __all__ = ["DEFAULT_SLACK_API_URL", "Settings", "load_settings", "read_environment", "secret_values"]
 
@@ -75,6 +76,12 @@ class Settings:
     local_dir: Path = Path()
     run_as: str | None = None  # SLACKBUS_RUN_AS: the OS user `claude` (and every tool) runs as; None: the bot's own
     max_input_chars: int = 20_000  # a longer task is refused (attach it as a file instead)
+    repos: Mapping[str, Path] = field(default_factory=dict)  # SLACKBUS_REPOS / [repos]: name → folder under the roots
+    models: frozenset[str] | None = None  # SLACKBUS_MODELS: the models a request may choose; None: any
+    worktrees: bool = True  # SLACKBUS_WORKTREES: a git worktree per thread when the folder is a git repository
+    worktree_ttl: float = 7 * 86400.0  # SLACKBUS_WORKTREE_TTL: an idle thread's pushed worktree is removed after this
+    pr_command: str | None = None  # SLACKBUS_PR_COMMAND: opens a pull request for a thread's branch
+    channel_defaults: Mapping[str, RequestOptions] = field(default_factory=dict)  # [channels.C…] repo/branch/model
 
     @property
     def db_path(self) -> Path:
@@ -92,6 +99,10 @@ class Settings:
 
     def workdir_for(self, channel: str) -> Path:
         return self.channel_dirs.get(channel, self.workdir)
+
+    def channel_defaults_for(self, channel: str) -> RequestOptions:
+        """The channel's default repo, branch and model (SLACKBUS_CONFIG's [channels.C…]); empty when none."""
+        return self.channel_defaults.get(channel, RequestOptions())
 
     def within_roots(self, path: Path) -> Path | None:
         """The real path (symlinks and .. resolved) if it lies under an allowed root, else None."""
@@ -163,20 +174,172 @@ def _permission_mode(env: Mapping[str, str], allowed: frozenset[str]) -> str:
     return mode
 
 
-def _directories(env: Mapping[str, str], workdir: Path) -> tuple[tuple[Path, ...], dict[str, Path]]:
-    """SLACKBUS_ROOTS and the channel → directory map (SLACKBUS_CHANNEL_DIRS, or [channels] in SLACKBUS_CONFIG)."""
+def _config_file(env: Mapping[str, str]) -> dict[str, object]:
+    """The TOML file named by SLACKBUS_CONFIG, or nothing."""
+    config_file = env.get("SLACKBUS_CONFIG", "").strip()
+    if not config_file:
+        return {}
+    import tomllib
+
+    try:
+        return tomllib.loads(Path(config_file).expanduser().read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"SLACKBUS_CONFIG={config_file} cannot be read ({exc}).") from None
+
+
+def _table(data: Mapping[str, object], name: str) -> dict[str, object]:
+    table = data.get(name) or {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"SLACKBUS_CONFIG's {name} must be a table ([{name}]), got {type(table).__name__}.")
+    return {str(k): v for k, v in table.items()}
+
+
+_REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _repos(env: Mapping[str, str], data: Mapping[str, object], roots: tuple[Path, ...]) -> dict[str, Path]:
+    """SLACKBUS_REPOS (`name=path`, comma-separated) over SLACKBUS_CONFIG's [repos]: each an existing folder under
+    the roots (a relative path is taken under the first root that has it)."""
+    pairs: dict[str, tuple[str, str]] = {}
+    for name, raw in _table(data, "repos").items():
+        if not isinstance(raw, str):
+            raise ConfigError(f"SLACKBUS_CONFIG's [repos] {name} must be a path in quotes, got {raw!r}.")
+        pairs[name] = ("SLACKBUS_CONFIG's [repos]", raw)
+    for item in env.get("SLACKBUS_REPOS", "").split(","):
+        if item.strip():
+            name, sep, raw = item.partition("=")
+            if not sep or not name.strip() or not raw.strip():
+                raise ConfigError(f"SLACKBUS_REPOS holds {item.strip()!r}: write NAME=/path, comma-separated.")
+            pairs[name.strip()] = ("SLACKBUS_REPOS", raw.strip())
+    where = ", ".join(map(str, roots))
+    repos: dict[str, Path] = {}
+    for name, (source, raw) in pairs.items():
+        if not _REPO_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{source} names a repository {name!r}: a name is letters, digits and . _ - only (people write it "
+                "after repo=)."
+            )
+        real, outside = find_folder(raw, roots)
+        if outside is not None and real is None:
+            raise ConfigError(
+                f"The repository {name} in {source}, {raw}, is {outside} once links and .. are resolved, which is "
+                f"outside SLACKBUS_ROOTS ({where}): move it or add a root."
+            )
+        if real is None:
+            raise ConfigError(
+                f"The repository {name} in {source}, {raw}, is not an existing folder (a relative path is taken "
+                f"under SLACKBUS_ROOTS: {where})."
+            )
+        repos[name] = real
+    return repos
+
+
+def _models(env: Mapping[str, str]) -> tuple[frozenset[str] | None, str | None]:
+    """SLACKBUS_MODELS (the models a request may choose; None: any) and SLACKBUS_MODEL, which must be one of them."""
+    names = [m.strip() for m in env.get("SLACKBUS_MODELS", "").split(",") if m.strip()]
+    for name in names:
+        problem = model_problem(name)
+        if problem is not None:
+            raise ConfigError(f"SLACKBUS_MODELS holds {name!r}, which is not a model name ({problem}).")
+    models = frozenset(names) or None
+    model = env.get("SLACKBUS_MODEL", "").strip() or None
+    if model is not None and models is not None:
+        allowed = match_model(model, models)
+        if allowed is None:
+            raise ConfigError(
+                f"SLACKBUS_MODEL={model} is not in SLACKBUS_MODELS ({', '.join(sorted(models))}): add it there or "
+                "choose one of those."
+            )
+        model = allowed
+    return models, model
+
+
+def _channel_default(
+    channel: str, entry: Mapping[str, object], repos: Mapping[str, Path], roots: tuple[Path, ...],
+    models: frozenset[str] | None,
+) -> tuple[RequestOptions, Path | None]:
+    """A [channels.C…] table's repo, branch and model, checked, and the folder its repo names (None: no repo)."""
+    where = f"SLACKBUS_CONFIG's [channels.{channel}]"
+    repo, branch, model = (entry.get(k) for k in KEYS)
+    folder: Path | None = None
+    if isinstance(repo, str):
+        if repo in repos:
+            folder = repos[repo]
+        else:
+            folder, outside = find_folder(repo, roots)
+            if folder is None and outside is not None:
+                raise ConfigError(
+                    f"{where} sets repo = {repo!r}, which is {outside} once links and .. are resolved, outside "
+                    f"SLACKBUS_ROOTS ({', '.join(map(str, roots))}): move it or add a root."
+                )
+            if folder is None:
+                raise ConfigError(
+                    f"{where} sets repo = {repo!r}, which is neither a name in SLACKBUS_REPOS "
+                    f"({', '.join(sorted(repos)) or 'none set'}) nor a folder under SLACKBUS_ROOTS "
+                    f"({', '.join(map(str, roots))})."
+                )
+    if isinstance(branch, str) and (problem := branch_problem(branch)) is not None:
+        raise ConfigError(f"{where} sets branch = {branch!r}, which git refuses as a branch name ({problem}).")
+    if isinstance(model, str):
+        problem = model_problem(model)
+        if problem is not None:
+            raise ConfigError(f"{where} sets model = {model!r}, which is not a model name ({problem}).")
+        allowed = match_model(model, models)
+        if allowed is None:
+            raise ConfigError(
+                f"{where} sets model = {model!r}, which is not in SLACKBUS_MODELS ({', '.join(sorted(models or ()))})."
+            )
+        model = allowed
+    options = RequestOptions(
+        repo=repo if isinstance(repo, str) else None,
+        branch=branch if isinstance(branch, str) else None,
+        model=model if isinstance(model, str) else None,
+    )
+    return options, folder
+
+
+@dataclass(frozen=True)
+class _Folders:
+    roots: tuple[Path, ...]
+    channel_dirs: dict[str, Path]
+    repos: dict[str, Path]
+    channel_defaults: dict[str, RequestOptions]
+
+
+_CHANNEL_KEYS = ("dir", *KEYS)
+
+
+def _directories(env: Mapping[str, str], workdir: Path, models: frozenset[str] | None) -> _Folders:
+    """SLACKBUS_ROOTS, the repositories, and per channel a folder (SLACKBUS_CHANNEL_DIRS over SLACKBUS_CONFIG's
+    [channels], where `C123 = "/path"` or a [channels.C123] table with dir, repo, branch, model) and defaults."""
     roots_raw = [r.strip() for r in env.get("SLACKBUS_ROOTS", "").split(",") if r.strip()]
     roots = tuple(Path(r).expanduser().resolve() for r in roots_raw) or (workdir,)
+    data = _config_file(env)
     pairs: dict[str, str] = {}
-    config_file = env.get("SLACKBUS_CONFIG", "").strip()
-    if config_file:
-        import tomllib
-
-        try:
-            data = tomllib.loads(Path(config_file).expanduser().read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"SLACKBUS_CONFIG={config_file} cannot be read ({exc}).") from None
-        pairs.update({str(k): str(v) for k, v in (data.get("channels") or {}).items()})
+    tables: dict[str, dict[str, object]] = {}
+    for channel, entry in _table(data, "channels").items():
+        if not isinstance(entry, dict):
+            pairs[channel] = str(entry)
+            continue
+        unknown = sorted(set(map(str, entry)) - set(_CHANNEL_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"SLACKBUS_CONFIG's [channels.{channel}] holds {', '.join(unknown)}: the keys it may hold are "
+                f"{', '.join(_CHANNEL_KEYS[:-1])} and {_CHANNEL_KEYS[-1]}."
+            )
+        for key, value in entry.items():
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(
+                    f"SLACKBUS_CONFIG's [channels.{channel}] {key} must be a non-empty string in quotes, got {value!r}."
+                )
+        if "dir" in entry and "repo" in entry:
+            raise ConfigError(
+                f"SLACKBUS_CONFIG's [channels.{channel}] sets both dir and repo: keep one (a repo is the channel's "
+                "folder too)."
+            )
+        if "dir" in entry:
+            pairs[channel] = str(entry["dir"]).strip()
+        tables[channel] = {str(k): str(v).strip() for k, v in entry.items()}
     for item in env.get("SLACKBUS_CHANNEL_DIRS", "").split(","):
         if item.strip():
             channel, sep, directory = item.partition("=")
@@ -198,7 +361,45 @@ def _directories(env: Mapping[str, str], workdir: Path) -> tuple[tuple[Path, ...
         if not real.is_dir():
             raise ConfigError(f"The directory for channel {channel}, {raw}, does not exist.")
         dirs[channel] = real
-    return roots, dirs
+    repos = _repos(env, data, roots)
+    defaults: dict[str, RequestOptions] = {}
+    for channel, entry in tables.items():
+        options, folder = _channel_default(channel, entry, repos, roots, models)
+        if folder is not None:
+            dirs.setdefault(channel, folder)  # SLACKBUS_CHANNEL_DIRS, when it names the channel, wins
+        if options:
+            defaults[channel] = options
+    return _Folders(roots, dirs, repos, defaults)
+
+
+_TRUE, _FALSE = frozenset({"on", "true", "1", "yes"}), frozenset({"off", "false", "0", "no"})
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    raise ConfigError(f"{name} must be on or off (or true/false, 1/0), got {raw!r}.")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, or a number with a unit: 30m, 12h, 7d."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    match = _DURATION.fullmatch(raw.lower())
+    if match is None:
+        raise ConfigError(f"{name} must be a number of seconds or a duration like 7d, 12h or 30m, got {raw!r}.")
+    value = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {raw!r}.")
+    return value
 
 
 def _tool_list(raw: str | None) -> tuple[str, ...]:
@@ -413,10 +614,13 @@ def load_settings(
         frozenset(c.strip() for c in channels_raw.split(",") if c.strip()) if channels_raw and channels_raw != "*"
         else None
     )
-    roots, channel_dirs = _directories(merged, workdir.resolve())
+    models, model = _models(merged)
+    folders = _directories(merged, workdir.resolve(), models)
+    roots, channel_dirs = folders.roots, folders.channel_dirs
     run_as = _run_as(merged, cli, home.resolve(), {
         f"SLACKBUS_WORKDIR={workdir.resolve()}": workdir.resolve(),
         **{f"The folder for channel {c}, {d},": d for c, d in channel_dirs.items()},
+        **{f"The repository {n}, {d},": d for n, d in folders.repos.items()},
     })
     budget = merged.get("SLACKBUS_MAX_BUDGET_USD", "").strip()
     idle_off = merged.get("SLACKBUS_IDLE_SECONDS", "").strip() == "0"  # 0: no warm sessions
@@ -442,7 +646,7 @@ def load_settings(
         context_chars=_int(merged, "SLACKBUS_CONTEXT_CHARS", 12000, minimum=0),
         log_level=(merged.get("SLACKBUS_LOG_LEVEL", "").strip() or "info").lower(),
         log_format=log_format,
-        model=merged.get("SLACKBUS_MODEL", "").strip() or None,
+        model=model,
         allowed_channels=allowed_channels,
         permission_mode=permission_mode,
         roots=roots,
@@ -455,6 +659,12 @@ def load_settings(
         local_dir=Path(merged.get("SLACKBUS_LOCAL_DIR", "").strip() or home / "channels").expanduser().resolve(),
         run_as=run_as,
         max_input_chars=_int(merged, "SLACKBUS_MAX_INPUT_CHARS", 20_000),
+        repos=folders.repos,
+        models=models,
+        worktrees=_switch(merged, "SLACKBUS_WORKTREES", True),
+        worktree_ttl=_duration(merged, "SLACKBUS_WORKTREE_TTL", 7 * 86400.0),
+        pr_command=merged.get("SLACKBUS_PR_COMMAND", "").strip() or None,
+        channel_defaults=folders.channel_defaults,
     )
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError               a setting is missing or wrong (start-up refuses, exit 2)
     ├── StoreError                the SQLite state cannot be read or written
     ├── WorktreeError             a thread's git worktree cannot be made, compared, pushed or removed
+    ├── OptionsError              a request's options ([repo=… branch=… model=…], --repo …) cannot be used
     └── RunError                  a Claude run did not produce an answer
         ├── CLINotFoundError      the `claude` executable cannot be started
         ├── CLIProcessError       the CLI exited or crashed without a result (exit_code, stderr_tail)
@@ -32,6 +33,10 @@ class StoreError(SlackbusError):
 
 class WorktreeError(SlackbusError):
     pass
+
+
+class OptionsError(SlackbusError):
+    """An unknown option, a repository, branch or model that is not allowed: one sentence saying what is."""
 
 
 class RunError(SlackbusError):
