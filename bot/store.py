@@ -14,8 +14,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.errors import StoreError
+
+if TYPE_CHECKING:
+    from bot.worktrees import Worktree
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,17 @@ def _m5_handoffs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX handoffs_thread ON handoffs(channel, thread_ts, id)")
 
 
+def _m6_worktrees(db: sqlite3.Connection) -> None:
+    """The git worktree (and branch) each thread works in, when its channel's folder is a repository."""
+    db.execute(
+        "CREATE TABLE worktrees (channel TEXT NOT NULL, thread_ts TEXT NOT NULL, repo TEXT NOT NULL,"
+        " path TEXT NOT NULL, branch TEXT NOT NULL, base TEXT NOT NULL, base_commit TEXT NOT NULL,"
+        " created_at REAL NOT NULL, PRIMARY KEY (channel, thread_ts)) WITHOUT ROWID"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups, _m5_handoffs,
+    _m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups, _m5_handoffs, _m6_worktrees,
 ]
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before it fails
@@ -498,11 +511,46 @@ class Store:
         ).fetchall()
         return [(str(a), str(b), str(c), float(d)) for a, b, c, d in rows]
 
+    # --- worktrees ------------------------------------------------------------------------------------
+    def save_worktree(self, channel: str, thread_ts: str, wt: Worktree) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO worktrees (channel, thread_ts, repo, path, branch, base, base_commit, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(channel, thread_ts) DO UPDATE SET repo=excluded.repo,"
+                " path=excluded.path, branch=excluded.branch, base=excluded.base, base_commit=excluded.base_commit",
+                (channel, thread_ts, str(wt.repo), str(wt.path), wt.branch, wt.base, wt.base_commit, time.time()),
+            )
+
+    def worktree_of(self, channel: str, thread_ts: str) -> Worktree | None:
+        row = self._db.execute(
+            "SELECT repo, path, branch, base, base_commit FROM worktrees WHERE channel=? AND thread_ts=?",
+            (channel, thread_ts),
+        ).fetchone()
+        return _worktree(row) if row else None
+
+    def worktrees(self) -> list[tuple[str, str, Worktree]]:
+        """(channel, thread_ts, worktree) of every thread that has one, oldest first."""
+        rows = self._db.execute(
+            "SELECT channel, thread_ts, repo, path, branch, base, base_commit FROM worktrees ORDER BY created_at"
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), _worktree(r[2:])) for r in rows]
+
+    def forget_worktree(self, channel: str, thread_ts: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM worktrees WHERE channel=? AND thread_ts=?", (channel, thread_ts))
+
     def interrupted_runs(self) -> list[tuple[str, str, str]]:
         """(run_id, channel, thread_ts) of runs a previous process left 'running'."""
         return [tuple(r) for r in self._db.execute(
             "SELECT run_id, channel, thread_ts FROM runs WHERE status='running'"
         ).fetchall()]
+
+
+def _worktree(row: tuple[object, ...]) -> Worktree:
+    from bot.worktrees import Worktree  # the dataclass only: store runs no git
+
+    repo, path, branch, base, base_commit = row
+    return Worktree(Path(str(repo)), Path(str(path)), str(branch), str(base), str(base_commit))
 
 
 def _message(row: tuple[object, ...]) -> StoredMessage:
