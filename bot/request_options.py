@@ -248,8 +248,8 @@ def branch_problem(name: str) -> str | None:
             return "it holds a space"
         if ch in _BRANCH_BAD_CHARS:
             return f"it holds {_BRANCH_BAD_CHARS[ch]}"
-    if name == "@":
-        return "it is @ alone"
+    if name in ("@", "HEAD"):
+        return f"{name} stands for a commit, not a branch"
     if "@{" in name:
         return "it holds @{"
     if ".." in name:
@@ -364,6 +364,8 @@ def choose(options: RequestOptions, settings: Settings, channel: str, channel_fo
     With no repo in the request the thread works in `channel_folder`, the channel's folder as the caller knows it
     (`/claude cwd`, else Settings.workdir_for, which a channel's default repo feeds); its repo_name is the
     SLACKBUS_REPOS name of that folder, or the channel's default repo when that is where it points, else None.
+    The channel's default branch applies only in the channel's configured folder (Settings.workdir_for).
+    The model is the request's, else the channel's, else SLACKBUS_MODEL (None: the CLI's default).
     A repo not in SLACKBUS_REPOS and not a folder under SLACKBUS_ROOTS, a folder outside the roots (links
     resolved), a model not in SLACKBUS_MODELS (when set) and a branch git would refuse are each one OptionsError
     sentence. Whether the branch exists is for git to say later.
@@ -383,14 +385,15 @@ def choose(options: RequestOptions, settings: Settings, channel: str, channel_fo
             else:
                 repo_name = default_name if default_folder == real else None
 
-    # the channel's default branch goes with the channel's folder: another repo starts from its own default
-    same_folder = options.repo is None or folder == _real(channel_folder)
-    branch = options.branch if options.branch is not None else defaults.branch if same_folder else None
+    # the channel's default branch goes with the channel's configured folder: elsewhere (another repo, or a
+    # folder set with `/claude cwd`) the thread starts from that repository's own default branch
+    at_home = _real(folder) == _real(settings.workdir_for(channel))
+    branch = options.branch if options.branch is not None else defaults.branch if at_home else None
     if branch is not None:
         problem = branch_problem(branch)
         if problem is not None:
             raise OptionsError(
-                f"`{_shown(branch)}` cannot be a branch name ({problem}), so nothing was run: give the name of an "
+                f"The branch `{_shown(branch)}` is not a name git accepts ({problem}), so nothing was run: give an "
                 "existing branch, e.g. `main` or `release/1.2`."
             )
 
@@ -405,6 +408,7 @@ def choose(options: RequestOptions, settings: Settings, channel: str, channel_fo
                     f"The model `{_shown(asked)}` is not allowed here, so nothing was run: use "
                     f"{_listed(settings.models)}."
                 )
-            raise OptionsError(f"`{_shown(asked)}` is not a model name ({problem}), so nothing was run.")
+            raise OptionsError(f"The model `{_shown(asked)}` does not look like a model name ({problem}), so nothing "
+                               "was run.")
         model = allowed
     return ThreadChoice(folder=folder, repo_name=repo_name, branch=branch, model=model)
