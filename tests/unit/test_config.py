@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from bot import config
 from bot.config import DEFAULT_SLACK_API_URL, load_settings, parse_allowed_users
 from bot.errors import ConfigError
+from bot.request_options import RequestOptions
 
 BOT_TOKEN = "xoxb-1111-2222-abcdefgh"
 APP_TOKEN = "xapp-1-A111-2222-abcdefgh"
@@ -417,3 +419,183 @@ def test_unknown_log_format_is_named(base_env, no_env_file):
     base_env["SLACKBUS_LOG_FORMAT"] = "xml"
     with pytest.raises(ConfigError, match=r"^SLACKBUS_LOG_FORMAT must be json or console"):
         load(base_env, no_env_file)
+
+
+# --- repositories, models, worktrees (issue 14) ------------------------------------------------------------------
+
+
+def one_sentence(message: str) -> bool:
+    return message.endswith(".") and not re.search(r"[.!?] +[A-Z]", message)
+
+
+def refused(env: dict[str, str], env_file: str, start: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(env, env_file)
+    message = str(info.value)
+    assert message.startswith(start), message
+    assert one_sentence(message), message
+    return message
+
+
+@pytest.fixture
+def srv(tmp_path: Path, base_env: dict[str, str]) -> Path:
+    """A root holding the workdir and the repositories api, web and team/tools; a folder and a link outside it."""
+    root = tmp_path / "srv"
+    for name in ("work", "api", "web", "team/tools"):
+        (root / name).mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (root / "escape").symlink_to(tmp_path / "secret")
+    base_env |= {"SLACKBUS_ROOTS": str(root), "SLACKBUS_WORKDIR": str(root / "work")}
+    return root
+
+
+def with_config(base_env: dict[str, str], tmp_path: Path, toml: str) -> dict[str, str]:
+    path = tmp_path / "slackbus.toml"
+    path.write_text(toml)
+    return base_env | {"SLACKBUS_CONFIG": str(path)}
+
+
+def test_the_new_settings_have_their_defaults(base_env, no_env_file):
+    settings = load(base_env, no_env_file)
+    assert settings.repos == {}
+    assert settings.models is None
+    assert settings.worktrees is True
+    assert settings.worktree_ttl == 7 * 86400
+    assert settings.pr_command is None
+    assert settings.channel_defaults == {}
+    assert settings.channel_defaults_for("C1") == RequestOptions()
+
+
+def test_repos_are_read_from_the_environment_and_the_config_file(base_env, no_env_file, srv, tmp_path):
+    env = with_config(base_env, tmp_path, f'[repos]\nweb = "{srv / "web"}"\napi = "/nowhere-overridden"\n')
+    env["SLACKBUS_REPOS"] = f" api={srv / 'api'} , tools=team/tools,"
+    settings = load(env, no_env_file)
+    assert settings.repos == {"api": srv / "api", "web": srv / "web", "tools": srv / "team" / "tools"}
+
+
+@pytest.mark.parametrize(
+    ("value", "start"),
+    [
+        ("api", "SLACKBUS_REPOS holds 'api': write NAME=/path"),
+        ("=/srv/api", "SLACKBUS_REPOS holds '=/srv/api'"),
+        ("api=", "SLACKBUS_REPOS holds 'api='"),
+        ("my repo={srv}/api", "SLACKBUS_REPOS names a repository 'my repo'"),
+        ("api={srv}/missing", "The repository api in SLACKBUS_REPOS, {srv}/missing, is not an existing folder"),
+        ("api=missing", "The repository api in SLACKBUS_REPOS, missing, is not an existing folder"),
+        ("api={tmp}/secret", "The repository api in SLACKBUS_REPOS, {tmp}/secret, is {tmp}/secret once links"),
+        ("api=escape", "The repository api in SLACKBUS_REPOS, escape, is {tmp}/secret once links"),
+        ("api=../secret", "The repository api in SLACKBUS_REPOS, ../secret, is {tmp}/secret once links"),
+    ],
+)
+def test_a_bad_repo_is_one_sentence(base_env, no_env_file, srv, tmp_path, value, start):
+    base_env["SLACKBUS_REPOS"] = value.format(srv=srv, tmp=tmp_path)
+    message = refused(base_env, no_env_file, start.format(srv=srv, tmp=tmp_path.resolve()))
+    if "once links" in message:
+        assert "outside SLACKBUS_ROOTS" in message
+
+
+def test_a_bad_repo_in_the_config_file_names_the_file(base_env, no_env_file, srv, tmp_path):
+    env = with_config(base_env, tmp_path, f'[repos]\napi = "{tmp_path / "secret"}"\n')
+    refused(env, no_env_file, "The repository api in SLACKBUS_CONFIG's [repos]")
+    env = with_config(base_env, tmp_path, "[repos]\napi = 3\n")
+    refused(env, no_env_file, "SLACKBUS_CONFIG's [repos] api must be a path in quotes")
+    env = with_config(base_env, tmp_path, 'repos = "api"\n')
+    refused(env, no_env_file, "SLACKBUS_CONFIG's repos must be a table")
+
+
+def test_models_are_a_set_and_slackbus_model_must_be_in_it(base_env, no_env_file):
+    settings = load(base_env | {"SLACKBUS_MODELS": " opus, sonnet ,,claude-haiku-4-5"}, no_env_file)
+    assert settings.models == frozenset({"opus", "sonnet", "claude-haiku-4-5"})
+    assert settings.model is None
+    spelled = base_env | {"SLACKBUS_MODELS": "opus,sonnet", "SLACKBUS_MODEL": "Sonnet"}
+    assert load(spelled, no_env_file).model == "sonnet"  # the spelling of SLACKBUS_MODELS
+    assert load(base_env | {"SLACKBUS_MODELS": " , "}, no_env_file).models is None
+    message = refused(base_env | {"SLACKBUS_MODELS": "opus,sonnet", "SLACKBUS_MODEL": "haiku"}, no_env_file,
+                      "SLACKBUS_MODEL=haiku is not in SLACKBUS_MODELS (opus, sonnet)")
+    assert "add it there" in message
+    refused(base_env | {"SLACKBUS_MODELS": "opus,--yolo"}, no_env_file, "SLACKBUS_MODELS holds '--yolo'")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("on", True), ("OFF", False), ("true", True), ("false", False),
+                                               ("1", True), ("0", False), (" off ", False), ("", True)])
+def test_worktrees_switch(base_env, no_env_file, raw, expected):
+    assert load(base_env | {"SLACKBUS_WORKTREES": raw}, no_env_file).worktrees is expected
+
+
+def test_worktrees_switch_refuses_other_words(base_env, no_env_file):
+    refused(base_env | {"SLACKBUS_WORKTREES": "maybe"}, no_env_file, "SLACKBUS_WORKTREES must be on or off")
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("3600", 3600), ("90.5", 90.5), ("7d", 7 * 86400), ("12h", 43200),
+                                              ("30m", 1800), ("45s", 45), ("1.5 h", 5400), ("2D", 2 * 86400)])
+def test_worktree_ttl_takes_seconds_or_a_duration(base_env, no_env_file, raw, seconds):
+    assert load(base_env | {"SLACKBUS_WORKTREE_TTL": raw}, no_env_file).worktree_ttl == seconds
+
+
+@pytest.mark.parametrize(("raw", "start"), [
+    ("soon", "SLACKBUS_WORKTREE_TTL must be a number of seconds or a duration like 7d"),
+    ("7w", "SLACKBUS_WORKTREE_TTL must be a number of seconds or a duration like 7d"),
+    ("-1d", "SLACKBUS_WORKTREE_TTL must be a number of seconds or a duration like 7d"),
+    ("0", "SLACKBUS_WORKTREE_TTL must be greater than 0"),
+    ("0d", "SLACKBUS_WORKTREE_TTL must be greater than 0"),
+])
+def test_a_bad_worktree_ttl_is_one_sentence(base_env, no_env_file, raw, start):
+    refused(base_env | {"SLACKBUS_WORKTREE_TTL": raw}, no_env_file, start)
+
+
+def test_pr_command_is_kept_as_written(base_env, no_env_file):
+    command = "gh pr create --fill --head {branch}"
+    assert load(base_env | {"SLACKBUS_PR_COMMAND": f"  {command} "}, no_env_file).pr_command == command
+    assert load(base_env | {"SLACKBUS_PR_COMMAND": "  "}, no_env_file).pr_command is None
+
+
+def test_channel_tables_give_folders_and_defaults(base_env, no_env_file, srv, tmp_path):
+    env = with_config(base_env, tmp_path, (
+        f'[repos]\napi = "{srv / "api"}"\n'
+        f'[channels]\nC1 = "{srv / "web"}"\n'
+        '[channels.C2]\nrepo = "api"\nbranch = "release/1.2"\nmodel = "OPUS"\n'
+        '[channels.C3]\nrepo = "team/tools"\n'
+        f'[channels.C4]\ndir = "{srv / "web"}"\nmodel = "sonnet"\n'
+    ))
+    settings = load(env | {"SLACKBUS_MODELS": "opus,sonnet"}, no_env_file)
+    assert settings.workdir_for("C1") == srv / "web"  # the plain form still works
+    assert settings.workdir_for("C2") == srv / "api"  # a default repo is the channel's folder
+    assert settings.workdir_for("C3") == srv / "team" / "tools"
+    assert settings.workdir_for("C4") == srv / "web"
+    assert settings.channel_defaults_for("C2") == RequestOptions(repo="api", branch="release/1.2", model="opus")
+    assert settings.channel_defaults_for("C3") == RequestOptions(repo="team/tools")
+    assert settings.channel_defaults_for("C4") == RequestOptions(model="sonnet")
+    assert settings.channel_defaults_for("C1") == RequestOptions()
+
+
+def test_slackbus_channel_dirs_wins_over_a_channel_table_repo(base_env, no_env_file, srv, tmp_path):
+    env = with_config(base_env, tmp_path, '[channels.C2]\nrepo = "api"\n')
+    settings = load(env | {"SLACKBUS_CHANNEL_DIRS": f"C2={srv / 'web'}"}, no_env_file)
+    assert settings.workdir_for("C2") == srv / "web"
+    assert settings.channel_defaults_for("C2").repo == "api"
+
+
+@pytest.mark.parametrize(
+    ("table", "start"),
+    [
+        ('colour = "red"', "SLACKBUS_CONFIG's [channels.C2] holds colour: the keys it may hold are dir, repo, branch"),
+        ("repo = 3", "SLACKBUS_CONFIG's [channels.C2] repo must be a non-empty string"),
+        ('repo = " "', "SLACKBUS_CONFIG's [channels.C2] repo must be a non-empty string"),
+        ('repo = "api"\ndir = "{srv}/api"', "SLACKBUS_CONFIG's [channels.C2] sets both dir and repo"),
+        ('repo = "nope"', "SLACKBUS_CONFIG's [channels.C2] sets repo = 'nope', which is neither a name in"),
+        ('repo = "escape"', "SLACKBUS_CONFIG's [channels.C2] sets repo = 'escape', which is {tmp}/secret once"),
+        ('branch = "a..b"', "SLACKBUS_CONFIG's [channels.C2] sets branch = 'a..b', which git refuses"),
+        ('branch = "fix it"', "SLACKBUS_CONFIG's [channels.C2] sets branch = 'fix it', which git refuses"),
+        ('model = "haiku"', "SLACKBUS_CONFIG's [channels.C2] sets model = 'haiku', which is not in SLACKBUS_MODELS"),
+        ('model = "-x"', "SLACKBUS_CONFIG's [channels.C2] sets model = '-x', which is not a model name"),
+        ('dir = "{tmp}/secret"', "The directory for channel C2"),
+    ],
+)
+def test_a_bad_channel_table_is_one_sentence(base_env, no_env_file, srv, tmp_path, table, start):
+    env = with_config(base_env, tmp_path, "[channels.C2]\n" + table.format(srv=srv, tmp=tmp_path) + "\n")
+    refused(env | {"SLACKBUS_MODELS": "opus,sonnet"}, no_env_file, start.format(tmp=tmp_path.resolve()))
+
+
+def test_a_channels_value_that_is_not_a_table_is_one_sentence(base_env, no_env_file, tmp_path):
+    refused(with_config(base_env, tmp_path, 'channels = "C1"\n'), no_env_file,
+            "SLACKBUS_CONFIG's channels must be a table")
