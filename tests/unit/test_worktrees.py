@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,6 +45,11 @@ def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
     return path.resolve()
 
 
+def init_bare(path: Path) -> Path:
+    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
+    return path
+
+
 def commit_all(where: Path, message: str) -> None:
     git(where, "add", "-A")
     git(where, "commit", "-q", "-m", message)
@@ -61,8 +67,7 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def origin(tmp_path: Path, repo: Path) -> Path:
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    bare = init_bare(tmp_path / "origin.git")
     git(repo, "remote", "add", "origin", str(bare))
     git(repo, "push", "-q", "origin", "main")
     return bare
@@ -140,8 +145,7 @@ async def test_an_unknown_base_branch_is_a_sentence_naming_the_branches(repo: Pa
 async def test_repo_of(tmp_path: Path, repo: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    bare = tmp_path / "bare.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    bare = init_bare(tmp_path / "bare.git")
     assert await Worktrees.repo_of(plain) is None
     assert await Worktrees.repo_of(bare) is None
     assert await Worktrees.repo_of(tmp_path / "missing") is None
@@ -280,8 +284,9 @@ async def test_pull_request_without_a_command_or_gh_gives_the_compare_link(
 ) -> None:
     only_git = tmp_path / "bin"
     only_git.mkdir()
-    real_git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True, check=True).stdout
-    (only_git / "git").symlink_to(real_git.strip())
+    real_git = shutil.which("git")
+    assert real_git
+    (only_git / "git").symlink_to(real_git)
     monkeypatch.setenv("PATH", str(only_git))
     git(repo, "remote", "set-url", "origin", "https://github.com/acme/api.git")
     git(repo, "remote", "set-url", "--push", "origin", str(origin))
