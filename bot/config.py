@@ -372,6 +372,22 @@ def _directories(env: Mapping[str, str], workdir: Path, models: frozenset[str] |
     return _Folders(roots, dirs, repos, defaults)
 
 
+def _pr_command(env: Mapping[str, str]) -> str | None:
+    """SLACKBUS_PR_COMMAND, which is split into shell words when a pull request is opened: they must split."""
+    command = env.get("SLACKBUS_PR_COMMAND", "").strip()
+    if not command:
+        return None
+    import shlex
+
+    try:
+        shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(
+            f"SLACKBUS_PR_COMMAND cannot be read as shell words ({str(exc).lower().rstrip('.')}): check its quotes."
+        ) from None
+    return command
+
+
 _TRUE, _FALSE = frozenset({"on", "true", "1", "yes"}), frozenset({"off", "false", "0", "no"})
 
 
@@ -663,7 +679,7 @@ def load_settings(
         models=models,
         worktrees=_switch(merged, "SLACKBUS_WORKTREES", True),
         worktree_ttl=_duration(merged, "SLACKBUS_WORKTREE_TTL", 7 * 86400.0),
-        pr_command=merged.get("SLACKBUS_PR_COMMAND", "").strip() or None,
+        pr_command=_pr_command(merged),
         channel_defaults=folders.channel_defaults,
     )
 

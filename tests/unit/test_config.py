@@ -547,6 +547,8 @@ def test_pr_command_is_kept_as_written(base_env, no_env_file):
     command = "gh pr create --fill --head {branch}"
     assert load(base_env | {"SLACKBUS_PR_COMMAND": f"  {command} "}, no_env_file).pr_command == command
     assert load(base_env | {"SLACKBUS_PR_COMMAND": "  "}, no_env_file).pr_command is None
+    refused(base_env | {"SLACKBUS_PR_COMMAND": "gh pr create --title 'oops"}, no_env_file,
+            "SLACKBUS_PR_COMMAND cannot be read as shell words (no closing quotation)")
 
 
 def test_channel_tables_give_folders_and_defaults(base_env, no_env_file, srv, tmp_path):
