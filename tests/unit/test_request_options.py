@@ -431,7 +431,7 @@ def test_a_channel_folder_that_is_a_named_repo_carries_its_name(conf, tree):
     assert choice == ThreadChoice(tree / "srv" / "web", "web", "develop", "sonnet")
 
 
-def test_a_channel_default_model_outside_slackbus_models_is_refused_at_the_request(conf, tree):
+def test_with_narrower_slackbus_models_the_channel_model_holds_and_others_are_refused(conf, tree):
     narrowed = make_settings(tree, SLACKBUS_MODELS="opus,sonnet")
     assert pick(narrowed, NONE, "C2").model == "opus"
     assert "not allowed here" in choose_refusal(narrowed, RequestOptions(model="claude-haiku-4-5"), "C2")
