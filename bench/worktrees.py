@@ -1,0 +1,168 @@
+"""A worktree per thread: time to create one on a repository of 20,000 files.
+
+- spare ready: the background makes the next spare between threads, as when people ask a few seconds apart
+- back to back: new threads with no pause at all (a spare when one happens to be ready, else a plain add)
+- no spare: a plain `git worktree add -b` (parallel checkout) every time, for comparison
+- preparing a spare (the full checkout the background does), and `changes()` on a worktree with a few edits
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench.common import summary, write_results
+from bot.log import configure_logging
+from bot.worktrees import Worktree, Worktrees
+
+
+def git(where: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(where), *args], check=True, capture_output=True)
+
+
+def file_of(i: int) -> Path:
+    return Path(f"pkg{i % 20}") / f"mod{(i // 20) % 50}" / f"file{i}.py"
+
+
+def build_repo(root: Path, files: int) -> Path:
+    """`files` small files in nested folders (20 packages x 50 modules), one commit."""
+    repo = root / "big"
+    repo.mkdir()
+    for i in range(files):
+        path = repo / file_of(i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# file {i}\nVALUE = {i}\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "bench")
+    git(repo, "config", "user.email", "bench@example.com")
+    git(repo, "config", "commit.gpgsign", "false")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "20,000 files")
+    return repo.resolve()
+
+
+async def clean(wts: Worktrees, made: list[Worktree]) -> None:
+    for wt in made:
+        await wts.remove(wt)
+    made.clear()
+
+
+async def creates(repo: Path, home: Path, n: int, *, spare: int, paced: bool) -> dict[str, Any]:
+    wts = Worktrees(home, spare=spare)
+    times: list[float] = []
+    made: list[Worktree] = []
+    from_spare = 0
+    async with anyio.create_task_group() as tg:
+        await tg.start(wts.run)
+        if spare:
+            await wts.prepare(repo)
+        for i in range(n):
+            if paced:
+                with anyio.fail_after(120):
+                    await wts.settled()  # a person takes longer than the background to ask again
+            ready = wts.ready(repo, "main")
+            started = time.perf_counter()
+            wt = await wts.create(repo, thread_ts=f"{1764150000 + i}.000100", task=f"fix the flaky test {i}")
+            times.append((time.perf_counter() - started) * 1000)
+            from_spare += 1 if ready else 0
+            made.append(wt)
+            if paced:  # outside the timing; back to back keeps them all until the end
+                await clean(wts, made)
+        with anyio.fail_after(120):
+            await wts.settled()
+        tg.cancel_scope.cancel()
+    await clean(wts, made)
+    return {**summary(times), "from_spare": from_spare}
+
+
+async def spare_preparation(repo: Path, home: Path, n: int) -> dict[str, Any]:
+    wts = Worktrees(home, spare=1)
+    times: list[float] = []
+    made: list[Worktree] = []
+    for i in range(n):
+        started = time.perf_counter()
+        await wts.prepare(repo)
+        times.append((time.perf_counter() - started) * 1000)
+        made.append(await wts.create(repo, thread_ts=f"{1764160000 + i}.000100", task="use the spare"))
+        await clean(wts, made)
+    return summary(times)
+
+
+async def changes_time(repo: Path, home: Path, n: int) -> dict[str, Any]:
+    wts = Worktrees(home, spare=0)
+    wt = await wts.create(repo, thread_ts="1764170000.000100", task="edit a few files")
+    for i in range(3):
+        (wt.path / file_of(i)).write_text("changed\n")
+    (wt.path / "NEW.md").write_text("new\n")
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await wts.changes(wt)
+        times.append((time.perf_counter() - started) * 1000)
+    (wt.path / "NEW.md").unlink()
+    git(wt.path, "checkout", "-q", ".")
+    if not await wts.remove(wt):
+        raise AssertionError(f"{wt.path} was kept: the bench left changes in it")
+    return summary(times)
+
+
+async def measure(files: int, n: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="slackbus-bench-wt-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        repo = build_repo(root, files)
+        built_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for i in range(files):  # how fast this machine's disk makes files today: checkouts are bound by it
+            path = root / "plain" / file_of(i)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x\n")
+        write_s = time.perf_counter() - started
+        return {
+            "files": files,
+            "threads": n,
+            "repo_built_s": round(built_s, 1),
+            "write_files_s": round(write_s, 2),
+            "create_spare_ready_ms": await creates(repo, root / "home-paced", n, spare=1, paced=True),
+            "create_back_to_back_ms": await creates(repo, root / "home-b2b", n, spare=1, paced=False),
+            "create_no_spare_ms": await creates(repo, root / "home-plain", n, spare=0, paced=True),
+            "prepare_spare_ms": await spare_preparation(repo, root / "home-prep", min(n, 10)),
+            "changes_ms": await changes_time(repo, root / "home-changes", 10),
+        }
+
+
+def run(files: int = 20_000, n: int = 30) -> dict[str, Any]:
+    configure_logging(level="warning")
+    return anyio.run(measure, files, n)
+
+
+def print_table(f: dict[str, Any]) -> None:
+    print(f"worktrees on a repository of {f['files']} files, {f['threads']} new threads (ms: p50 / p95 / max);"
+          f" writing {f['files']} small files takes {f['write_files_s']} s here")
+    for key in ("create_spare_ready_ms", "create_back_to_back_ms", "create_no_spare_ms", "prepare_spare_ms",
+                "changes_ms"):
+        s = f[key]
+        spare = f"   from a spare: {s['from_spare']}" if "from_spare" in s else ""
+        print(f"  {key:<24} {s['p50']:>8} / {s['p95']:>8} / {s['max']:>8}   (n={s['n']}){spare}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("-n", type=int, default=30)
+    args = parser.parse_args()
+    figures = run(args.files, args.n)
+    write_results("worktrees", figures)
+    print_table(figures)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
