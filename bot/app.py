@@ -6,6 +6,7 @@ recorded as interrupted), close the warm and pooled ones, exit — all bounded.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import signal
@@ -39,6 +40,7 @@ from bot.poster import Directory, Poster
 from bot.sessions import SessionManager
 from bot.slack_poster import SlackPoster, make_client
 from bot.store import Store
+from bot.worktrees import Worktrees
 
 log = get_logger("slackbus.app")
 
@@ -49,6 +51,7 @@ CONNECT_TIMEOUT_S = 30.0
 SOCKET_PING_S = 5.0
 # slack_sdk looks at a closed socket only at its next ping; the bot looks every SOCKET_CHECK_S and reconnects.
 SOCKET_CHECK_S = 0.5
+WORKTREE_SWEEP_S = 3600.0
 
 
 class Bot:
@@ -115,7 +118,7 @@ class Bot:
             env=env,
             mcp_servers=mcp,
             system_prompt_append=SYSTEM_PROMPT_APPEND,
-            model=s.model,
+            model=self._model_for(key),
             allowed_tools=allowed,
             disallowed_tools=s.disallowed_tools,
             max_turns=s.max_turns,
@@ -124,6 +127,11 @@ class Bot:
             approvals=self.approvals,
             run_as=s.run_as,
         )
+
+    def _model_for(self, key: tuple[str, str] | None) -> str | None:
+        """The model a thread asked for (`model=…`), else SLACKBUS_MODEL; a pooled process has the default."""
+        planned = self.store.thread_options(*key) if key is not None else None
+        return (planned.model if planned is not None else None) or self.settings.model
 
     async def serve(self, *, ready: anyio.Event | None = None, signals: bool = True) -> None:
         """Run until cancelled (or, with signals, until SIGINT/SIGTERM); `slackbus console` handles SIGINT itself."""
@@ -184,7 +192,8 @@ class Bot:
             idle_seconds=s.idle_seconds,
             default_cwd=s.workdir,
         )
-        pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions)
+        worktrees = Worktrees(s.home) if s.worktrees else None
+        pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions, worktrees)
         queue = JobQueue(self._starting(pipeline, poster), s.max_concurrent)
 
         def on_seen(job: Job) -> None:
@@ -234,6 +243,7 @@ class Bot:
             workdir_for=self.workdir_for,
             spawn=self._spawn,
             approvals=self.approvals,
+            worktrees=worktrees,
         )
         close_source: Any
         if local:
@@ -257,6 +267,7 @@ class Bot:
                 on_stop=commands.on_stop_button,
                 on_approval=commands.on_approval_button,
                 on_attach=commands.on_attach_button,
+                on_change=commands.on_change_button,
             )
             handler = AsyncSocketModeHandler(app, s.slack_app_token, ping_interval=SOCKET_PING_S)
             close_source = handler.close_async
@@ -266,6 +277,9 @@ class Bot:
                 self._tg = tg
                 await tg.start(blackboard.serve_socket)
                 await tg.start(sessions.run)
+                if worktrees is not None:
+                    await tg.start(worktrees.run)
+                    tg.start_soon(self._sweep_worktrees, worktrees)
                 tg.start_soon(poster.run_outbox)
                 queue.attach(tg)
                 if signals:
@@ -297,6 +311,27 @@ class Bot:
         finally:  # also when start-up fails: an open socket left to the garbage collector spills warnings
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 await close_source()
+
+    async def _sweep_worktrees(self, worktrees: Worktrees) -> None:
+        """Hourly: worktrees whose thread has been quiet for SLACKBUS_WORKTREE_TTL and that hold no unpushed work
+        are removed (unpushed work never is)."""
+        while True:
+            try:
+                by_path = {wt.path: (channel, thread_ts) for channel, thread_ts, wt in self.store.worktrees()}
+                idle = functools.partial(self._idle_seconds, by_path)
+                for path in await worktrees.sweep(idle, self.settings.worktree_ttl):
+                    key = by_path.get(path)
+                    if key is not None:
+                        self.store.forget_worktree(*key)
+            except Exception as exc:  # the next hour tries again; the bot goes on
+                log.error("worktrees.sweep_failed", error=f"{type(exc).__name__}: {exc}")
+            await anyio.sleep(WORKTREE_SWEEP_S)
+
+    def _idle_seconds(self, by_path: dict[Path, tuple[str, str]], path: Path) -> float | None:
+        """How long the thread a worktree belongs to has been quiet (None: unknown, so it is kept)."""
+        key = by_path.get(path)
+        updated = self.store.thread_updated_at(*key) if key is not None else None
+        return None if updated is None else time.time() - updated
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start a side task (a reaction, a notice, a backfill) in the root task group. Its failure is logged:

@@ -19,12 +19,18 @@ from bot import renderer, slack_events
 from bot.approvals import APPROVE_ONCE, APPROVE_SESSION, DENY
 from bot.config import Settings
 from bot.dispatcher import Dispatcher, Job, JobQueue, too_long
+from bot.errors import WorktreeError
 from bot.log import get_logger
 from bot.pipeline import STOPPED, WORKING, RunHandle, TaskPipeline
 from bot.poster import Poster
+from bot.renderer import DIFF_ACTION, PR_ACTION, PUSH_ACTION
 from bot.store import Store, StoredMessage, ThreadSession
+from bot.worktrees import Worktree, Worktrees
 
 log = get_logger("slackbus.commands")
+
+DIFF, PUSH, PR = "diff", "push", "pr"
+INLINE_DIFF_CHARS = 2500  # a longer diff is posted as a file
 
 HELP = """\
 *slackbus* runs Claude Code on tasks from this channel.
@@ -39,6 +45,8 @@ or the Stop button, does the same.
 • `/claude approve [session]`, `/claude deny`: answer Claude's request to use a tool (the buttons do the same).
 • `/claude attach [thread link]`: the command that continues your thread's session (admins: any) in a \
 terminal on my host (default: your latest thread here). `slackbus handoff` there hands a terminal session to Slack.
+• `/claude diff|push|pr [thread link]`: for a thread with its own git worktree: post its changes, push its \
+branch, or open a pull request (push and pr: who started it, or an admin; default: your latest such thread here).
 • `/claude help`: this text."""
 
 _LINK = re.compile(r"archives/([CDG][A-Z0-9]+)/p(\d{10})(\d{6})(?:\S*?thread_ts=(\d+\.\d+))?")
@@ -87,7 +95,9 @@ class Commands:
         spawn: Callable[..., None],
         workdir_for: Callable[[str], str],
         approvals: Any = None,
+        worktrees: Worktrees | None = None,
     ) -> None:
+        self._worktrees = worktrees
         self._workdir_for = workdir_for
         self._approvals = approvals
         self._settings = settings
@@ -130,6 +140,9 @@ class Commands:
             "stop": self._cancel,
             "cwd": self._cwd,
             "attach": self._attach,
+            "diff": lambda u, c, r: self._change(DIFF, u, c, r),
+            "push": lambda u, c, r: self._change(PUSH, u, c, r),
+            "pr": lambda u, c, r: self._change(PR, u, c, r),
             "approve": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=True),
             "allow": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=True),
             "deny": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=False),
@@ -212,6 +225,12 @@ class Commands:
         lines.append(f"*Claude processes*: {c['live']} of {self._settings.max_processes} (SLACKBUS_MAX_PROCESSES): "
                      f"{c['busy']} running, {c['warm']} kept warm for follow-ups, {c['pool']} pre-started"
                      + (f", {other} starting or closing" if other > 0 else ""))
+        if self._worktrees is not None:
+            kept = self._store.worktrees()
+            if kept:
+                size = await self._worktrees.disk_use()
+                lines.append(f"*Worktrees*: {len(kept)} kept, {size / 1e6:,.1f} MB (removed after "
+                             f"{self._settings.worktree_ttl / 86400:g} days quiet, unless they hold unpushed work)")
         return "\n".join(lines)
 
     async def _sessions(self, user: str, channel: str, rest: str) -> str:
@@ -296,6 +315,82 @@ class Commands:
             return
         answer = self.attach_command(self._store.get_thread(channel, thread_ts), user)
         await self._poster.post_ephemeral(channel, user, answer, thread_ts or None)
+
+    # --- a thread's worktree: Show diff, Push, Pull request ---------------------------------------------------
+    async def _change(self, action: str, user: str, channel: str, rest: str) -> str:
+        """`/claude diff|push|pr [thread link]`: the thread named, else your latest thread here with a worktree."""
+        if rest:
+            ref = parse_thread_ref(rest)
+            if ref is None:
+                return "I could not read that: give a thread link (⋮ → Copy link), or nothing for your latest thread."
+            thread = self._store.get_thread(ref[0] or channel, ref[1])
+        else:
+            mine = [t for t, _ in self._store.recent_threads(channel, limit=50)
+                    if t.requester == user and self._store.worktree_of(t.channel, t.thread_ts) is not None]
+            thread = mine[0] if mine else None
+        return self.change_action(action, thread, user)
+
+    def change_action(self, action: str, thread: ThreadSession | None, user: str) -> str:
+        """Start a diff, push or pull request for the thread's worktree; the result goes to the thread."""
+        worktree = self._store.worktree_of(thread.channel, thread.thread_ts) if thread is not None else None
+        if thread is None or worktree is None or self._worktrees is None:
+            return ("That thread has no worktree of its own (its folder is not a git repository, or worktrees are "
+                    "off with SLACKBUS_WORKTREES=off), so there is no branch to show, push or open a pull request for.")
+        if action != DIFF and user != thread.requester and not self._settings.is_admin(user):
+            log.info("commands.change_refused", user=user, action=action, thread_ts=thread.thread_ts)
+            who = f"<@{thread.requester}>, who started it," if thread.requester else "the person who started it"
+            return (f"Only {who} or an admin (SLACKBUS_ADMIN_USERS) can push that thread's branch or open a pull "
+                    "request.")
+        if action != DIFF and (thread.channel, thread.thread_ts) in self._pipeline.active:
+            return "That thread is running now: push or open the pull request once it has answered."
+        self._spawn(self._post_change, action, thread, worktree, user)
+        return {DIFF: "Posting the diff in the thread.", PUSH: f"Pushing `{worktree.branch}`…",
+                PR: f"Opening a pull request for `{worktree.branch}`…"}[action]
+
+    async def _post_change(self, action: str, thread: ThreadSession, worktree: Worktree, user: str) -> None:
+        assert self._worktrees is not None
+        channel, thread_ts = thread.channel, thread.thread_ts
+        try:
+            if action == DIFF:
+                diff = await self._worktrees.diff(worktree)
+                summary = (await self._worktrees.changes(worktree)).summary()
+                if not diff.strip():
+                    await self._poster.post(channel, thread_ts, renderer.render_notice(f":mag: {summary}."))
+                elif len(diff) <= INLINE_DIFF_CHARS:
+                    await self._poster.post(channel, thread_ts,
+                                            renderer.render_notice(f":mag: {summary}:\n```\n{diff.rstrip()}\n```"))
+                else:
+                    await self._poster.deliver(channel, thread_ts, [renderer.render_notice(
+                        f":mag: {summary}; the whole diff is attached.")], attachment=diff,
+                        filename=f"{worktree.branch.rsplit('/', 1)[-1]}.diff", title=f"Changes on {worktree.branch}")
+            elif action == PUSH:
+                said = await self._worktrees.push(worktree)
+                await self._poster.post(channel, thread_ts, renderer.render_notice(
+                    f":arrow_up: Pushed by <@{user}>: {said}"))
+            else:
+                said = await self._worktrees.pull_request(worktree, self._settings.pr_command)
+                await self._poster.post(channel, thread_ts, renderer.render_notice(
+                    f":twisted_rightwards_arrows: Pull request for `{worktree.branch}`, asked by <@{user}>: {said}"))
+            log.info("commands.change", action=action, user=user, channel=channel, thread_ts=thread_ts,
+                     branch=worktree.branch)
+        except WorktreeError as exc:
+            await self._poster.post(channel, thread_ts, renderer.render_notice(f":x: {exc}"))
+
+    async def on_change_button(self, body: dict[str, Any]) -> None:
+        """Show diff / Push / Pull request on an answer: the result in the thread, a refusal privately."""
+        clicked = slack_events.click(body)
+        action = {DIFF_ACTION: DIFF, PUSH_ACTION: PUSH, PR_ACTION: PR}.get(clicked.action_id)
+        channel, _, thread_ts = clicked.value.partition("|")
+        if not clicked.user or not channel or action is None:
+            log.info("commands.odd_click", action=clicked.action_id, user=clicked.user, channel=channel)
+            return
+        if not self._settings.is_allowed(clicked.user) or not self._settings.is_channel_allowed(channel):
+            await self._poster.post_ephemeral(channel, clicked.user, "You are not on this bot's allow list.",
+                                              thread_ts or None)
+            return
+        answer = self.change_action(action, self._store.get_thread(channel, thread_ts), clicked.user)
+        if not answer.endswith("…") and not answer.startswith("Posting"):
+            await self._poster.post_ephemeral(channel, clicked.user, answer, thread_ts or None)
 
     async def _cancel(self, user: str, channel: str, rest: str) -> str:
         by_run_id = [h for h in self._pipeline.active.values() if rest and h.run_id == rest.strip()]

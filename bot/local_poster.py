@@ -62,6 +62,8 @@ class LocalPoster:
         *,
         replace_ts: str | None = None,
         attachment: str | None = None,
+        filename: str = "answer.md",
+        title: str = "The whole answer",
     ) -> bool:
         if attachment:  # no size limit here: the whole answer, as one message
             messages = [SlackMessage(text=attachment)]

@@ -7,6 +7,7 @@ if it takes longer than a moment; the answer then replaces it, so a quick answer
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -20,14 +21,24 @@ from bot.claude_runner import ClaudeSession
 from bot.config import Settings
 from bot.context_builder import Context, ContextBuilder
 from bot.dispatcher import Job
-from bot.errors import RunCancelledError, RunError, SessionNotFoundError, StoreError, WorkdirError
+from bot.errors import (
+    OptionsError,
+    RunCancelledError,
+    RunError,
+    SessionNotFoundError,
+    StoreError,
+    WorkdirError,
+    WorktreeError,
+)
 from bot.log import get_logger
 from bot.poster import Directory, Poster
 from bot.progress import Progress, RateBudget
 from bot.renderer import SlackMessage
+from bot.request_options import choose, split_options
 from bot.sessions import SessionManager
-from bot.store import Store, StoredMessage, ThreadSession
+from bot.store import Store, StoredMessage, ThreadOptions, ThreadSession
 from bot.stream_parser import Finished, RunEvent, SessionStarted, ToolCall
+from bot.worktrees import Worktree, Worktrees
 
 log = get_logger("slackbus.pipeline")
 
@@ -55,6 +66,8 @@ class RunHandle:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     progress: Progress | None = None
     first_event_at: float | None = None
+    where: str = ""  # the repository, branch and model, for the status line and the footer
+    worktree: Worktree | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -70,7 +83,9 @@ class TaskPipeline:
         contexts: ContextBuilder,
         backfill: Directory,
         sessions: SessionManager,
+        worktrees: Worktrees | None = None,
     ) -> None:
+        self._worktrees = worktrees
         self._settings = settings
         self._store = store
         self._poster = poster
@@ -193,7 +208,8 @@ class TaskPipeline:
                 replace_ts = None
                 messages = [renderer.mention(m, handle.requester) for m in messages[:1]] + messages[1:]
             if answer and self._settings.transport == "slack" and messages:
-                messages = [*messages[:-1], renderer.with_attach_button(messages[-1], handle.channel, handle.thread_ts)]
+                messages = [*messages[:-1], renderer.with_attach_button(messages[-1], handle.channel, handle.thread_ts,
+                                                                        worktree=handle.worktree is not None)]
             await self._poster.deliver(handle.channel, handle.thread_ts, messages, replace_ts=replace_ts,
                                        attachment=attachment)
 
@@ -207,6 +223,13 @@ class TaskPipeline:
         label = self._backfill.label(first.channel, first.is_dm)
         await self._resolve_names(first)
         resume_id = row.session_id if row.started and row.session_id else None
+        try:
+            row = await self._plan(handle, row, first)
+        except (OptionsError, WorktreeError) as err:  # one sentence, nothing runs
+            self._store.finish_run(handle.run_id, "failed", error=str(err))
+            log.info("run.refused_options", run_id=handle.run_id, error=str(err))
+            await self._finish(handle, f":x: {err}")
+            return "failed"
         try:
             try:
                 finished, context, session_id = await self._turn(handle, row, resume_id, label, last)
@@ -249,7 +272,8 @@ class TaskPipeline:
             return "failed"
         posted_at = time.monotonic()
         messages, attachment = renderer.render_answer_or_file(
-            finished.text, renderer.footer(finished), max_parts=MAX_INLINE_PARTS
+            finished.text, renderer.footer(finished, where=handle.where, changes=await self._changes(handle)),
+            max_parts=MAX_INLINE_PARTS,
         )
         await self._deliver(handle, messages, attachment, answer=True)
         log.info(
@@ -261,6 +285,64 @@ class TaskPipeline:
             since_received_ms=round((time.monotonic() - last.received) * 1000, 1),
         )
         return "done"
+
+    # --- the thread's repository, branch and model ----------------------------------------------------------
+    async def _plan(self, handle: RunHandle, row: ThreadSession, first: Job) -> ThreadSession:
+        """A new thread: the options at the start of its request (`[repo=… branch=… model=…]` or `--repo …`)
+        over the channel's defaults; when that folder is a git repository, a worktree of its own on a new
+        branch. A thread already planned keeps what it has. Raises OptionsError / WorktreeError (a sentence)."""
+        planned = self._store.thread_options(handle.channel, handle.thread_ts)
+        if planned is None and row.started:  # a session from before options (or handed over): as it is
+            planned = ThreadOptions()
+        if planned is None:
+            trigger = self._store.get_message(first.channel, first.thread_ts) or self._store.get_message(
+                first.channel, first.trigger_ts)
+            options, task = split_options(trigger.text if trigger else "")
+            choice = choose(options, self._settings, handle.channel, Path(row.workdir))
+            workdir, branch = choice.folder, choice.branch
+            worktree = None
+            repo = await Worktrees.repo_of(choice.folder) if self._worktrees is not None else None
+            if repo is not None and self._worktrees is not None:
+                worktree = await self._worktrees.create(repo, thread_ts=handle.thread_ts, task=task,
+                                                        base=choice.branch)
+                self._store.save_worktree(handle.channel, handle.thread_ts, worktree)
+                workdir, branch = worktree.path, worktree.base
+                log.info("run.worktree", run_id=handle.run_id, branch=worktree.branch, path=str(worktree.path))
+            elif choice.branch:
+                raise OptionsError(f"branch={choice.branch} needs a git repository with worktrees on, and "
+                                   f"{choice.folder} is not one (or SLACKBUS_WORKTREES=off).")
+            planned = ThreadOptions(repo=choice.repo_name, branch=branch, model=choice.model)
+            self._store.save_thread_options(handle.channel, handle.thread_ts, planned)
+            row = replace(row, workdir=str(workdir))
+            self._store.save_thread(row)
+        handle.worktree = self._store.worktree_of(handle.channel, handle.thread_ts)
+        handle.where = self._where(planned, handle.worktree)
+        return row
+
+    def _where(self, planned: ThreadOptions, worktree: Worktree | None) -> str:
+        bits = []
+        if worktree is not None:
+            bits.append(f"{planned.repo or worktree.repo.name} · branch `{worktree.branch}` from `{worktree.base}`")
+        elif planned.repo:
+            bits.append(planned.repo)
+        if planned.model:
+            bits.append(f"model {planned.model}")
+        return " · ".join(bits)
+
+    async def _changes(self, handle: RunHandle) -> str:
+        """What the run left in its worktree ("3 files changed, +40 −12 on branch …"); "" without one."""
+        if handle.worktree is None or self._worktrees is None:
+            return ""
+        try:
+            with anyio.fail_after(10.0):
+                return (await self._worktrees.changes(handle.worktree)).summary()
+        except (WorktreeError, TimeoutError) as exc:
+            log.warning("run.changes_failed", run_id=handle.run_id, error=str(exc))
+            return ""
+
+    def model_of(self, key: tuple[str, str]) -> str | None:
+        planned = self._store.thread_options(*key)
+        return planned.model if planned is not None else None
 
     def forget_warm(self, key: tuple[str, str]) -> None:
         self._sessions.forget_warm(key)
@@ -290,13 +372,16 @@ class TaskPipeline:
     async def _turn(
         self, handle: RunHandle, row: ThreadSession, resume_id: str | None, label: str, last: Job
     ) -> tuple[Finished, Context, str]:
-        context = self._context(row, last, label, resume=resume_id is not None)
+        context = self._context(row, last, label, resume=resume_id is not None, worktree=handle.worktree)
         log.info("run.acquiring", run_id=handle.run_id, resume=resume_id is not None,
                  since_received_ms=round((time.monotonic() - last.received) * 1000, 1))
         if resume_id is not None:
             await self._wait_for_terminal(handle, resume_id, row.workdir)
         workdir = checked_workdir(self._settings, row.workdir)  # again now: links and SLACKBUS_ROOTS may have changed
-        session, origin = await self._sessions.acquire(handle.key, workdir, resume_id)
+        model = self.model_of(handle.key)
+        session, origin = await self._sessions.acquire(handle.key, workdir, resume_id,
+                                                       pooled=(model is None or model == self._settings.model)
+                                                       and handle.worktree is None)
         handle.session = session
         self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)
         log.info(
@@ -344,13 +429,23 @@ class TaskPipeline:
             self._sessions.release(handle.key, session)
         return finished, context, session.session_id
 
-    def _context(self, session: ThreadSession, last: Job, label: str, resume: bool) -> Context:
+    def _context(self, session: ThreadSession, last: Job, label: str, resume: bool,
+                 worktree: Worktree | None = None) -> Context:
         if resume:
             return self._contexts.for_follow_up(session, last.trigger_ts, label)
         trigger = self._store.get_message(last.channel, last.trigger_ts) or StoredMessage(
             last.channel, last.trigger_ts, last.thread_ts, last.user, None, ""
         )
-        return self._contexts.for_new_session(last.channel, last.thread_ts, trigger, label)
+        with contextlib.suppress(OptionsError):  # the options chose the folder; the task goes on without them
+            trigger = replace(trigger, text=split_options(trigger.text)[1])
+        context = self._contexts.for_new_session(last.channel, last.thread_ts, trigger, label)
+        if worktree is None:
+            return context
+        note = (f"You work in a git worktree made for this Slack thread: branch `{worktree.branch}` of "
+                f"{worktree.repo.name}, started from `{worktree.base}`. You may commit there; do not switch branches "
+                "or touch other worktrees. The people in the thread can see the diff, push the branch and open a "
+                "pull request from Slack.")
+        return replace(context, prompt=f"{note}\n\n{context.prompt}")
 
     async def _resolve_names(self, job: Job) -> None:
         users = {m.user for m in self._store.channel_messages(job.channel, job.trigger_ts, 50) if m.user}

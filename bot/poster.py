@@ -27,6 +27,8 @@ class Poster(Protocol):
         *,
         replace_ts: str | None = None,
         attachment: str | None = None,
+        filename: str = "answer.md",
+        title: str = "The whole answer",
     ) -> bool:
         """Post an answer, durably (the first message may replace `replace_ts`); True if it all went out now."""
         ...

@@ -102,8 +102,11 @@ class SessionManager:
         return {"live": self.live, "pool": pooled, "warm": warm, "busy": busy}
 
     # --- acquire / release ------------------------------------------------------------------------------
-    async def acquire(self, key: ThreadKey, cwd: Path, resume_id: str | None) -> tuple[ClaudeSession, str]:
-        """A session for this thread: its warm one, a pooled one (new sessions), or a new process.
+    async def acquire(
+        self, key: ThreadKey, cwd: Path, resume_id: str | None, *, pooled: bool = True
+    ) -> tuple[ClaudeSession, str]:
+        """A session for this thread: its warm one, a pooled one (new sessions; not when `pooled` is False: the
+        thread wants a model of its own), or a new process.
 
         Returns the session and where it came from ("warm", "pool" or "cold").
         """
@@ -112,12 +115,12 @@ class SessionManager:
             if warm.alive and warm.state == "idle" and warm.session_id == resume_id:
                 return warm, "warm"
             await warm.close()
-        if resume_id is None:
-            pooled = self._take_pooled(cwd)
-            self._note_demand(cwd, missed=pooled is None)
-            if pooled is not None:
+        if resume_id is None and pooled:
+            ready = self._take_pooled(cwd)
+            self._note_demand(cwd, missed=ready is None)
+            if ready is not None:
                 self.refill(cwd)
-                return pooled, "pool"
+                return ready, "pool"
             # a pool process already starting is closer to ready than a new one (and two cold starts at
             # once slow each other down)
             starting = next((s for s in self._starting.get(cwd, []) if not s.claimed), None)

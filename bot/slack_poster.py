@@ -201,6 +201,8 @@ class SlackPoster:
         *,
         replace_ts: str | None = None,
         attachment: str | None = None,
+        filename: str = "answer.md",
+        title: str = "The whole answer",
     ) -> bool:
         """Post an answer (the first message may replace `replace_ts`), then the file, if any.
 
@@ -213,6 +215,8 @@ class SlackPoster:
             "messages": [{"text": m.text, "blocks": m.blocks} for m in messages],
             "replace_ts": replace_ts,
             "attachment": attachment,
+            "filename": filename,
+            "title": title,
         }
         item: int | None
         try:
@@ -259,8 +263,8 @@ class SlackPoster:
                     channel=channel,
                     thread_ts=thread_ts,
                     content=payload["attachment"],
-                    filename="answer.md",
-                    title="The whole answer",
+                    filename=str(payload.get("filename") or "answer.md"),
+                    title=str(payload.get("title") or "The whole answer"),
                 )
             self._outbox_update(item, None, None)
             return True

@@ -50,6 +50,15 @@ class ThreadSession:
 
 
 @dataclass(frozen=True)
+class ThreadOptions:
+    """What a thread works with, chosen when it started: the repository's name, the base branch, the model."""
+
+    repo: str | None = None
+    branch: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
 class Request:
     channel: str
     ts: str
@@ -143,8 +152,17 @@ def _m6_worktrees(db: sqlite3.Connection) -> None:
     )
 
 
+def _m7_thread_options(db: sqlite3.Connection) -> None:
+    """What a thread's request chose (`[repo=… branch=… model=…]`, or the channel's defaults), kept for its
+    follow-ups: the repository's name, the base branch, the model."""
+    db.execute(
+        "CREATE TABLE thread_options (channel TEXT NOT NULL, thread_ts TEXT NOT NULL, repo TEXT, branch TEXT,"
+        " model TEXT, PRIMARY KEY (channel, thread_ts)) WITHOUT ROWID"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups, _m5_handoffs, _m6_worktrees,
+    _m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups, _m5_handoffs, _m6_worktrees, _m7_thread_options,
 ]
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before it fails
@@ -534,6 +552,27 @@ class Store:
             "SELECT channel, thread_ts, repo, path, branch, base, base_commit FROM worktrees ORDER BY created_at"
         ).fetchall()
         return [(str(r[0]), str(r[1]), _worktree(r[2:])) for r in rows]
+
+    def save_thread_options(self, channel: str, thread_ts: str, options: ThreadOptions) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO thread_options (channel, thread_ts, repo, branch, model) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(channel, thread_ts) DO UPDATE SET repo=excluded.repo, branch=excluded.branch,"
+                " model=excluded.model",
+                (channel, thread_ts, options.repo, options.branch, options.model),
+            )
+
+    def thread_options(self, channel: str, thread_ts: str) -> ThreadOptions | None:
+        row = self._db.execute(
+            "SELECT repo, branch, model FROM thread_options WHERE channel=? AND thread_ts=?", (channel, thread_ts)
+        ).fetchone()
+        return ThreadOptions(*row) if row else None
+
+    def thread_updated_at(self, channel: str, thread_ts: str) -> float | None:
+        row = self._db.execute(
+            "SELECT updated_at FROM threads WHERE channel=? AND thread_ts=?", (channel, thread_ts)
+        ).fetchone()
+        return float(row[0]) if row else None
 
     def forget_worktree(self, channel: str, thread_ts: str) -> None:
         with self._tx() as db:
