@@ -38,7 +38,7 @@ from bot.request_options import choose, split_options
 from bot.sessions import SessionManager
 from bot.store import Store, StoredMessage, ThreadOptions, ThreadSession
 from bot.stream_parser import Finished, RunEvent, SessionStarted, ToolCall
-from bot.worktrees import Worktree, Worktrees
+from bot.worktrees import WORKTREES_DIR, Worktree, Worktrees
 
 log = get_logger("slackbus.pipeline")
 
@@ -458,6 +458,10 @@ def checked_workdir(settings: Settings, workdir: str | Path) -> Path:
     with symlinks resolved (a folder approved once may since have become a link out of the roots, or the
     roots may have been narrowed); its real path, or a WorkdirError sentence for the thread."""
     real = settings.within_roots(Path(workdir))
+    if real is None:  # a thread's own worktree: made by the bot, from a repository under the roots
+        resolved = Path(workdir).expanduser().resolve()
+        worktrees = (settings.home / WORKTREES_DIR).resolve()
+        real = resolved if resolved.is_relative_to(worktrees) and resolved != worktrees else None
     if real is None:
         roots = ", ".join(f"`{r}`" for r in settings.roots)
         raise WorkdirError(

@@ -55,6 +55,7 @@ from bot.log import get_logger
 from bot.redact import redact
 
 log = get_logger("slackbus.worktrees")
+WORKTREES_DIR = "worktrees"  # under SLACKBUS_HOME
 
 LOCAL_TIMEOUT_S = 30.0  # a git command that only reads or renames
 CHECKOUT_TIMEOUT_S = 300.0  # a full checkout (`worktree add`, `reset --hard`, `worktree remove`) of a big repo
@@ -205,7 +206,7 @@ def branch_link(remote_url: str, branch: str) -> str | None:
 
 class Worktrees:
     def __init__(self, home: Path, *, spare: int = 1) -> None:
-        self.root = home / "worktrees"
+        self.root = home / WORKTREES_DIR
         self.spare = spare
         self._spares: dict[tuple[Path, str], list[Worktree]] = {}
         self._making: dict[tuple[Path, str], int] = {}
@@ -399,15 +400,17 @@ class Worktrees:
                 with anyio.CancelScope(shield=True):
                     await self._discard(repo, path, (branch,))
             raise
-        except BaseException:
+        except BaseException:  # cancelled (shutting down): a short clean-up; `_adopt` removes what is left
             with anyio.CancelScope(shield=True):
-                await self._discard(repo, path, (branch,))
+                await self._discard(repo, path, (branch,), bound=10.0)
             raise
         return Worktree(repo=repo, path=path, branch=branch, base=base, base_commit=commit)
 
-    async def _discard(self, repo: Path, path: Path, branches: Sequence[str]) -> None:
+    async def _discard(
+        self, repo: Path, path: Path, branches: Sequence[str], *, bound: float = CHECKOUT_TIMEOUT_S
+    ) -> None:
         """Best effort, bounded: remove a worktree folder and slackbus branches nobody has used."""
-        with anyio.move_on_after(CHECKOUT_TIMEOUT_S):
+        with anyio.move_on_after(bound):
             if await anyio.Path(path).exists():
                 await self._git(repo, "worktree", "remove", "--force", str(path), check=False)
             if await anyio.Path(path).exists():
@@ -819,8 +822,9 @@ def _disk_use(root: Path) -> int:
 async def _run_command(argv: Sequence[str], cwd: Path, bound: float) -> tuple[int, str]:
     """Run a command in its own process group, output captured; the group is killed on timeout or cancel."""
     try:
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "PAGER": "cat", "GH_PROMPT_DISABLED": "1"}
         process = await anyio.open_process(
-            list(argv), cwd=cwd, env=git_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
     except FileNotFoundError as exc:
