@@ -31,7 +31,7 @@ from bot.commands import Commands
 from bot.config import Settings
 from bot.context_builder import SYSTEM_PROMPT_APPEND, ContextBuilder
 from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue, too_long
-from bot.errors import ConfigError, StoreError
+from bot.errors import ConfigError, StoreError, WorktreeError
 from bot.local_events import LOCAL_BOT, LocalDirectory, LocalEvents
 from bot.local_poster import LocalPoster
 from bot.log import get_logger
@@ -184,6 +184,8 @@ class Bot:
         )
         blackboard.forget_warm = lambda key: sessions.forget_warm(key)
         install_shim(s.home / "bin")
+        # a default folder that is a git repository gives every thread a worktree: the processes wait in spares
+        default_repo = await Worktrees.repo_of(s.workdir) if s.worktrees else None
         sessions = SessionManager(
             self.session_spec,
             max_processes=s.max_processes,
@@ -191,8 +193,9 @@ class Bot:
             warm_pool_max=s.warm_pool_max,
             idle_seconds=s.idle_seconds,
             default_cwd=s.workdir,
+            pool_default=default_repo is None,
         )
-        worktrees = Worktrees(s.home) if s.worktrees else None
+        worktrees = Worktrees(s.home, on_spare=sessions.pool_once) if s.worktrees else None
         pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions, worktrees)
         queue = JobQueue(self._starting(pipeline, poster), s.max_concurrent)
 
@@ -280,6 +283,8 @@ class Bot:
                 if worktrees is not None:
                     await tg.start(worktrees.run)
                     tg.start_soon(self._sweep_worktrees, worktrees)
+                    for folder in {s.workdir, *s.channel_dirs.values()}:  # the first thread need not wait
+                        self._spawn(self._prepare_spares, worktrees, folder)
                 tg.start_soon(poster.run_outbox)
                 queue.attach(tg)
                 if signals:
@@ -311,6 +316,14 @@ class Bot:
         finally:  # also when start-up fails: an open socket left to the garbage collector spills warnings
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 await close_source()
+
+    async def _prepare_spares(self, worktrees: Worktrees, folder: Path) -> None:
+        repo = await Worktrees.repo_of(folder)
+        if repo is not None:
+            try:
+                await worktrees.prepare(repo)
+            except WorktreeError as exc:  # e.g. a repository with no commit yet: threads there will say so
+                log.warning("worktrees.spare_failed", repo=str(repo), error=str(exc))
 
     async def _sweep_worktrees(self, worktrees: Worktrees) -> None:
         """Hourly: worktrees whose thread has been quiet for SLACKBUS_WORKTREE_TTL and that hold no unpushed work

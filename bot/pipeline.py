@@ -380,8 +380,7 @@ class TaskPipeline:
         workdir = checked_workdir(self._settings, row.workdir)  # again now: links and SLACKBUS_ROOTS may have changed
         model = self.model_of(handle.key)
         session, origin = await self._sessions.acquire(handle.key, workdir, resume_id,
-                                                       pooled=(model is None or model == self._settings.model)
-                                                       and handle.worktree is None)
+                                                       pooled=model is None or model == self._settings.model)
         handle.session = session
         self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)
         log.info(

@@ -43,7 +43,9 @@ class SessionManager:
         idle_seconds: float,
         default_cwd: Path,
         warm_pool_max: int | None = None,
+        pool_default: bool = True,
     ) -> None:
+        self._pool_default = pool_default  # False: threads there get worktrees, whose spares have the processes
         self._make_spec = make_spec
         self.max_processes = max_processes
         self.warm_pool = warm_pool
@@ -58,6 +60,7 @@ class SessionManager:
         self._last_new: dict[Path, float] = {}  # when a task last asked for a new session there
         self._last_rush: dict[Path, float] = {}  # when a task last came within BURST_GAP_S of the previous
         self._tg: TaskGroup | None = None
+        self._once: set[Path] = set()  # spare worktrees: one pre-started process each, for the thread claiming it
         self._room = anyio.Lock()
         self.peak_live = 0
 
@@ -66,7 +69,10 @@ class SessionManager:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._reaper)
-            self.refill(self.default_cwd)
+            if self._pool_default:
+                self.refill(self.default_cwd)
+            else:
+                self._target[self.default_cwd] = 0
             task_status.started()
             try:
                 await anyio.sleep_forever()
@@ -115,7 +121,25 @@ class SessionManager:
             if warm.alive and warm.state == "idle" and warm.session_id == resume_id:
                 return warm, "warm"
             await warm.close()
-        if resume_id is None and pooled:
+        if resume_id is None and not pooled and cwd in self._once:  # another model: the process waiting is no use
+            self._once.discard(cwd)
+            self._target[cwd] = 0
+            for idle in self._pool.pop(cwd, []):
+                self._spawn(idle.close)
+        if resume_id is None and pooled and cwd in self._once:  # a spare worktree a thread has just claimed
+            self._once.discard(cwd)
+            self._target[cwd] = 0  # the folder is the thread's now: nothing more is pre-started in it
+            ready = self._take_pooled(cwd)
+            if ready is not None:
+                return ready, "pool"
+            starting = next((s for s in self._starting.get(cwd, []) if not s.claimed), None)
+            if starting is not None:
+                starting.claimed = True
+                with anyio.move_on_after(CONNECT_TIMEOUT_S):
+                    await starting.ready.wait()
+                if starting.alive and starting.state == "idle":
+                    return starting, "pool"
+        elif resume_id is None and pooled:
             ready = self._take_pooled(cwd)
             self._note_demand(cwd, missed=ready is None)
             if ready is not None:
@@ -235,6 +259,15 @@ class SessionManager:
             log.info("sessions.evict", kind="warm", channel=key[0], thread_ts=key[1])
             return self._warm.pop(key)
         return None
+
+    def pool_once(self, cwd: Path) -> None:
+        """Pre-start one process in `cwd`, a spare worktree, for the new thread that will claim it (bot.worktrees):
+        never more than one there, and none once it is taken. Not with SLACKBUS_WARM_POOL=0."""
+        if self.warm_pool <= 0 or cwd in self._once:
+            return
+        self._once.add(cwd)
+        self._target[cwd] = 1
+        self.refill(cwd)
 
     def pool_target(self, cwd: Path) -> int:
         return self._target.get(cwd, self.warm_pool)

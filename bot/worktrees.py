@@ -9,11 +9,13 @@ tree, index and HEAD are never touched: every command that writes runs in the th
 How creating one is made fast: SPARE worktrees. A plain `git worktree add` checks every file out: on a
 repository of 20,000 small files that is 0.4-1 s (FIGURES below). So per (repository, base branch) `spare`
 worktrees wait, checked out at the base commit on a throwaway branch `slackbus/spare/<hex>` in a folder
-`spare-<hex>`, made in the background by `run()` (or ahead of time by `prepare()`). `create` claims one:
-`git worktree move` to the final folder (a rename plus one metadata file, before anything runs in it),
-`git branch -m` to the thread's branch, and only if the base moved since, `git reset --hard <new base>` (which
-rewrites only the files that differ). Then it asks `run()` for the next spare. With no spare ready it falls
-back to `git worktree add` with parallel checkout (`checkout.workers=0`).
+`wt-<hex>`, made in the background by `run()` (or ahead of time by `prepare()`). `create` claims one:
+`git branch -m` to the thread's branch and, only if the base moved since, `git reset --hard <new base>` (which
+rewrites only the files that differ). The folder keeps its name: the bot pre-starts a `claude` process in each
+spare (`on_spare`), and Claude Code keys a session by its folder's path, so a thread that claims a spare also
+gets a process already up in it. Then it asks `run()` for the next spare. With no spare ready it falls back to
+`git worktree add` (folder `<short id>-<slug>`) with parallel checkout (`checkout.workers=0`). A spare is
+known by its branch (`slackbus/spare/…`), never by its folder's name.
 
 FIGURES (bench/worktrees.py: 20,000 files in 1,000 folders, one commit; 30 new threads; 2 shared cores while
 other test suites ran, on a disk where writing 20,000 small files took 8.6 s that day):
@@ -68,7 +70,7 @@ NETWORK_TIMEOUT_S = 120.0  # `git push`, the pull request command
 SLUG_MAX = 40
 PREFIX = "slackbus/"
 SPARE_BRANCH = "slackbus/spare/"
-SPARE_DIR = "spare-"
+SPARE_DIR = "wt-"
 OUTPUT_MAX = 3000  # characters of a pull request command's output handed back
 _GIT_ENV_DROP = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
                  "GIT_NAMESPACE", "GIT_PREFIX")
@@ -210,9 +212,10 @@ def branch_link(remote_url: str, branch: str) -> str | None:
 
 
 class Worktrees:
-    def __init__(self, home: Path, *, spare: int = 1) -> None:
+    def __init__(self, home: Path, *, spare: int = 1, on_spare: Callable[[Path], None] | None = None) -> None:
         self.root = home / WORKTREES_DIR
         self.spare = spare
+        self._on_spare = on_spare  # told each spare's folder when it is ready (the bot pre-starts claude there)
         self._spares: dict[tuple[Path, str], list[Worktree]] = {}
         self._making: dict[tuple[Path, str], int] = {}
         self._adopted: set[Path] = set()
@@ -340,7 +343,7 @@ class Worktrees:
             wt = None
             spare = self._take_spare(repo, base_name)
             if spare is not None:
-                wt = await self._claim(spare, path, branch, commit)
+                wt = await self._claim(spare, branch, commit)
             if wt is None:
                 wt = await self._add(repo, path, branch, base_name, commit)
         finally:
@@ -374,24 +377,22 @@ class Worktrees:
         ready = self._spares.get((repo, base))
         return ready.pop(0) if ready else None
 
-    async def _claim(self, spare: Worktree, path: Path, branch: str, commit: str) -> Worktree | None:
-        """Turn a spare into the thread's worktree; None (and the spare discarded) if it cannot be."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        moved = False
+    async def _claim(self, spare: Worktree, branch: str, commit: str) -> Worktree | None:
+        """Turn a spare into the thread's worktree; None (and the spare discarded) if it cannot be.
+
+        The folder stays where it is (a `claude` process may already wait in it, and Claude Code keys its
+        sessions by the folder's path): only the branch is renamed, and the files reset if the base moved."""
         try:
-            await self._git(spare.repo, "worktree", "move", str(spare.path), str(path))
-            moved = True
-            self._meta_path(spare.path).unlink(missing_ok=True)
             async with self._lock(spare.repo):
-                await self._git(path, "branch", "-m", spare.branch, branch, retry_locked=True)
+                await self._git(spare.path, "branch", "-m", spare.branch, branch, retry_locked=True)
             if commit != spare.base_commit:
-                await self._git(path, "reset", "--hard", "--quiet", commit, bound=CHECKOUT_TIMEOUT_S)
+                await self._git(spare.path, "reset", "--hard", "--quiet", commit, bound=CHECKOUT_TIMEOUT_S)
         except WorktreeError as exc:
             log.warning("worktrees.spare_failed", path=str(spare.path), error=str(exc))
             with anyio.CancelScope(shield=True):
-                await self._discard(spare.repo, path if moved else spare.path, (spare.branch, branch))
+                await self._discard(spare.repo, spare.path, (spare.branch, branch))
             return None
-        return Worktree(repo=spare.repo, path=path, branch=branch, base=spare.base, base_commit=commit)
+        return Worktree(repo=spare.repo, path=spare.path, branch=branch, base=spare.base, base_commit=commit)
 
     async def _add(self, repo: Path, path: Path, branch: str, base: str, commit: str) -> Worktree:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -448,6 +449,8 @@ class Worktrees:
             finally:
                 self._making[key] -= 1
             self._spares.setdefault(key, []).append(spare)
+            if self._on_spare is not None:
+                self._on_spare(spare.path)
         return len(self._spares.get(key, []))
 
     async def _make_spare(self, repo: Path, base: str, commit: str) -> Worktree:
@@ -470,19 +473,22 @@ class Worktrees:
             return
         listed = await self._listed(repo)
         for entry in sorted(folder.iterdir()):
-            if not entry.name.startswith(SPARE_DIR) or entry.suffix == ".json":
+            if not entry.is_dir() or not entry.name.startswith(SPARE_DIR):
                 continue
+            branch = listed.get(entry, "")
+            if not branch.startswith(SPARE_BRANCH):
+                continue  # a spare a thread claimed (its folder kept its name): the thread's, never touched
             spare = self._read_meta(entry)
             good = (
-                spare is not None and spare.repo == repo and listed.get(entry) == spare.branch
-                and await self._pristine(spare)
+                spare is not None and spare.repo == repo and branch == spare.branch and await self._pristine(spare)
             )
             if good and spare is not None:
                 self._spares.setdefault((repo, spare.base), []).append(spare)
                 log.info("worktrees.spare_adopted", repo=str(repo), path=str(entry))
+                if self._on_spare is not None:
+                    self._on_spare(spare.path)
             else:
-                branch = listed.get(entry)
-                await self._discard(repo, entry, [branch] if branch and branch.startswith(SPARE_BRANCH) else [])
+                await self._discard(repo, entry, [branch])
         for meta in folder.glob(f"{SPARE_DIR}*.json"):
             if not meta.with_suffix("").exists():
                 meta.unlink(missing_ok=True)
@@ -765,7 +771,10 @@ class Worktrees:
         if not self.root.is_dir():
             return removed
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(SPARE_DIR)):
+            for path in sorted(p for p in folder.iterdir() if p.is_dir()):
+                recorded = self._read_meta(path)
+                if recorded is not None and recorded.branch.startswith(SPARE_BRANCH):
+                    continue  # a spare waiting for a thread
                 seconds = idle(path)
                 if seconds is None or seconds <= ttl:
                     continue

@@ -140,9 +140,15 @@ def test_push_and_pull_request_from_the_thread_only_by_its_requester(
     sync = tmp_path / "sync"
     (sync / "go").touch()
     editing(fake_model, sync)
+    # a spare worktree is made at start and a claude process waits in it: the new thread gets both
+    bot_with_repo.wait_event("sessions.pooled", timeout=60)
+    [pooled] = bot_with_repo.events("sessions.pooled")
+    assert "/worktrees/" in pooled["cwd"]
     ts = fake_slack.user_says("C1", "U1", "make it delta [[edit:delta]]", mention=True)
     answer = answer_in(fake_slack, "C1", ts, "edited delta", timeout=60)
     [branch] = worktrees(repo)
+    [reused] = bot_with_repo.events("run.reusing")
+    assert reused["origin"] == "pool" and str(worktrees(repo)[branch]) == pooled["cwd"]
     buttons = {e["action_id"]: e for e in answer["blocks"][-1]["elements"]}
     assert {"slackbus_diff", "slackbus_push", "slackbus_pr"} <= set(buttons)
     origin = tmp_path / "origin.git"

@@ -360,7 +360,7 @@ async def test_sweep_honours_the_ttl_and_never_deletes_unpushed_work_or_spares(
     assert not idle_clean.path.exists()
     for kept in (idle_unpushed, recent, unknown):
         assert kept.path.is_dir() and kept.branch in git(repo, "branch", "--list")
-    assert not any(p.name.startswith("spare-") for p in asked)
+    assert not any(p.name.startswith("wt-") for p in asked)
     assert wts.ready(repo, "main") == 1
     assert await wts.sweep(idle_for, ttl=60) == []
 
@@ -394,20 +394,20 @@ def admin_name(wt: Worktree) -> str:
 async def test_create_is_served_from_a_spare_and_the_next_spare_is_prepared(repo: Path, served: Worktrees) -> None:
     before = snapshot(repo)
     first = await served.create(repo, thread_ts="1764150001.000100", task="no spare yet")
-    assert not admin_name(first).startswith("spare-")  # a plain `git worktree add`
+    assert not admin_name(first).startswith("wt-")  # a plain `git worktree add`
     with anyio.fail_after(30):
         await served.settled()
     assert served.ready(repo, "main") == 1
-    spare_dirs = [p for p in first.path.parent.iterdir() if p.name.startswith("spare-") and p.is_dir()]
+    spare_dirs = [p for p in first.path.parent.iterdir() if p.name.startswith("wt-") and p.is_dir()]
     assert len(spare_dirs) == 1
 
     second = await served.create(repo, thread_ts="1764150002.000100", task="from the spare")
-    assert admin_name(second) == spare_dirs[0].name  # the spare's checkout, moved to the thread's name
-    assert not spare_dirs[0].exists()
+    assert admin_name(second) == spare_dirs[0].name  # the spare's checkout: the folder stays (a claude may wait there)
+    assert second.path == spare_dirs[0]
     assert second.branch == "slackbus/1764150002-from-the-spare"
     assert git(second.path, "symbolic-ref", "--short", "HEAD") == second.branch
     assert git(second.path, "status", "--porcelain") == ""
-    assert "slackbus/spare/" + spare_dirs[0].name.removeprefix("spare-") not in git(repo, "branch", "--list")
+    assert "slackbus/spare/" + spare_dirs[0].name.removeprefix("wt-") not in git(repo, "branch", "--list")
     with anyio.fail_after(30):
         await served.settled()
     assert served.ready(repo, "main") == 1  # the next one is ready
@@ -421,7 +421,7 @@ async def test_a_spare_follows_the_base_when_it_moved(repo: Path, served: Worktr
     commit_all(repo, "main moves on")
     head = git(repo, "rev-parse", "HEAD")
     wt = await served.create(repo, thread_ts=TS, task="after the move")
-    assert admin_name(wt).startswith("spare-")
+    assert admin_name(wt).startswith("wt-")
     assert wt.base_commit == head == git(wt.path, "rev-parse", "HEAD")
     assert (wt.path / "app.py").read_text() == "print('newer main')\n"
     assert git(wt.path, "status", "--porcelain") == ""
@@ -431,11 +431,11 @@ async def test_a_spare_follows_the_base_when_it_moved(repo: Path, served: Worktr
 async def test_a_restart_adopts_the_ready_spare(tmp_path: Path, repo: Path) -> None:
     first = Worktrees(tmp_path / "home", spare=1)
     assert await first.prepare(repo) == 1
-    spares = sorted(p for p in (tmp_path / "home" / "worktrees").glob("*/spare-*") if p.is_dir())
+    spares = sorted(p for p in (tmp_path / "home" / "worktrees").glob("*/wt-*") if p.is_dir())
     assert len(spares) == 1
     again = Worktrees(tmp_path / "home", spare=1)
     assert await again.prepare(repo) == 1
-    assert sorted(p for p in (tmp_path / "home" / "worktrees").glob("*/spare-*") if p.is_dir()) == spares
+    assert sorted(p for p in (tmp_path / "home" / "worktrees").glob("*/wt-*") if p.is_dir()) == spares
     wt = await again.create(repo, thread_ts=TS, task="adopted")
     assert admin_name(wt) == spares[0].name
 
