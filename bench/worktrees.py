@@ -138,16 +138,60 @@ async def measure(files: int, n: int) -> dict[str, Any]:
         }
 
 
+def answer_latency(repo: Path, root: Path, n: int, *, worktrees: bool) -> dict[str, Any]:
+    """Mention → the Slack call that carries the answer, the channel's folder being `repo`, with a worktree
+    per thread or without (SLACKBUS_WORKTREES=off); mentions a few seconds apart, as people ask."""
+    from tests.conftest import BotProcess, fake_environment
+    from tests.fakes.fake_model import FakeModel
+    from tests.fakes.fake_slack import FakeSlack
+
+    root.mkdir()
+    with FakeSlack() as slack, FakeModel() as model:
+        env = {**fake_environment(root, slack, model), "SLACKBUS_WORKDIR": str(repo), "SLACKBUS_ROOTS": str(repo),
+               "SLACKBUS_WORKTREES": "on" if worktrees else "off"}
+        bot = BotProcess(env, root / "bot.log")
+        try:
+            bot.wait_ready(60)
+            answered, origins = [], []
+            for i in range(n + 1):  # the first is a warm-up (first contact with the channel)
+                wait = time.monotonic() + 30
+                while time.monotonic() < wait and not bot.events("sessions.pooled")[i:]:
+                    time.sleep(0.05)  # the next process (and spare) is ready, as between people asking
+                ts = slack.user_says("C1", "U2", f"question {i} [[id:q{i}]]", mention=True)
+                sent = min(e.t for e in slack.envelopes_for(ts))
+                needle = f"answer for q{i}"
+                call = slack.wait_for(lambda ts=ts, needle=needle: next(
+                    (c for c in slack.calls if c.method in ("chat.postMessage", "chat.update")
+                     and needle in str(c.params.get("text") or "")), None), timeout=60)
+                if i:
+                    answered.append((call.t - sent) * 1000)
+                slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts), timeout=10)
+            origins = [e.get("origin") for e in bot.events("run.reusing") + bot.events("run.spawning")][1:]
+        finally:
+            if bot.proc.poll() is None:
+                bot.stop()
+            bot.close_log()
+    return {**summary(answered), "from_pool": sum(1 for o in origins if o == "pool")}
+
+
 def run(files: int = 20_000, n: int = 30) -> dict[str, Any]:
     configure_logging(level="warning")
-    return anyio.run(measure, files, n)
+    figures: dict[str, Any] = anyio.run(measure, files, n)
+    with tempfile.TemporaryDirectory(prefix="slackbus-bench-wt-") as tmp:
+        root = Path(tmp)
+        repo = build_repo(root, files)
+        figures["answer_worktrees_on_ms"] = answer_latency(repo, root / "on", 20, worktrees=True)
+        figures["answer_worktrees_off_ms"] = answer_latency(repo, root / "off", 20, worktrees=False)
+    return figures
 
 
 def print_table(f: dict[str, Any]) -> None:
     print(f"worktrees on a repository of {f['files']} files, {f['threads']} new threads (ms: p50 / p95 / max);"
           f" writing {f['files']} small files takes {f['write_files_s']} s here")
     for key in ("create_spare_ready_ms", "create_back_to_back_ms", "create_no_spare_ms", "prepare_spare_ms",
-                "changes_ms"):
+                "changes_ms", "answer_worktrees_on_ms", "answer_worktrees_off_ms"):
+        if key not in f:
+            continue
         s = f[key]
         spare = f"   from a spare: {s['from_spare']}" if "from_spare" in s else ""
         print(f"  {key:<24} {s['p50']:>8} / {s['p95']:>8} / {s['max']:>8}   (n={s['n']}){spare}")

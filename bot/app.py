@@ -185,7 +185,12 @@ class Bot:
         blackboard.forget_warm = lambda key: sessions.forget_warm(key)
         install_shim(s.home / "bin")
         # a default folder that is a git repository gives every thread a worktree: the processes wait in spares
-        default_repo = await Worktrees.repo_of(s.workdir) if s.worktrees else None
+        # not with SLACKBUS_RUN_AS (yet): that user cannot reach worktrees under the private SLACKBUS_HOME
+        use_worktrees = s.worktrees and not s.run_as
+        if s.worktrees and s.run_as:
+            log.warning("worktrees.off_with_run_as", run_as=s.run_as,
+                        why="the other user cannot reach SLACKBUS_HOME/worktrees; threads work in the channel's folder")
+        default_repo = await Worktrees.repo_of(s.workdir) if use_worktrees else None
         sessions = SessionManager(
             self.session_spec,
             max_processes=s.max_processes,
@@ -195,7 +200,7 @@ class Bot:
             default_cwd=s.workdir,
             pool_default=default_repo is None,
         )
-        worktrees = Worktrees(s.home, on_spare=sessions.pool_once) if s.worktrees else None
+        worktrees = Worktrees(s.home, on_spare=sessions.pool_once) if use_worktrees else None
         pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions, worktrees)
         queue = JobQueue(self._starting(pipeline, poster), s.max_concurrent)
 
