@@ -100,6 +100,7 @@ TARGETS: list[tuple[str, str, str, str, Callable[[Any], bool]]] = [
      "(for comparison)", lambda s: True),
     ("the same, no spare (plain `git worktree add`)", "worktrees.create_no_spare_ms", "_dist", "(for comparison)",
      lambda s: True),
+    ("making a spare in the background (a full checkout)", "worktrees.prepare_spare_ms", "_dist", "", lambda s: True),
     ("mention → answer, a 20,000-file repository, worktree per thread", "worktrees.answer_worktrees_on_ms",
      "_dist", "(vs off, next row)", lambda s: True),
     ("mention → answer, the same repository, worktrees off", "worktrees.answer_worktrees_off_ms", "_dist",

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from bench.common import summary, write_results
+from bench.common import RESULTS, summary, write_results
 from bot.log import configure_logging
 from bot.worktrees import Worktree, Worktrees
 
@@ -174,9 +175,9 @@ def answer_latency(repo: Path, root: Path, n: int, *, worktrees: bool) -> dict[s
     return {**summary(answered), "from_pool": sum(1 for o in origins if o == "pool")}
 
 
-def run(files: int = 20_000, n: int = 30) -> dict[str, Any]:
+def run(files: int = 20_000, n: int = 30, *, answers_only: bool = False) -> dict[str, Any]:
     configure_logging(level="warning")
-    figures: dict[str, Any] = anyio.run(measure, files, n)
+    figures: dict[str, Any] = {} if answers_only else anyio.run(measure, files, n)
     with tempfile.TemporaryDirectory(prefix="slackbus-bench-wt-") as tmp:
         root = Path(tmp)
         repo = build_repo(root, files)
@@ -201,8 +202,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=20_000)
     parser.add_argument("-n", type=int, default=30)
+    parser.add_argument("--answers-only", action="store_true", help="only mention → answer, worktrees on and off")
     args = parser.parse_args()
-    figures = run(args.files, args.n)
+    figures = run(args.files, args.n, answers_only=args.answers_only)
+    if args.answers_only:  # the creation figures measured before stay
+        figures = {**json.loads(RESULTS.read_text()).get("worktrees", {}), **figures}
     write_results("worktrees", figures)
     print_table(figures)
 

@@ -295,8 +295,7 @@ class TaskPipeline:
         if planned is None and row.started:  # a session from before options (or handed over): as it is
             planned = ThreadOptions()
         if planned is None:
-            trigger = self._store.get_message(first.channel, first.thread_ts) or self._store.get_message(
-                first.channel, first.trigger_ts)
+            trigger = self._store.get_message(first.channel, first.trigger_ts)  # the request that starts it
             options, task = split_options(trigger.text if trigger else "")
             choice = choose(options, self._settings, handle.channel, Path(row.workdir))
             workdir, branch = choice.folder, choice.branch
@@ -333,6 +332,8 @@ class TaskPipeline:
         """What the run left in its worktree ("3 files changed, +40 −12 on branch …"); "" without one."""
         if handle.worktree is None or self._worktrees is None:
             return ""
+        if handle.progress is None or handle.progress.tool_calls == 0:
+            return ""  # a turn without tools changed nothing: no git walk on the answer's path
         try:
             with anyio.fail_after(10.0):
                 return (await self._worktrees.changes(handle.worktree)).summary()

@@ -82,8 +82,9 @@ def worktrees(repo: Path) -> dict[str, Path]:
     for line in git("worktree", "list", "--porcelain", cwd=repo).splitlines():
         if line.startswith("worktree "):
             path = Path(line.split(" ", 1)[1])
-        elif (line.startswith("branch refs/heads/slackbus/") and not line.startswith("branch refs/heads/slackbus/spare/")
-              and path is not None):  # a spare waits for the next thread: not a thread's
+        elif (line.startswith("branch refs/heads/slackbus/")
+              and not line.startswith("branch refs/heads/slackbus/spare/")  # a spare waits: no thread's yet
+              and path is not None):
             out[line.split("refs/heads/", 1)[1]] = path
     return out
 
@@ -187,7 +188,7 @@ def test_options_choose_the_base_branch_and_model_and_unknown_ones_get_one_sente
     ts = fake_slack.user_says("C1", "U1", "[repo=api branch=release model=haiku] what is here? [[id:opt]]",
                               mention=True)
     answer = answer_in(fake_slack, "C1", ts, "answer for opt", timeout=60)
-    [(branch, path)] = worktrees(repo).items()
+    [path] = worktrees(repo).values()
     assert (path / "app.py").read_text() == "base\n"  # made from release, not main
     assert "haiku" in json.dumps(fake_model.requests[-1].get("model"))
     shown = json.dumps(answer.get("blocks"), ensure_ascii=False)
@@ -202,3 +203,33 @@ def test_options_choose_the_base_branch_and_model_and_unknown_ones_get_one_sente
     fake_slack.wait_for(lambda: any("nope" in (m.get("text") or "") and "api" in (m.get("text") or "")
                                     for m in fake_slack.bot_messages("C1")), what="the unknown repo sentence")
     assert len(fake_model.requests) == requests  # nothing ran
+
+
+def test_the_local_transport_gets_worktrees_and_the_typed_commands(
+    start_bot: Any, fake_model: FakeModel, repo: Path, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the local transport's authors are OS users: writing as daemon and bin needs root")
+    from tests.fakes.chat import LocalChat, wait_for
+
+    sync = tmp_path / "sync"
+    (sync / "go").touch()
+    editing(fake_model, sync)
+    chat = LocalChat(tmp_path / "channels")
+    chat.say("U1", "hello")
+    start_bot(SLACKBUS_TRANSPORT="local", SLACKBUS_LOCAL_DIR=str(tmp_path / "channels"), SLACK_BOT_TOKEN="",
+              SLACK_APP_TOKEN="", SLACKBUS_ALLOWED_USERS="daemon,bin", SLACKBUS_ALLOWED_TOOLS="Bash(./edit.sh:*)",
+              **GIT_ID)
+    ts = chat.mention("U1", "make it local [[edit:loc]]")
+    chat.wait_answer(ts, "edited loc", timeout=60)
+    [(branch, path)] = worktrees(repo).items()
+    assert (path / "app.py").read_text() == "loc\n" and (repo / "app.py").read_text() == "base\n"
+
+    chat.command("U1", "diff")  # typed: no buttons here
+    chat.wait_answer(ts, "+loc", timeout=30)
+    chat.command("U2", "push")  # bin did not start it: told privately, nothing pushed
+    wait_for(lambda: any("Only" in t for t in chat.private_to("U2")), what="the private refusal")
+    chat.command("U1", "push")
+    chat.wait_answer(ts, "Pushed", timeout=30)
+    assert git("--git-dir", str(tmp_path / "origin.git"), "rev-parse", branch, cwd=tmp_path) == git(
+        "rev-parse", branch, cwd=repo)
