@@ -227,7 +227,7 @@ def test_the_local_transport_gets_worktrees_and_the_typed_commands(
 
     chat.command("U1", "diff")  # typed: no buttons here
     chat.wait_answer(ts, "+loc", timeout=30)
-    chat.command("U2", "push")  # bin did not start it: told privately, nothing pushed
+    chat.command("U2", f"push {ts}")  # bin did not start that thread: told privately, nothing pushed
     wait_for(lambda: any("Only" in t for t in chat.private_to("U2")), what="the private refusal")
     chat.command("U1", "push")
     chat.wait_answer(ts, "Pushed", timeout=30)
