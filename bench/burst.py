@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import threading
 import time
 from typing import Any
@@ -85,18 +86,37 @@ def eight_in_a_second(rounds: int = 3) -> dict[str, Any]:
         warm = slack.user_says("C1", "U1", "warm-up [[id:w]]", mention=True)
         slack.wait_for(lambda: slack.bot_messages("C1", warm), timeout=60)
         for r in range(rounds):
-            started = time.monotonic()
             tss = []
             for i in range(8):
                 tss.append(slack.user_says("C1", "U1", f"q{r}-{i} [[id:e{r}x{i}]]", mention=True))
                 time.sleep(1.0 / 8)
-            slack.wait_for(lambda tss=tss: all(slack.bot_messages("C1", ts) for ts in tss), timeout=120)
-            times.append(time.monotonic() - started)
-            time.sleep(2.0)
-    return {"rounds": rounds, "all_answered_s": summary(times)}
+            started = min(e.t for ts in tss for e in slack.envelopes_for(ts))
+            # an answer is the Slack call that carried its text (a "Queued, position N" notice is not one)
+            needles = [f"answer for e{r}x{i}" for i in range(8)]
+
+            def carried(needles: list[str] = needles) -> list[float] | None:
+                found = []
+                for needle in needles:
+                    call = next((c for c in slack.calls if c.method in ("chat.postMessage", "chat.update")
+                                 and needle in str(c.params.get("text") or "")), None)
+                    if call is None:
+                        return None
+                    found.append(call.t)
+                return found
+
+            answered_at = slack.wait_for(carried, timeout=120)
+            times.append(max(answered_at) - started)
+            slack.wait_for(lambda tss=tss: all("white_check_mark" in slack.reactions("C1", ts) for ts in tss),
+                           timeout=30)
+    return {"rounds": rounds, "all_answered_s": summary(times), "measured_by": "the call carrying each answer"}
 
 
-def run() -> dict[str, Any]:
+def run(*, eight_only: bool = False) -> dict[str, Any]:
+    if eight_only:
+        from bench.common import RESULTS
+
+        earlier = json.loads(RESULTS.read_text()).get("burst", {}) if RESULTS.exists() else {}
+        return {**earlier, "eight_in_a_second": eight_in_a_second()}
     return {"burst": burst(), "eight_in_a_second": eight_in_a_second()}
 
 
@@ -111,7 +131,8 @@ def print_table(f: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description=__doc__).parse_args()
-    figures = run()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--eight-only", action="store_true", help="only the 8-in-a-second burst")
+    figures = run(eight_only=parser.parse_args().eight_only)
     write_results("burst", figures)
     print_table(figures)

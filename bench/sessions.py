@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -100,6 +101,7 @@ def memory_after_threads(n: int) -> dict[str, Any]:
         kids = children(bot.proc.pid)
         return {
             "threads": n,
+            "max_processes": int(bot.events("bot.ready")[0]["max_processes"]),  # the cap this bot ran with
             "bot_rss_mb_idle": round(idle_rss / 1024, 1),
             "bot_rss_mb": round(rss_kb(bot.proc.pid) / 1024, 1),
             "claude_children": len(kids),
@@ -155,8 +157,15 @@ def print_table(f: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=20)
+    parser.add_argument("--memory-only", action="store_true", help="only the memory scenario")
     args = parser.parse_args()
-    figures = run(args.n)
+    if args.memory_only:
+        from bench.common import RESULTS
+
+        earlier = json.loads(RESULTS.read_text()).get("sessions", {}) if RESULTS.exists() else {}
+        figures = {**earlier, "memory": memory_after_threads(28)}
+    else:
+        figures = run(args.n)
     write_results("sessions", figures)
     print_table(figures)
 
