@@ -306,6 +306,7 @@ class Bot:
                     bot_user_id=bot_user_id,
                     max_concurrent=s.max_concurrent,
                     max_processes=s.max_processes,
+                    max_processes_why=s.max_processes_why,
                     warm_pool=s.warm_pool,
                     workdir=str(s.workdir),
                     cli=s.claude_cli_path,

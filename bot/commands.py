@@ -222,7 +222,9 @@ class Commands:
             lines.append(f"and {hidden} elsewhere")
         c = self._pipeline.process_counts()
         other = c["live"] - c["busy"] - c["warm"] - c["pool"]
-        lines.append(f"*Claude processes*: {c['live']} of {self._settings.max_processes} (SLACKBUS_MAX_PROCESSES): "
+        why = self._settings.max_processes_why
+        source = "SLACKBUS_MAX_PROCESSES" + (f", {why}" if why and why != "SLACKBUS_MAX_PROCESSES" else "")
+        lines.append(f"*Claude processes*: {c['live']} of {self._settings.max_processes} ({source}): "
                      f"{c['busy']} running, {c['warm']} kept warm for follow-ups, {c['pool']} pre-started"
                      + (f", {other} starting or closing" if other > 0 else ""))
         if self._worktrees is not None:

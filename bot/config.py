@@ -83,6 +83,8 @@ class Settings:
     pr_command: str | None = None  # SLACKBUS_PR_COMMAND: opens a pull request for a thread's branch
     channel_defaults: Mapping[str, RequestOptions] = field(default_factory=dict)  # [channels.C…] repo/branch/model
 
+    max_processes_why: str = ""  # where SLACKBUS_MAX_PROCESSES came from: set, or sized from the memory
+
     @property
     def db_path(self) -> Path:
         return self.home / "slackbus.db"
@@ -108,6 +110,37 @@ class Settings:
         """The real path (symlinks and .. resolved) if it lies under an allowed root, else None."""
         real = path.expanduser().resolve()
         return real if any(real == root or real.is_relative_to(root) for root in self.roots) else None
+
+
+# The default SLACKBUS_MAX_PROCESSES: a share of the memory available at start, divided by what one `claude`
+# process takes. Measured here (bench/sessions.py, "memory"): 185-190 MB RSS for a warm, idle process; a process
+# at work grows, so 250 MB is assumed. Half of what is available leaves the other half to the tools Claude runs.
+PROCESS_MB = 250
+MEMORY_SHARE = 0.5
+MAX_PROCESSES_CEILING = 64  # past this, CPU, not memory, is what runs out
+
+
+def memory_available_mb() -> float | None:
+    """MemAvailable from /proc/meminfo (Linux), in MB; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def sized_max_processes(floor: int, available_mb: float | None) -> tuple[int, str]:
+    """(the cap, how it was chosen): MEMORY_SHARE of the memory available ÷ PROCESS_MB, between `floor` (every
+    running task, the pool and two warm threads) and MAX_PROCESSES_CEILING."""
+    if available_mb is None:
+        return floor, "the running tasks, the pool and 2 (the memory available is unknown here)"
+    sized = int(available_mb * MEMORY_SHARE // PROCESS_MB)
+    cap = max(floor, min(sized, MAX_PROCESSES_CEILING))
+    return cap, (f"sized from memory: {available_mb / 1024:.1f} GB available at start × {MEMORY_SHARE:.0%} ÷ "
+                 f"{PROCESS_MB} MB a process")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -617,7 +650,11 @@ def load_settings(
             f"SLACKBUS_WARM_POOL_MAX ({warm_pool_max}) must be at least SLACKBUS_WARM_POOL ({warm_pool}): "
             "it is how far the pool of pre-started processes may grow when new threads come fast."
         )
-    max_processes = _int(merged, "SLACKBUS_MAX_PROCESSES", max_concurrent + warm_pool + 2)
+    floor = max_concurrent + warm_pool + 2
+    if merged.get("SLACKBUS_MAX_PROCESSES", "").strip():
+        max_processes, max_processes_why = _int(merged, "SLACKBUS_MAX_PROCESSES", floor), "SLACKBUS_MAX_PROCESSES"
+    else:
+        max_processes, max_processes_why = sized_max_processes(floor, memory_available_mb())
     if max_processes < max_concurrent:
         raise ConfigError(
             f"SLACKBUS_MAX_PROCESSES ({max_processes}) must be at least SLACKBUS_MAX_CONCURRENT ({max_concurrent}): "
@@ -656,6 +693,7 @@ def load_settings(
         warm_pool=warm_pool,
         warm_pool_max=warm_pool_max,
         max_processes=max_processes,
+        max_processes_why=max_processes_why,
         max_turns=_int(merged, "SLACKBUS_MAX_TURNS", 0, minimum=0) or None,
         max_budget_usd=_float(merged, "SLACKBUS_MAX_BUDGET_USD", 1.0) if budget else None,
         context_messages=_int(merged, "SLACKBUS_CONTEXT_MESSAGES", 40, minimum=0),

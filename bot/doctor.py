@@ -141,6 +141,9 @@ def run(env_file: str | None = None, *, cli_only: bool = False) -> int:
             home = pwd.getpwnam(settings.run_as).pw_dir if settings.run_as else env.get("HOME", str(Path.home()))
             checks.append(_anthropic_credential({**settings.child_env, "HOME": home}))
             checks.append(_protection(settings, env_file or env.get("SLACKBUS_ENV_FILE") or ".env"))
+            checks.append(Check(True, f"claude processes at most: {settings.max_processes} ("
+                                      f"{settings.max_processes_why or 'SLACKBUS_MAX_PROCESSES'}); running tasks "
+                                      f"at once: {settings.max_concurrent}"))
             checks.extend(anyio.run(_slack_checks, settings))
     for check in checks:
         print(check.line())

@@ -601,3 +601,24 @@ def test_a_bad_channel_table_is_one_sentence(base_env, no_env_file, srv, tmp_pat
 def test_a_channels_value_that_is_not_a_table_is_one_sentence(base_env, no_env_file, tmp_path):
     refused(with_config(base_env, tmp_path, 'channels = "C1"\n'), no_env_file,
             "SLACKBUS_CONFIG's channels must be a table")
+
+
+def test_the_process_cap_is_sized_from_the_memory_available_between_its_floor_and_ceiling() -> None:
+    from bot.config import MAX_PROCESSES_CEILING, sized_max_processes
+
+    assert sized_max_processes(7, 24_000)[0] == 48  # 24 GB × 50% ÷ 250 MB
+    assert sized_max_processes(7, 1_000)[0] == 7  # little memory: never below the running tasks, pool and 2
+    assert sized_max_processes(7, 10_000_000)[0] == MAX_PROCESSES_CEILING
+    cap, why = sized_max_processes(7, None)
+    assert cap == 7 and "unknown" in why
+    assert "23.4 GB available at start × 50% ÷ 250 MB" in sized_max_processes(7, 24_000)[1]
+
+
+def test_slackbus_max_processes_overrides_the_sizing(tmp_path) -> None:
+    from bot.config import load_settings
+
+    env = {"SLACKBUS_HOME": str(tmp_path / "h"), "SLACKBUS_ENV_FILE": str(tmp_path / "no.env")}
+    sized = load_settings(env, transport="local")
+    assert sized.max_processes >= 7 and sized.max_processes_why.startswith(("sized from memory", "the running"))
+    fixed = load_settings({**env, "SLACKBUS_MAX_PROCESSES": "9"}, transport="local")
+    assert fixed.max_processes == 9 and fixed.max_processes_why == "SLACKBUS_MAX_PROCESSES"
