@@ -199,6 +199,7 @@ class Bot:
             idle_seconds=s.idle_seconds,
             default_cwd=s.workdir,
             pool_default=default_repo is None,
+            park_seconds=s.park_seconds,
         )
         worktrees = Worktrees(s.home, on_spare=sessions.pool_once) if use_worktrees else None
         pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions, worktrees)

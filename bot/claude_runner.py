@@ -144,6 +144,7 @@ class ClaudeSession:
         self.session_id = spec.session_id
         self.state = "starting"
         self.pid: int | None = None
+        self.parked = False  # stopped with SIGSTOP while idle: no CPU at all; continued before anything else
         self.turns = 0
         self.created = time.monotonic()
         self.last_used = self.created
@@ -209,6 +210,7 @@ class ClaudeSession:
                     self.state = "idle"
             self.state = "idle"  # input closed between turns
         finally:
+            self.unpark()  # a stopped process could not hear its stdin close, nor SIGINT
             mid_turn = self.state == "busy"  # cancelled (shutdown) or broken during a turn
             self.state = "closing"
             with anyio.CancelScope(shield=True):
@@ -360,6 +362,26 @@ class ClaudeSession:
     def alive(self) -> bool:
         return self.state in {"idle", "busy"} and self.healthy
 
+    def park(self) -> bool:
+        """Stop an idle process (SIGSTOP): it then uses no CPU until `unpark`, which every turn, cancel and close
+        does first. The stream-json pipes simply wait; the CLI's timers run late, not lost."""
+        if self.parked or self.state != "idle" or self.pid is None or self._current is not None:
+            return False
+        try:
+            os.kill(self.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return False
+        self.parked = True
+        return True
+
+    def unpark(self) -> None:
+        if not self.parked:
+            return
+        self.parked = False
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
+
     async def turn(
         self,
         prompt: str,
@@ -372,6 +394,7 @@ class ClaudeSession:
     ) -> Finished:
         """Run one turn; returns the CLI's result or raises a RunError. Cancelling the caller aborts the
         turn and closes the session (shielded, bounded) before the cancellation goes on."""
+        self.unpark()
         if not self.alive:
             raise CLIProcessError("The Claude session is not running.", session_id=self.session_id)
         turn = _Turn(prompt, on_event, time.monotonic() + timeout, timeout, stall, run_id, where)
@@ -411,6 +434,7 @@ class ClaudeSession:
         SIGINT stops the turn and its tools at once (the interrupt request would need the SDK's reader task,
         which shutdown may have cancelled already); the owner task then closes stdin and reaps the process.
         """
+        self.unpark()
         self.healthy = False
         self._send.close()
         client, turn = self._client, self._current
@@ -424,6 +448,7 @@ class ClaudeSession:
 
     async def close(self) -> None:
         """Close an idle session (stdin EOF → the CLI exits); aborts a busy one."""
+        self.unpark()
         if self.state == "busy":
             await self.abort()
             return

@@ -84,6 +84,7 @@ class Settings:
     channel_defaults: Mapping[str, RequestOptions] = field(default_factory=dict)  # [channels.C…] repo/branch/model
 
     max_processes_why: str = ""  # where SLACKBUS_MAX_PROCESSES came from: set, or sized from the memory
+    park_seconds: float = 5.0  # an idle claude process is stopped (SIGSTOP) after this long; 0: never
 
     @property
     def db_path(self) -> Path:
@@ -694,6 +695,8 @@ def load_settings(
         warm_pool_max=warm_pool_max,
         max_processes=max_processes,
         max_processes_why=max_processes_why,
+        park_seconds=0.0 if merged.get("SLACKBUS_PARK_SECONDS", "").strip() == "0"
+        else _float(merged, "SLACKBUS_PARK_SECONDS", 5.0),
         max_turns=_int(merged, "SLACKBUS_MAX_TURNS", 0, minimum=0) or None,
         max_budget_usd=_float(merged, "SLACKBUS_MAX_BUDGET_USD", 1.0) if budget else None,
         context_messages=_int(merged, "SLACKBUS_CONTEXT_MESSAGES", 40, minimum=0),

@@ -44,7 +44,9 @@ class SessionManager:
         default_cwd: Path,
         warm_pool_max: int | None = None,
         pool_default: bool = True,
+        park_seconds: float = 0.0,
     ) -> None:
+        self.park_seconds = park_seconds  # an idle process is stopped (SIGSTOP) after this long; 0: never
         self._pool_default = pool_default  # False: threads there get worktrees, whose spares have the processes
         self._make_spec = make_spec
         self.max_processes = max_processes
@@ -338,12 +340,25 @@ class SessionManager:
                 self._spawn(extra.close)
             log.info("sessions.pool_shrink", cwd=str(cwd), size=self.warm_pool)
 
+    def _park_idle(self, now: float) -> None:
+        """Warm and pooled processes idle for SLACKBUS_PARK_SECONDS are stopped: parked, they use no CPU."""
+        if self.park_seconds <= 0:
+            return
+        idle = [*self._warm.values(), *(s for pool in self._pool.values() for s in pool)]
+        for session in idle:
+            if session.alive and not session.parked and now - session.last_used >= self.park_seconds \
+                    and session.park():
+                log.info("sessions.parked", session_id=session.session_id, pid=session.pid)
+
     async def _reaper(self) -> None:
         interval = max(0.2, min(5.0, self.idle_seconds / 4 if self.idle_seconds > 0 else 5.0))
+        if self.park_seconds > 0:
+            interval = max(0.1, min(interval, self.park_seconds / 2))
         while True:
             await anyio.sleep(interval)
             now = time.monotonic()
             self._shrink_pools(now)
+            self._park_idle(now)
             for key, session in list(self._warm.items()):
                 if session.state == "idle" and now - session.last_used >= self.idle_seconds:
                     self._warm.pop(key, None)
