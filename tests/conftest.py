@@ -74,6 +74,25 @@ class BotProcess:
             time.sleep(0.02)
         raise AssertionError(f"no {count}x {name} within {timeout}s:\n" + self.tail())
 
+    def wait_quiet(self, fake_slack: FakeSlack | None = None, quiet: float = 0.5, timeout: float = 20.0) -> None:
+        """Wait until the bot has gone quiet: no new log line, and no new call to `fake_slack`, for `quiet` seconds.
+        For checks that nothing more happened (no duplicate, no late cancel): unlike a fixed sleep, it waits as long
+        as the bot is still at work, as it is under load."""
+
+        def state() -> tuple[int, int]:
+            size = self.log_path.stat().st_size if self.log_path.exists() else 0
+            return size, len(fake_slack.calls) if fake_slack is not None else 0
+
+        deadline = time.monotonic() + timeout
+        last, since = state(), time.monotonic()
+        while time.monotonic() - since < quiet:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the bot did not go quiet for {quiet} s within {timeout} s:\n" + self.tail())
+            time.sleep(0.02)
+            now = state()
+            if now != last:
+                last, since = now, time.monotonic()
+
     def wait_ready(self, timeout: float = 30.0) -> BotProcess:
         self.wait_event("bot.ready", timeout=timeout)
         return self

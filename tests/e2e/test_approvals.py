@@ -71,7 +71,7 @@ def test_no_answer_in_time_means_denied(start_bot, fake_slack, fake_model, tmp_p
 
 
 def test_approve_for_the_session_is_not_asked_again(start_bot, fake_slack, fake_model, tmp_path):
-    start_bot()
+    bot = start_bot()
     target = tmp_path / "work" / "twice.txt"
     ask_to_write(fake_model, target)
     fake_model.enqueue_text("first [[id:s1]]")
@@ -84,5 +84,12 @@ def test_approve_for_the_session_is_not_asked_again(start_bot, fake_slack, fake_
     fake_slack.user_says("C1", "U1", "again please", thread_ts=ts)
     answer_in(fake_slack, "C1", ts, "second")
     assert target.exists()
-    assert len([m for m in fake_slack.bot_messages("C1", ts) if "wants to use" in (m.get("text") or "")]) <= 1
-    assert "Approved for this session" in str(fake_slack.bot_messages("C1", ts))
+    # asked once, in the first turn (the second answer came after any question would have been posted): one
+    # question posted, now showing its verdict, and none still waiting
+    assert len(bot.events("approval.asked")) == 1, bot.events("approval.asked")
+    questions = [c for c in fake_slack.calls_of("chat.postMessage") if "wants to use" in str(c.params.get("text"))]
+    assert len(questions) == 1, questions
+    in_thread = fake_slack.bot_messages("C1", ts)
+    assert not [m for m in in_thread if "wants to use" in (m.get("text") or "")], in_thread
+    verdicts = [m for m in in_thread if "Approved for this session by <@U1>" in (m.get("text") or "")]
+    assert len(verdicts) == 1, in_thread
