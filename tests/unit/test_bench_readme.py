@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from bench import readme
 
 
@@ -31,8 +33,33 @@ def test_a_section_is_replaced_between_its_marks_and_appended_when_missing() -> 
 
 def test_the_reliability_list_names_every_fault_test_with_its_outcome() -> None:
     checks = readme.fault_checks()
-    text = readme.reliability({checks[0][1]: "failed"} if checks else {})
+    names = {name for _module, name, _claim in checks}
+    assert len(checks) >= 15, checks  # tests/faults and the restart and safety tests of tests/e2e
+    assert "test_a_full_disk_mid_run_is_a_logged_error_not_a_dead_bot_nor_a_corrupt_record" in names
+    assert "test_the_socket_dropped_mid_run_reconnects_and_every_answer_arrives_once" in names
+    assert "test_a_run_killed_with_the_bot_is_reported_after_restart_and_a_reply_resumes" in names
+    failed = checks[0][1]
+    text = readme.reliability({failed: "failed"})
     for module, name, _claim in checks:
         assert f"`{module}::{name}`" in text
-    if checks:
-        assert "- ❌ " in text
+    assert text.count("- ❌ ") == 1 and f"`{checks[0][0]}::{failed}`" in text
+
+
+def test_a_test_that_runs_no_bot_code_is_not_listed_as_a_fault_injected() -> None:
+    names = {name for _module, name, _claim in readme.fault_checks()}
+    # SAYS == FAULTS: a check of the test's own tables
+    assert "test_every_fault_has_an_expected_message" not in names
+    # the same module's real fault test (fixtures), and pure-function fault tests that call the bot's code
+    assert "test_a_misbehaving_cli_fails_one_run_clearly_and_the_bot_keeps_working" in names
+    assert "test_split_markdown_keeps_parts_within_the_limit_balanced_and_complete" in names
+    assert "test_clean_never_raises_on_raw_odd_text" in names
+
+
+def test_every_test_the_readme_lists_as_a_fault_exists() -> None:
+    section = readme.README.read_text().split("<!-- reliability:start -->")[1].split("<!-- reliability:end -->")[0]
+    listed = re.findall(r"\(`(test_\w+)::(test_\w+)`\)$", section, flags=re.M)
+    assert len(listed) >= 15, section
+    files = {p.stem: p for p in [*readme.FAULTS.glob("test_*.py"), *readme.MORE_FAULTS]}
+    for module, name in listed:
+        assert module in files, module
+        assert re.search(rf"^(async )?def {name}\(", files[module].read_text(), flags=re.M), f"{module}::{name}"
