@@ -28,6 +28,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
+def state_of(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 def run(threads: int = 20, idle_window: float = 20.0, seed: int = 7) -> dict[str, Any]:
     with rig() as (slack, _model, bot, _root):
         cap = int(bot.events("bot.ready")[0]["max_processes"])
@@ -38,6 +45,11 @@ def run(threads: int = 20, idle_window: float = 20.0, seed: int = 7) -> dict[str
             tss.append(ts)
         kids = children(bot.proc.pid)
         rss_mb = sum(rss_kb(k) for k in kids) / 1024
+        # idle CPU of the parked processes: once every one is parked (SLACKBUS_PARK_SECONDS after its last use)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(state_of(k) == "T" for k in kids):
+            time.sleep(0.1)
+        parked = sum(1 for k in kids if state_of(k) == "T")
         before = cpu_seconds(kids)
         time.sleep(idle_window)  # measuring idle CPU: nothing is asked for this long, by design
         idle_cpu = (cpu_seconds(kids) - before) / idle_window * 100
@@ -55,6 +67,7 @@ def run(threads: int = 20, idle_window: float = 20.0, seed: int = 7) -> dict[str
             "follow_up_ms": summary(follow_ups),
             "follow_ups_warm": warm,
             "claude_processes": len(kids),
+            "claude_processes_parked": parked,
             "claude_rss_mb_total": round(rss_mb, 1),
             "idle_cpu_percent_of_a_core": round(idle_cpu, 2),
             "idle_window_s": idle_window,
@@ -67,7 +80,8 @@ def print_table(f: dict[str, Any]) -> None:
           f"{f['max_processes']}: {f['max_processes_why']})")
     print(f"  follow-up → answer: {s['p50']} / {s['p95']} / {s['max']} ms (p50 / p95 / max); warm: "
           f"{f['follow_ups_warm']} of {f['threads']}")
-    print(f"  claude processes kept: {f['claude_processes']}, {f['claude_rss_mb_total']} MB RSS in all; idle CPU "
+    print(f"  claude processes kept: {f['claude_processes']} ({f['claude_processes_parked']} parked), "
+          f"{f['claude_rss_mb_total']} MB RSS in all; idle CPU "
           f"{f['idle_cpu_percent_of_a_core']}% of a core over {f['idle_window_s']} s")
 
 
