@@ -18,7 +18,18 @@ import pytest
 from tests.fakes.fake_model import FakeModel, Reply, default_reply_text, last_user_text
 
 CLI = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
-needs_cli = pytest.mark.skipif(not CLI.exists(), reason="bundled claude CLI not found")
+
+
+@pytest.fixture
+def installed_cli() -> Path:
+    """The CLI bundled with the SDK, which scripts/install puts in place: missing, it is a failure that says how to
+    fix it, never a quiet skip."""
+    if not (CLI.is_file() and os.access(CLI, os.X_OK)):
+        pytest.fail(f"the claude CLI bundled with claude-agent-sdk is not at {CLI}: run scripts/install")
+    return CLI
+
+
+needs_cli = pytest.mark.usefixtures("installed_cli")
 
 
 # ---- helpers -------------------------------------------------------------------------------------
