@@ -20,6 +20,8 @@ from tests.fakes.chat import LocalChat
 from tests.fakes.fake_model import FakeModel, Reply, all_texts
 from tests.fakes.fake_slack import FakeSlack
 
+pytestmark = pytest.mark.e2e
+
 SLACKBUS = [sys.executable, "-m", "bot"]
 TOKEN = "xoxb-test-bot-token-123"
 
