@@ -503,7 +503,8 @@ def open_fence(text: str) -> str | None:
 
 
 # Past this, a cut inside a line can only fall in a run of spaces and fence characters, and a piece may then
-# read as a fence (or a fence be longer than the room kept for it): only "nothing is lost" still holds.
+# read as a fence (or a fence be longer than the room kept for it): fences may be unbalanced, but nothing is lost,
+# order is kept, no part is blank, and parts stay within the limit unless a line of the text is longer than it.
 ODD_RUN = re.compile(r"(?:[`~]|[^\S\n]){40,}")
 
 
@@ -523,7 +524,11 @@ def test_split_markdown_keeps_parts_within_the_limit_balanced_and_complete(text,
         return
     joined = "\n".join(parts)
     assert is_subsequence(list(squash(text)), list(squash(joined)))  # nothing but whitespace dropped, order kept
+    assert all(part.strip() for part in parts), parts  # no blank message
+    assert parts or not text.strip()  # nothing to post only when there is nothing but whitespace
     if ODD_RUN.search(text):
+        if max(len(line) for line in text.split("\n")) <= limit:
+            assert [len(p) for p in parts if len(p) > limit] == []
         return
     for part in parts:
         assert len(part) <= limit
