@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.e2e.test_job_control import ack_text, start_slow_run
@@ -14,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_user_not_allowed_is_refused_on_every_path(start_bot, fake_slack, fake_model, tmp_path):
-    start_bot(**ALLOWED_TOOLS)
+    bot = start_bot(**ALLOWED_TOOLS)
     # a thread with a session, started by an allowed user
     ts = fake_slack.user_says("C1", "U1", "start [[id:own]]", mention=True)
     answer_in(fake_slack, "C1", ts, "answer for own")
@@ -34,18 +32,18 @@ def test_a_user_not_allowed_is_refused_on_every_path(start_bot, fake_slack, fake
     fake_slack.block_action("U9", "C1", running, "slackbus_stop", value=f"C1|{running}")
     fake_slack.wait_for(lambda: len([e for e in fake_slack.ephemerals if e["user"] == "U9"]) >= 4,
                         what="refusals for the reaction and the button")
-    time.sleep(0.5)
+    bot.wait_quiet(fake_slack)
     assert len(fake_model.requests) == requests + 1  # only the slow run: nothing ran for U9
     assert not any("cancelled" in (m.get("text") or "") for m in fake_slack.bot_messages("C1", running))
 
 
 def test_a_channel_not_allowed_runs_nothing(start_bot, fake_slack, fake_model):
-    start_bot(SLACKBUS_ALLOWED_CHANNELS="C1")
+    bot = start_bot(SLACKBUS_ALLOWED_CHANNELS="C1")
     ts = fake_slack.user_says("C2", "U1", "work here please", mention=True)
     fake_slack.wait_for(lambda: any("not enabled in this channel" in e["text"] for e in fake_slack.ephemerals),
                         what="the channel refusal")
     assert "not enabled in this channel" in ack_text(fake_slack, fake_slack.slash_command(text="x y", channel="C2"))
-    time.sleep(0.5)
+    bot.wait_quiet(fake_slack)
     assert fake_model.requests == [] and fake_slack.bot_messages("C2") == []
     assert "eyes" not in fake_slack.reactions("C2", ts)
     ok = fake_slack.user_says("C1", "U1", "and here? [[id:here]]", mention=True)

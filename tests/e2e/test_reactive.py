@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -103,14 +102,14 @@ def test_a_retried_event_runs_once(start_bot, fake_slack, fake_model):
     retry = fake_slack.send_event(event, event_id="EvRETRY1", retry_num=1, retry_reason="timeout")
     fake_slack.wait_ack(retry)
     answer_in(fake_slack, "C1", "1700000100.000100", "answer for once")
-    time.sleep(1.0)  # give a duplicate run every chance to show up
+    bot.wait_quiet(fake_slack)  # give a duplicate run every chance to show up
     assert len(fake_slack.bot_messages("C1", "1700000100.000100")) == 1
     assert len(fake_model.requests) == 1
     assert bot.events("events.duplicate")
 
 
 def test_a_mention_arriving_as_app_mention_and_message_is_handled_once(start_bot, fake_slack, fake_model):
-    start_bot()
+    bot = start_bot()
     ts = fake_slack.user_says("C1", "U1", "just once [[id:dup]]", mention=True)
     # both envelopes were sent and both acked
     envelopes = fake_slack.envelopes_for(ts)
@@ -118,18 +117,18 @@ def test_a_mention_arriving_as_app_mention_and_message_is_handled_once(start_bot
     for e in envelopes:
         fake_slack.wait_ack(e.envelope_id)
     answer_in(fake_slack, "C1", ts, "answer for dup")
-    time.sleep(1.0)
+    bot.wait_quiet(fake_slack)
     assert len(fake_slack.bot_messages("C1", ts)) == 1
     assert len(fake_model.requests) == 1
 
 
 def test_a_user_not_allowed_is_refused_and_nothing_runs(start_bot, fake_slack, fake_model):
-    start_bot()
+    bot = start_bot()
     ts = fake_slack.user_says("C1", "U9", "do something [[id:no]]", mention=True)
     refusal = fake_slack.wait_for(lambda: fake_slack.ephemerals, what="an ephemeral refusal")
     assert refusal[0]["user"] == "U9"
     assert "allow list" in refusal[0]["text"]
-    time.sleep(1.0)
+    bot.wait_quiet(fake_slack)
     assert fake_model.requests == []
     assert fake_slack.bot_messages("C1") == []
     assert "eyes" not in fake_slack.reactions("C1", ts)
@@ -158,7 +157,7 @@ def test_eight_mentions_with_a_cap_of_two(start_bot, fake_slack, fake_model):
     for marker, ts in threads.items():
         channel = next(m["channel"] for c in ("C1", "C2", "C3") for m in fake_slack.messages(c) if m["ts"] == ts)
         answer_in(fake_slack, channel, ts, f"answer for {marker}", timeout=60)
-    time.sleep(0.5)
+    bot.wait_quiet(fake_slack)
     for marker, ts in threads.items():
         for channel in ("C1", "C2", "C3"):
             replies = fake_slack.bot_messages(channel, ts)

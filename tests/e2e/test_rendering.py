@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -105,12 +104,12 @@ def test_a_30000_character_answer_is_split_without_breaking_its_code_block(start
 
 
 def test_the_answer_survives_429_and_503_from_slack(start_bot, fake_slack, fake_model):
-    start_bot()
+    bot = start_bot()
     fake_slack.fail_next("chat.postMessage", status=429, retry_after=1, count=2)
     fake_slack.fail_next("chat.postMessage", status=503, count=2)
     ts = fake_slack.user_says("C1", "U1", "answer anyway [[id:rl]]", mention=True)
     answer_in(fake_slack, "C1", ts, "answer for rl", timeout=40)
-    time.sleep(1.0)
+    bot.wait_quiet(fake_slack)
     assert len([m for m in fake_slack.bot_messages("C1", ts) if "answer for rl" in m["text"]]) == 1
     assert [c.status for c in fake_slack.calls_of("chat.postMessage")][:4] == [429, 429, 503, 503]
 
@@ -133,9 +132,9 @@ def test_an_answer_slack_keeps_refusing_is_kept_and_posted_after_a_restart(start
     assert bot.stop() == 0
     fake_slack.clear_failures()
 
-    start_bot()
+    bot = start_bot()
     answer_in(fake_slack, "C1", ts, "answer for kept", timeout=30)
-    time.sleep(1.0)
+    bot.wait_quiet(fake_slack)
     assert len([m for m in fake_slack.bot_messages("C1", ts) if "answer for kept" in m["text"]]) == 1
     assert len(fake_model.requests) == 1  # delivered from the outbox, not run again
 

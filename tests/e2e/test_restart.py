@@ -23,10 +23,10 @@ def test_a_run_killed_with_the_bot_is_reported_after_restart_and_a_reply_resumes
                         timeout=20, what="the tool's sleep to start")
     bot.kill()  # SIGKILL: no chance to say anything
 
-    start_bot(**ALLOWED_TOOLS)
+    bot = start_bot(**ALLOWED_TOOLS)
     notice = answer_in(fake_slack, "C1", ts, "restarted while working on this")
     assert "Reply here to continue" in notice["text"]
-    time.sleep(1.0)
+    bot.wait_quiet(fake_slack)
     assert len(fake_model.requests) == 1  # nothing re-ran on its own
 
     fake_slack.user_says("C1", "U1", "please go on [[id:k2]]", thread_ts=ts)
@@ -49,9 +49,9 @@ def test_a_request_queued_at_shutdown_runs_after_restart(start_bot, fake_slack, 
     assert len(fake_model.requests) == 1
     wait_no_processes(tmp_path / "work", timeout=5)
 
-    start_bot(**ALLOWED_TOOLS)
+    bot = start_bot(**ALLOWED_TOOLS)
     answer_in(fake_slack, "C2", waiting, "answer for q1")
-    time.sleep(1.0)
+    bot.wait_quiet(fake_slack)
     assert not [m for m in fake_slack.bot_messages("C1", busy) if "answer for q0" in m["text"]]
 
 

@@ -60,7 +60,7 @@ def test_the_socket_dropped_mid_run_reconnects_and_every_answer_arrives_once(sta
     after = fake_slack.user_says("C1", "U2", "and this one? [[id:after-drop]]", mention=True)
     answer_in(fake_slack, "C1", after, "answer for after-drop", timeout=30)
 
-    time.sleep(1.5)  # a duplicate (a re-run, a second delivery) would show up by now
+    bot.wait_quiet(fake_slack)  # a duplicate (a re-run, a second delivery) would show up by now
     assert len(answers(fake_slack, "C1", "answer for during-drop")) == 1, fake_slack.describe()
     assert len(answers(fake_slack, "C1", "answer for after-drop")) == 1, fake_slack.describe()
     assert len(fake_model.requests) == 2  # nothing ran twice
@@ -109,7 +109,7 @@ def test_bursts_of_429_and_5xx_while_six_mentions_are_answered(start_bot, fake_s
     )
     fake_slack.wait_for(lambda: all("white_check_mark" in fake_slack.reactions("C1", ts) for ts in threads.values()),
                         timeout=15, what="a ✅ on every mention")
-    time.sleep(2.0)  # let late retries (the outbox, the client's own) show any duplicate
+    bot.wait_quiet(fake_slack)  # let late retries (the outbox, the client's own) show any duplicate
     for i, ts in threads.items():
         found = answers(fake_slack, "C1", f"answer for {i}")
         assert len(found) == 1, (i, [m["text"] for m in found], fake_slack.describe(40))
