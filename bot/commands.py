@@ -270,15 +270,20 @@ class Commands:
 
     async def _attach(self, user: str, channel: str, rest: str) -> str:
         """The exact command to continue a thread's session in a terminal on the bot's host."""
+        thread = self._named_or_latest(user, channel, rest)
+        return thread if isinstance(thread, str) else self.attach_command(thread, user)
+
+    def _named_or_latest(self, user: str, channel: str, rest: str,
+                         keep: Callable[[ThreadSession], bool] = lambda _t: True) -> ThreadSession | str | None:
+        """The thread a link (or ts) in `rest` names, else the user's latest thread here that `keep` accepts;
+        a sentence when `rest` cannot be read."""
         if rest:
             ref = parse_thread_ref(rest)
             if ref is None:
                 return "I could not read that: give a thread link (⋮ → Copy link), or nothing for your latest thread."
-            thread = self._store.get_thread(ref[0] or channel, ref[1])
-        else:
-            mine = [t for t, _ in self._store.recent_threads(channel, limit=50) if t.requester == user]
-            thread = mine[0] if mine else None
-        return self.attach_command(thread, user)
+            return self._store.get_thread(ref[0] or channel, ref[1])
+        mine = [t for t, _ in self._store.recent_threads(channel, limit=50) if t.requester == user and keep(t)]
+        return mine[0] if mine else None
 
     def attach_command(self, thread: ThreadSession | None, user: str) -> str:
         if thread is None or not thread.started or not thread.session_id:
@@ -321,16 +326,9 @@ class Commands:
     # --- a thread's worktree: Show diff, Push, Pull request ---------------------------------------------------
     async def _change(self, action: str, user: str, channel: str, rest: str) -> str:
         """`/claude diff|push|pr [thread link]`: the thread named, else your latest thread here with a worktree."""
-        if rest:
-            ref = parse_thread_ref(rest)
-            if ref is None:
-                return "I could not read that: give a thread link (⋮ → Copy link), or nothing for your latest thread."
-            thread = self._store.get_thread(ref[0] or channel, ref[1])
-        else:
-            mine = [t for t, _ in self._store.recent_threads(channel, limit=50)
-                    if t.requester == user and self._store.worktree_of(t.channel, t.thread_ts) is not None]
-            thread = mine[0] if mine else None
-        return self.change_action(action, thread, user)
+        thread = self._named_or_latest(
+            user, channel, rest, keep=lambda t: self._store.worktree_of(t.channel, t.thread_ts) is not None)
+        return thread if isinstance(thread, str) else self.change_action(action, thread, user)
 
     def change_action(self, action: str, thread: ThreadSession | None, user: str) -> str:
         """Start a diff, push or pull request for the thread's worktree; the result goes to the thread."""
