@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import time
 from typing import Any
 
-from bench.common import rig, summary, write_results
+from bench.common import answered_at, bot_share_ms, rig, summary, write_results
 
 
 def run(n: int = 50, channels: int = 5) -> dict[str, Any]:
     with rig() as (slack, model, bot, _root):
-        first_sign, answered, first_model_request = [], [], []
+        first_sign, answered, first_model_request, overhead = [], [], [], []
+        asked: set[str] = set()
         calls_before = len(slack.calls)
         # warm-up: first contact with each channel (backfill, names) is not what we measure
         for c in range(channels):
@@ -28,31 +28,36 @@ def run(n: int = 50, channels: int = 5) -> dict[str, Any]:
         for i in range(n):
             channel = f"C{i % channels}"
             ts = slack.user_says(channel, "U2", f"question {i} [[id:q{i}]]", mention=True)
+            asked.add(ts)
             sent = min(e.t for e in slack.envelopes_for(ts))
             slack.wait_for(lambda ts=ts, ch=channel: slack.bot_messages(ch, ts), timeout=60)
             calls = [c for c in slack.calls[calls_before:] if c.params.get("timestamp") == ts
                      or c.params.get("thread_ts") == ts]
             react = next(c.t for c in calls if c.method == "reactions.add" and c.params.get("name") == "eyes")
-            post = next(c.t for c in calls if c.method == "chat.postMessage")
+            post = answered_at(slack, channel, ts, f"answer for q{i}")  # the call carrying it, not a status message
             first_sign.append((react - sent) * 1000)
             answered.append((post - sent) * 1000)
+            overhead.append(bot_share_ms(bot, ts, (post - sent) * 1000))
             first_model_request.append((model.request_times[requests_before + i] - sent) * 1000)
             # let the ✅ land before the next mention so calls are attributed to the right answer
             slack.wait_for(lambda ts=ts, ch=channel: "white_check_mark" in slack.reactions(ch, ts), timeout=10)
-        time.sleep(0.3)
+        bot.wait_quiet(slack)  # the last ✅ and anything after it
         window = slack.calls[calls_before:]
         by_method = collections.Counter(c.method for c in window)
-        # "run.acquiring": the moment the bot asks for a claude process (spawns one, or takes a warm one)
-        spawn = [e["since_received_ms"] for e in bot.events("run.acquiring")][channels:]
-        result = [e["since_received_ms"] for e in bot.events("run.result")][channels:]
-        posted = [e["since_received_ms"] for e in bot.events("run.answered")][channels:]
-        overhead = [s + (p - r) for s, r, p in zip(spawn, result, posted, strict=False)]
+        # per run, matched by run id: "run.acquiring" is the moment the bot asks for a claude process (takes a
+        # pooled one, or spawns one); "run.result" the CLI's result read; "run.answered" the answer delivered
+        measured = {e["run_id"] for e in bot.events("run.start") if str(e.get("trigger_ts")) in asked}
+        by_run = {name: {e["run_id"]: e["since_received_ms"] for e in bot.events(name) if e["run_id"] in measured}
+                  for name in ("run.acquiring", "run.result", "run.answered")}
+        spawn = list(by_run["run.acquiring"].values())
+        result_to_posted = [by_run["run.answered"][r] - t for r, t in by_run["run.result"].items()
+                            if r in by_run["run.answered"]]
         return {
             "mentions": n,
             "first_sign_ms": summary(first_sign),
             "spawn_ms": summary(spawn),
             "first_model_request_ms": summary(first_model_request),
-            "result_to_posted_ms": summary([p - r for r, p in zip(result, posted, strict=False)]),
+            "result_to_posted_ms": summary(result_to_posted),
             "answer_ms": summary(answered),
             "bot_overhead_ms": summary(overhead),
             "slack_calls_per_answer": round(len(window) / n, 2),

@@ -1,6 +1,8 @@
 """Warm threads, the pre-started pool, /claude acks, memory, shutdown.
 
-- follow-up → answer in a warm thread vs a cold `--resume` (SLACKBUS_IDLE_SECONDS=0)
+- follow-up → answer in a warm thread; in a thread whose process was evicted, and after a restart (cold
+  `--resume`), with the bot's own share of those (matched by run id)
+- one `claude` start alone: its wall and CPU time (what every cold start costs, whatever the bot does)
 - mention → answer with the pool warm vs off (SLACKBUS_WARM_POOL=0)
 - /claude ack time
 - RSS of the bot and all its claude children after 28 threads
@@ -12,35 +14,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import rig, summary, write_results
-from tests.conftest import processes_in
+from bench.common import answered_at, bot_share_ms, rig, sent_at, summary, write_results
+from tests.conftest import BotProcess, claude_cli, fake_environment, processes_in
+from tests.fakes.fake_model import FakeModel
+from tests.fakes.fake_slack import FakeSlack
 
 SLOW = {"SLACKBUS_ALLOWED_TOOLS": "Bash(./slow.sh)"}
 
 
-def answered_at(slack: Any, channel: str, thread_ts: str, needle: str, timeout: float = 60) -> float:
-    slack.wait_for(lambda: [m for m in slack.bot_messages(channel, thread_ts) if needle in (m.get("text") or "")],
-                   timeout=timeout)
-    for call in slack.calls:
-        if call.method in {"chat.postMessage", "chat.update"} and needle in str(call.params.get("text", "")):
-            return float(call.t)
-    raise AssertionError(f"no call carried {needle!r}")
-
-
-def sent_at(slack: Any, ts: str) -> float:
-    return min(e.t for e in slack.envelopes_for(ts))
-
-
-def follow_ups(n: int, warm: bool) -> list[float]:
-    overrides = {"SLACKBUS_WARM_POOL": "0"} | ({} if warm else {"SLACKBUS_IDLE_SECONDS": "0"})
+def follow_ups(n: int) -> list[float]:
+    """Follow-up → answer in a thread whose process is still warm."""
     out = []
-    with rig(**overrides) as (slack, _model, _bot, _root):
+    with rig(SLACKBUS_WARM_POOL="0") as (slack, _model, _bot, _root):
         for i in range(n):
             ts = slack.user_says("C1", "U1", f"start {i} [[id:a{i}]]", mention=True)
             answered_at(slack, "C1", ts, f"answer for a{i}")
@@ -49,6 +42,91 @@ def follow_ups(n: int, warm: bool) -> list[float]:
             out.append((answered_at(slack, "C1", ts, f"answer for b{i}") - sent_at(slack, reply)) * 1000)
             slack.wait_for(lambda r=reply: "white_check_mark" in slack.reactions("C1", r))
     return out
+
+
+def follow_ups_evicted(n: int) -> dict[str, Any]:
+    """Follow-up → answer in a thread whose process was evicted: the cap (2) is full of newer threads, so the bot
+    closes the least recently used one and starts `claude --resume` for this thread. Each round: a new thread
+    (which evicts the thread of two rounds before), then a follow-up in that evicted thread."""
+    totals, shares, origins = [], [], []
+    with rig(SLACKBUS_WARM_POOL="0", SLACKBUS_MAX_CONCURRENT="2", SLACKBUS_MAX_PROCESSES="2") as (slack, _m, bot, _r):
+        tss = []
+        for i in range(n + 2):
+            ts = slack.user_says("C1", "U1", f"thread {i} [[id:a{i}]]", mention=True)
+            answered_at(slack, "C1", ts, f"answer for a{i}")
+            slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts))
+            tss.append(ts)
+            if i < 2:
+                continue
+            bot.wait_quiet(slack)  # the evicted process has exited: the follow-up does not race its exit
+            old = i - 2
+            reply = slack.user_says("C1", "U1", f"follow-up {old} [[id:b{old}]]", thread_ts=tss[old])
+            total = (answered_at(slack, "C1", tss[old], f"answer for b{old}") - sent_at(slack, reply)) * 1000
+            totals.append(total)
+            shares.append(bot_share_ms(bot, reply, total))
+            slack.wait_for(lambda r=reply, t=tss[old]: "white_check_mark" in slack.reactions("C1", r))
+            bot.wait_quiet(slack)
+        origins = [e.get("origin") for e in bot.events("run.spawning") if e.get("resume")]
+    return {"answer_ms": summary(totals), "bot_share_ms": summary(shares), "cold_resumes": len(origins),
+            "follow_ups": len(totals)}
+
+
+def follow_ups_after_restart(n: int) -> dict[str, Any]:
+    """Follow-up → answer in threads answered before the bot restarted (no process survives a restart): each one
+    starts `claude --resume`. The restarted bot is ready and quiet (its pool started) before the first one."""
+    totals, shares = [], []
+    with tempfile.TemporaryDirectory(prefix="slackbus-bench-") as tmp, FakeSlack() as slack, FakeModel() as model:
+        root = Path(tmp)
+        env = fake_environment(root, slack, model)
+        bot = BotProcess(env, root / "bot.log")
+        try:
+            bot.wait_ready(60)
+            tss = []
+            for i in range(n):
+                ts = slack.user_says("C1", "U1", f"thread {i} [[id:a{i}]]", mention=True)
+                answered_at(slack, "C1", ts, f"answer for a{i}")
+                slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts))
+                tss.append(ts)
+            bot.stop()
+            bot.close_log()
+            bot = BotProcess(env, root / "bot-restarted.log")
+            bot.wait_ready(60)
+            bot.wait_event("sessions.pooled", timeout=60)
+            bot.wait_quiet(slack)
+            for i, ts in enumerate(tss):
+                reply = slack.user_says("C1", "U1", f"follow-up {i} [[id:b{i}]]", thread_ts=ts)
+                total = (answered_at(slack, "C1", ts, f"answer for b{i}") - sent_at(slack, reply)) * 1000
+                totals.append(total)
+                shares.append(bot_share_ms(bot, reply, total))
+                slack.wait_for(lambda r=reply: "white_check_mark" in slack.reactions("C1", r))
+                bot.wait_quiet(slack)
+            resumed = sum(1 for e in bot.events("run.spawning") if e.get("resume"))
+        finally:
+            if bot.proc.poll() is None:
+                bot.stop()
+            bot.close_log()
+    return {"answer_ms": summary(totals), "bot_share_ms": summary(shares), "cold_resumes": resumed,
+            "follow_ups": len(totals)}
+
+
+def cli_start(n: int = 10) -> dict[str, Any]:
+    """What one `claude` start costs on this machine, without the bot: `claude -p` in a new session against the
+    fake model, to its exit; the wall time and the CPU time (user + system) of the process and its children."""
+    wall, cpu = [], []
+    with tempfile.TemporaryDirectory(prefix="slackbus-bench-cli-") as tmp, FakeModel() as model:
+        home, work = Path(tmp) / "home", Path(tmp) / "work"
+        home.mkdir()
+        work.mkdir()
+        env = {"PATH": os.environ.get("PATH", ""), **model.cli_env(str(home))}
+        for i in range(n):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.monotonic()
+            subprocess.run([claude_cli(), "-p", f"start {i}", "--output-format", "json"], cwd=work, env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, check=True, timeout=60)
+            wall.append((time.monotonic() - started) * 1000)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000)
+    return {"wall_ms": summary(wall), "cpu_ms": summary(cpu)}
 
 
 def mentions(n: int, pool: bool) -> list[float]:
@@ -134,8 +212,10 @@ def shutdown_with_runs(runs: int = 4) -> dict[str, Any]:
 
 def run(n: int = 20) -> dict[str, Any]:
     return {
-        "follow_up_warm_ms": summary(follow_ups(n, warm=True)),
-        "follow_up_cold_resume_ms": summary(follow_ups(n, warm=False)),
+        "follow_up_warm_ms": summary(follow_ups(n)),
+        "follow_up_evicted": follow_ups_evicted(n),
+        "follow_up_after_restart": follow_ups_after_restart(n),
+        "cli_start": cli_start(),
         "mention_pool_warm_ms": summary(mentions(n, pool=True)),
         "mention_pool_off_ms": summary(mentions(n, pool=False)),
         "slash_ack_ms": summary(acks(50)),
@@ -146,10 +226,16 @@ def run(n: int = 20) -> dict[str, Any]:
 
 def print_table(f: dict[str, Any]) -> None:
     print("sessions (ms: p50 / p95 / max)")
-    for key in ("follow_up_warm_ms", "follow_up_cold_resume_ms", "mention_pool_warm_ms", "mention_pool_off_ms",
-                "slash_ack_ms"):
+    for key in ("follow_up_warm_ms", "mention_pool_warm_ms", "mention_pool_off_ms", "slash_ack_ms"):
         s = f[key]
         print(f"  {key:<26} {s['p50']:>8} / {s['p95']:>8} / {s['max']:>8}   (n={s['n']})")
+    for key in ("follow_up_evicted", "follow_up_after_restart"):
+        for part in ("answer_ms", "bot_share_ms"):
+            s = f[key][part]
+            print(f"  {key + ' ' + part:<26} {s['p50']:>8} / {s['p95']:>8} / {s['max']:>8}   (n={s['n']}, "
+                  f"{f[key]['cold_resumes']} cold --resume)")
+    c = f["cli_start"]
+    print(f"  one `claude` start, alone: wall {c['wall_ms']['p50']} ms, CPU {c['cpu_ms']['p50']} ms (p50)")
     print(f"  memory: {f['memory']}")
     print(f"  shutdown: {f['shutdown']}")
 
@@ -166,7 +252,7 @@ def main() -> None:
         figures = {**earlier, "memory": memory_after_threads(28)}
     else:
         figures = run(args.n)
-    write_results("sessions", figures)
+    write_results("sessions", figures, measured=["memory"] if args.memory_only else None)
     print_table(figures)
 
 

@@ -157,6 +157,10 @@ class ClaudeSession:
         self.ready = anyio.Event()  # set once connected (or failed to)
         self.waiting_approval = 0
         self.claimed = False  # taken by a task while still starting (see SessionManager)
+        # what the bench and the logs call the CLI's time, as opposed to the bot's own work (monotonic seconds)
+        self.spawned_at: float | None = None  # serve began starting the process
+        self.connected_at: float | None = None  # the CLI answered the SDK's initialize request
+        self.last_turn_s = 0.0  # the last turn, from writing its prompt to reading its result
 
     # --- owner task -----------------------------------------------------------------------------
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -174,7 +178,7 @@ class ClaudeSession:
         client = ClaudeSDKClient(options=_options(self.spec, self._stderr, can_use_tool))
         self._client = client
         bound = log.bind(session_id=self.session_id)
-        started = time.monotonic()
+        started = self.spawned_at = time.monotonic()
         try:
             try:
                 with anyio.fail_after(CONNECT_TIMEOUT_S):
@@ -189,6 +193,7 @@ class ClaudeSession:
                 raise self._error(exc) from None
             process = _process_of(client)
             self.pid = getattr(process, "pid", None)
+            self.connected_at = time.monotonic()
             self.state = "idle"
             bound.info("claude.connected", pid=self.pid, resume=self.spec.resume,
                        ms=round((time.monotonic() - started) * 1000))
@@ -232,6 +237,8 @@ class ClaudeSession:
                 async for item in client.receive_response():
                     await send.send(item)
 
+        sent_at = time.monotonic()
+        self.last_turn_s = 0.0
         try:
             await client.query(turn.prompt, session_id=self.session_id)
             async with anyio.create_task_group() as tg, receive:
@@ -257,6 +264,7 @@ class ClaudeSession:
                     for event in stream_parser.parse(message):
                         if isinstance(event, Finished):
                             finished = event
+                            self.last_turn_s = time.monotonic() - sent_at
                         turn.on_event(event)
                 tg.cancel_scope.cancel()
             if ended and turn.cancelled_by is None:  # the CLI stopped talking without a result
@@ -358,6 +366,14 @@ class ClaudeSession:
         )
 
     # --- called from other tasks ------------------------------------------------------------------
+    def start_overlap(self, since: float, until: float) -> float:
+        """Seconds of [since, until] during which this process was starting (spawned, not yet connected):
+        a task that waited for its process this long waited for the CLI, not for the bot."""
+        if self.spawned_at is None:
+            return 0.0
+        end = min(until, self.connected_at if self.connected_at is not None else until)
+        return max(0.0, end - max(since, self.spawned_at))
+
     @property
     def alive(self) -> bool:
         return self.state in {"idle", "busy"} and self.healthy

@@ -66,6 +66,7 @@ class RunHandle:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     progress: Progress | None = None
     first_event_at: float | None = None
+    cli_s: float = 0.0  # time this run spent waiting for the CLI (its start, its turns): the rest is the bot's
     where: str = ""  # the repository, branch and model, for the status line and the footer
     worktree: Worktree | None = None
 
@@ -130,7 +131,8 @@ class TaskPipeline:
             trigger_ts=tuple(j.trigger_ts for j in jobs),
         )
         bound = log.bind(run_id=handle.run_id, channel=first.channel, thread_ts=first.thread_ts)
-        bound.info("run.start", jobs=len(jobs), waited_ms=round((time.monotonic() - first.received) * 1000, 1))
+        bound.info("run.start", jobs=len(jobs), trigger_ts=handle.trigger_ts[-1],
+                   waited_ms=round((time.monotonic() - first.received) * 1000, 1))
         self._store.set_request_status(first.channel, list(handle.trigger_ts), "running")
         self.active[handle.key] = handle
         self.peak_runs = max(self.peak_runs, len(self.active))
@@ -283,6 +285,7 @@ class TaskPipeline:
             turns=finished.num_turns,
             post_ms=round((time.monotonic() - posted_at) * 1000, 1),
             since_received_ms=round((time.monotonic() - last.received) * 1000, 1),
+            cli_ms=round(handle.cli_s * 1000, 1),  # waiting for the CLI: its start, if this run waited, and the turn
         )
         return "done"
 
@@ -380,9 +383,11 @@ class TaskPipeline:
             await self._wait_for_terminal(handle, resume_id, row.workdir)
         workdir = checked_workdir(self._settings, row.workdir)  # again now: links and SLACKBUS_ROOTS may have changed
         model = self.model_of(handle.key)
+        asked = time.monotonic()
         session, origin = await self._sessions.acquire(handle.key, workdir, resume_id,
                                                        pooled=model is None or model == self._settings.model)
         handle.session = session
+        handle.cli_s += session.start_overlap(asked, time.monotonic())
         self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)
         log.info(
             "run.spawning" if origin == "cold" else "run.reusing",
@@ -426,6 +431,7 @@ class TaskPipeline:
                 where=(handle.channel, handle.thread_ts, handle.requester),
             )
         finally:
+            handle.cli_s += session.last_turn_s
             self._sessions.release(handle.key, session)
         return finished, context, session.session_id
 
