@@ -424,7 +424,8 @@ class Bot:
                 await poster.unreact(job.channel, job.trigger_ts, QUEUED)
             return
         notice = renderer.render_notice(
-            f":hourglass_flowing_sand: Queued, position {position}: {self.settings.max_concurrent} tasks are running. "
+            f":hourglass_flowing_sand: Queued, position {position}: {self.settings.max_concurrent} "
+            f"{'task is' if self.settings.max_concurrent == 1 else 'tasks are'} running. "
             "I'll start as soon as one finishes."
         )
         ts = await poster.post(job.channel, job.thread_ts, notice)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bot.envfile import DEFAULT_SLACK_API_URL, read_environment
 from bot.errors import ConfigError
-from bot.redact import secret_values
+from bot.redact import SECRET_NAME, secret_values
 from bot.request_options import KEYS, RequestOptions, branch_problem, find_folder, match_model, model_problem
 
 __all__ = ["DEFAULT_SLACK_API_URL", "Settings", "load_settings", "read_environment", "secret_values"]
@@ -36,8 +36,6 @@ SECRET_ENV_NAMES = frozenset(
 )
 # Set by a parent Claude Code session; a `claude` started with them thinks it is nested and may hang.
 NESTING_ENV_NAMES = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT"})
-
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|WEBHOOK", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,10 @@ class Settings:
 
     def within_roots(self, path: Path) -> Path | None:
         """The real path (symlinks and .. resolved) if it lies under an allowed root, else None."""
-        real = path.expanduser().resolve()
+        try:
+            real = path.expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte, an unknown ~user: not a folder
+            return None
         return real if any(real == root or real.is_relative_to(root) for root in self.roots) else None
 
 
@@ -581,9 +582,7 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     for key, value in env.items():
         if key in SECRET_ENV_NAMES or key in NESTING_ENV_NAMES:
             continue
-        if key.startswith("SLACK_") and _SECRET_NAME.search(key):
-            continue
-        if key.startswith("SLACKBUS_") and _SECRET_NAME.search(key):
+        if key.startswith(("SLACK_", "SLACKBUS_")) and SECRET_NAME.search(key):  # what the redactor masks
             continue
         out[key] = value
     return out

@@ -136,10 +136,16 @@ class TaskPipeline:
         self._store.set_request_status(first.channel, list(handle.trigger_ts), "running")
         self.active[handle.key] = handle
         self.peak_runs = max(self.peak_runs, len(self.active))
+        spent: list[str] = []  # notices of messages this run takes together: the first becomes its status
         for job in jobs:
             notice = self.queued_notices.pop((job.channel, job.trigger_ts), None)
             if notice and handle.status_ts is None:
                 handle.status_ts = notice
+            elif notice:
+                spent.append(notice)
+        for notice in spent:
+            await self._poster.update(first.channel, notice, renderer.render_notice(
+                ":arrow_forward: Started, together with the messages before it in this thread."))
         status = "failed"
         try:
             handle.progress = Progress(handle, self._poster, self._edit_budget)

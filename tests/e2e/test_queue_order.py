@@ -105,6 +105,11 @@ def is_queued_notice(message: dict) -> bool:
     return message["text"].startswith(":hourglass_flowing_sand: Queued")
 
 
+def is_notice(message: dict) -> bool:
+    """A queue notice, or one a run took over ("Started, together with …"): not an answer."""
+    return is_queued_notice(message) or message["text"].startswith(":arrow_forward: Started")
+
+
 def queue_two_follow_ups(
     bot: BotProcess, fake_slack: FakeSlack, fake_model: FakeModel, release: Path
 ) -> dict[str, str]:
@@ -160,19 +165,18 @@ def test_follow_ups_queued_behind_a_busy_run_keep_their_order(start_bot, fake_sl
     assert session[3] == session[0] != ""  # the same session as the thread's first turn
     # the thread got its two answers (the first turn's, then the follow-ups'), the others one each, nothing crossed
     answers = {
-        key: [m["text"].split("\n")[0] for m in fake_slack.bot_messages(channel, ts[key]) if not is_queued_notice(m)]
+        key: [m["text"].split("\n")[0] for m in fake_slack.bot_messages(channel, ts[key]) if not is_notice(m)]
         for key, channel in (("thread", "C1"), ("busy", "C2"), ("later", "C3"))
     }
     assert answers == {"thread": ["answer for a0", "answer for a2"], "busy": ["answer for b0"],
                        "later": ["answer for c1"]}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: when queued follow-ups run as one batch, only the first one's "
-                   "'Queued, position N' notice becomes the answer; the others' notices stay in the thread for good "
-                   "(TaskPipeline.__call__ pops them from queued_notices and drops them)")
 def test_no_queued_notice_is_left_behind_when_follow_ups_run_as_one_batch(start_bot, fake_slack, fake_model, release):
     bot = start_bot(**HOLD)
     ts = queue_two_follow_ups(bot, fake_slack, fake_model, release)
     left = [m["text"] for c, key in (("C1", "thread"), ("C3", "later")) for m in fake_slack.bot_messages(c, ts[key])
             if is_queued_notice(m)]
     assert left == []
+    taken = [m["text"] for m in fake_slack.bot_messages("C1", ts["thread"]) if is_notice(m)]
+    assert taken == [":arrow_forward: Started, together with the messages before it in this thread."]
