@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import rig, summary, write_results
-from bot import identity
-from bot.store import Store, StoredMessage
+from bot.core import identity
+from bot.core.store import Store, StoredMessage
 from tests.conftest import REPO
 from tests.fakes.fake_slack import FakeSlack
 

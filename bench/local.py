@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import summary, write_results
-from bot.local_channel import LocalChannel
+from bot.local.channel import LocalChannel
 from tests.conftest import BotProcess, claude_cli
 from tests.fakes.chat import LocalChat, wait_for
 from tests.fakes.fake_model import FakeModel

@@ -20,8 +20,8 @@ from typing import Any
 import anyio
 
 from bench.common import RESULTS, summary, write_results
+from bot.core.worktrees import Worktree, Worktrees
 from bot.log import configure_logging
-from bot.worktrees import Worktree, Worktrees
 
 
 def git(where: Path, *args: str) -> None:

@@ -22,28 +22,6 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def check_cli(path: str, timeout: float = 30.0) -> str:
-    """`claude --version`, or a ConfigError saying why the CLI cannot run."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"The Claude Code CLI at {path} cannot be started ({exc.strerror}): check CLAUDE_CLI_PATH."
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"The Claude Code CLI at {path} did not answer `--version` within {timeout:g} s.") from None
-    if out.returncode != 0:
-        raise ConfigError(
-            f"The Claude Code CLI at {path} failed `--version` (exit {out.returncode}): "
-            f"{(out.stderr or out.stdout).strip()[:200]}"
-        )
-    return out.stdout.strip()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import anyio
 
@@ -54,6 +32,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _load_hardened(args.env_file, transport="local" if args.local else None)
         configure_logging(settings.log_level, settings.log_format)
         _warn_readable_env_file(args.env_file)
+        from bot.config import check_cli
+
         check_cli(settings.claude_cli_path)
         bot = Bot(settings)
     except (ConfigError, StoreError) as exc:
@@ -115,12 +95,14 @@ def _sentence_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | S
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from bot.local_channel import valid_name
+    from bot.local.channel import valid_name
 
     if not valid_name(args.channel):
         return _fail(f"{args.channel!r} is not a channel name: use letters, digits, - _ and . (e.g. general).")
     try:
         settings = _load_hardened(args.env_file, transport="local")
+        from bot.config import check_cli
+
         check_cli(settings.claude_cli_path)
     except (ConfigError, StoreError) as exc:
         return _fail(str(exc))
@@ -140,7 +122,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_hook(args: argparse.Namespace) -> int:
     try:
-        from bot import hooks
+        from bot.bridge import hooks
     except Exception as exc:
         print(f"slackbus hook {args.event}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 0
@@ -148,7 +130,8 @@ def cmd_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_post(args: argparse.Namespace) -> int:
-    from bot import bus, identity
+    from bot.bridge import bus
+    from bot.core import identity
 
     text = " ".join(args.text)
     if text == "-" or (not text and not sys.stdin.isatty()):
@@ -168,7 +151,7 @@ def cmd_post(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     import json
 
-    from bot import bus
+    from bot.bridge import bus
 
     try:
         settings = bus.load(env_file=args.env_file)
@@ -190,7 +173,8 @@ def cmd_handoff(args: argparse.Namespace) -> int:
     import getpass
     import os
 
-    from bot import bus, handoff, hooks
+    from bot.bridge import bus, hooks
+    from bot.core import handoff
 
     settings = bus.load(env_file=args.env_file)
     session_id, cwd = args.session, args.cwd
@@ -229,7 +213,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     import os
     import sqlite3
 
-    from bot import bus, handoff
+    from bot.bridge import bus
+    from bot.core import handoff
 
     settings = bus.load(env_file=args.env_file)
     ref = handoff.parse_thread_link(args.link) if args.link else None
@@ -262,22 +247,14 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return 0
 
 
-def slackbus_argv() -> list[str]:
-    """How to run this slackbus from a hook: the console script beside this Python, else `python -m bot`."""
-    from pathlib import Path
-
-    script = Path(sys.executable).parent / "slackbus"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "bot"]
-
-
 HANDOFF_MARK = "<!-- slackbus-hook -->"
 
 
 def _write_handoff_command(path: Path, env_file: str | None) -> bool:
     """Claude Code's `/handoff [note]`: runs `slackbus handoff` for this session. Never overwrites someone's own."""
     import shlex
+
+    from bot.bridge.shim import slackbus_argv
 
     argv = slackbus_argv() + (["--env-file", env_file] if env_file else [])
     body = (
@@ -309,7 +286,7 @@ def _remove_handoff_command(path: Path) -> None:
 def cmd_hooks(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bot import hooks_install
+    from bot.bridge import hooks_install
 
     try:
         path = hooks_install.settings_path(
@@ -327,6 +304,8 @@ def cmd_hooks(args: argparse.Namespace) -> int:
             kwargs: dict[str, object] = {"tools": tools, "channel": channel, "env_file": env_file}
             if events:
                 kwargs["events"] = events
+            from bot.bridge.shim import slackbus_argv
+
             result = hooks_install.install(path, slackbus_argv(), **kwargs)  # type: ignore[arg-type]
             if _write_handoff_command(command_file, env_file):
                 print(f"/handoff (hand this session to Slack) added as {command_file}")
@@ -427,7 +406,7 @@ def _hook_fast_path(argv: list[str]) -> int | None:
     elif len(argv) != 2:
         return None
     try:
-        from bot import hooks
+        from bot.bridge import hooks
     except Exception as exc:  # a hook must never break the session, even a broken install
         print(f"slackbus hook {argv[1]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 0

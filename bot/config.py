@@ -70,7 +70,7 @@ class Settings:
     channel_dirs: Mapping[str, Path]
     approval_seconds: float
     child_env: Mapping[str, str] = field(repr=False)
-    transport: str = "slack"  # or "local": channels are JSON-lines files (bot.local_channel)
+    transport: str = "slack"  # or "local": channels are JSON-lines files (bot.local.channel)
     local_dir: Path = Path()
     run_as: str | None = None  # SLACKBUS_RUN_AS: the OS user `claude` (and every tool) runs as; None: the bot's own
     max_input_chars: int = 20_000  # a longer task is refused (attach it as a file instead)
@@ -472,7 +472,7 @@ def _tool_list(raw: str | None) -> tuple[str, ...]:
 
 def user_can(user: str, test: str, path: Path | str) -> bool:
     """Whether `user` passes `test -<test> path` (permission bits, groups and ACLs alike): the check runs as
-    that user with its groups, as claude will (bot.claude_runner.take_groups_of)."""
+    that user with its groups, as claude will (bot.core.claude_runner.take_groups_of)."""
     gid = pwd.getpwnam(user).pw_gid
     try:
         out = subprocess.run(["/bin/sh", "-c", f'test -{test} "$1"', "sh", str(path)], user=user, group=gid,
@@ -729,3 +729,24 @@ def scrub_process_environment() -> None:
     for key in list(os.environ):
         if key in SECRET_ENV_NAMES or key in NESTING_ENV_NAMES or key not in child_environment({key: ""}):
             os.environ.pop(key, None)
+
+
+def check_cli(path: str, timeout: float = 30.0) -> str:
+    """`claude --version`, or a ConfigError saying why the CLI cannot run."""
+
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"The Claude Code CLI at {path} cannot be started ({exc.strerror}): check CLAUDE_CLI_PATH."
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"The Claude Code CLI at {path} did not answer `--version` within {timeout:g} s.") from None
+    if out.returncode != 0:
+        raise ConfigError(
+            f"The Claude Code CLI at {path} failed `--version` (exit {out.returncode}): "
+            f"{(out.stderr or out.stdout).strip()[:200]}"
+        )
+    return out.stdout.strip()

@@ -2,7 +2,7 @@
 
 Starts a local bot in this process (its log goes to SLACKBUS_HOME/console.log) unless one already serves the
 same channel folder. You are your OS user: what you type goes to your own file in the channel's folder, and
-your private answers are read from the file only you can read (bot.local_channel).
+your private answers are read from the file only you can read (bot.local.channel).
 Then: type a message; `@claude …` asks the bot; `>N text` replies in thread N (a reply in a bot thread needs no
 mention); `/claude status|sessions|cancel|cwd|help` work as on Slack; Ctrl-C
 cancels your running task (twice, or with nothing running, quits); Ctrl-D quits.
@@ -27,9 +27,9 @@ from rich.markdown import Markdown
 from rich.text import Text
 
 from bot.config import Settings
-from bot.local_channel import Follower, LocalChannel, Record
-from bot.local_channel import me as os_user
-from bot.local_events import LOCAL_BOT
+from bot.local.channel import Follower, LocalChannel, Record
+from bot.local.channel import me as os_user
+from bot.local.events_in import LOCAL_BOT
 
 POLL_S = 0.02
 HISTORY = 20

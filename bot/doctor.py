@@ -121,7 +121,7 @@ async def _slack_checks(settings: Settings) -> list[Check]:
 
 
 def run(env_file: str | None = None, *, cli_only: bool = False) -> int:
-    from bot.cli import check_cli
+    from bot.config import check_cli
 
     env = read_environment(env_file=env_file)
     checks: list[Check] = []

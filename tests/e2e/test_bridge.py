@@ -424,7 +424,7 @@ def test_hooks_post_and_read_work_on_a_local_channel_shared_with_a_local_bot(
     assert out.returncode == 0 and "via local" in out.stderr, out.stderr
     install_hooks(project, env, channel="general")
     first = run_claude(project, env, "Check the cache [[id:loc1]]")
-    from bot.local_channel import LocalChannel, me
+    from bot.local.channel import LocalChannel, me
 
     records = LocalChannel(str(channels), "general").records()
     summary = [r for r in records if "answer for loc1" in r.text]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from bot.local_channel import me
+from bot.local.channel import me
 from tests.conftest import REPO, processes_in, wait_no_processes
 from tests.fakes.chat import LocalChat
 from tests.fakes.fake_model import FakeModel, Reply

@@ -73,7 +73,7 @@ def local(bot_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
 FORGE = """
 import json, sys, time
-from bot.local_channel import LocalChannel
+from bot.local.channel import LocalChannel
 ch = LocalChannel(sys.argv[1], sys.argv[2])
 ch.append({"kind": "message", "text": "just saying hi"})  # nobody's own file, made the ordinary way
 with open(ch.own_file, "a") as f:  # then lines that claim to be someone else

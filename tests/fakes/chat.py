@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from bot.local_channel import BOT_NAME, LocalChannel, Record, me, parse_line
+from bot.local.channel import BOT_NAME, LocalChannel, Record, me, parse_line
 from tests.fakes.fake_slack import FakeSlack
 
 T = TypeVar("T")

@@ -26,11 +26,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bot.context_builder import Context, ContextBuilder
-from bot.dispatcher import IGNORED_SUBTYPES, Dispatcher, IncomingMessage, Job, JobQueue
-from bot.renderer import CHUNK_CHARS, split_markdown
-from bot.slack_events import click, edit, incoming, reaction
-from bot.store import Store, StoredMessage
+from bot.core.context_builder import Context, ContextBuilder
+from bot.core.dispatcher import IGNORED_SUBTYPES, Dispatcher, IncomingMessage, Job, JobQueue
+from bot.core.renderer import CHUNK_CHARS, split_markdown
+from bot.core.store import Store, StoredMessage
+from bot.slack.events_in import click, edit, incoming, reaction
 
 BOT = "UBOT"
 BOT_ID = "BSELF"

@@ -24,7 +24,7 @@ from tests.fakes.fake_model import Reply
 
 pytestmark = pytest.mark.e2e
 
-BUSY_TIMEOUT_S = 5.0  # bot/store.py: PRAGMA busy_timeout=5000
+BUSY_TIMEOUT_S = 5.0  # bot/core/store.py: PRAGMA busy_timeout=5000
 
 
 def db_path(env: dict[str, str]) -> Path:

@@ -10,11 +10,11 @@ import anyio
 from rich.console import Console
 
 from bot.console import ConsoleView
-from bot.local_channel import LocalChannel, Record
-from bot.local_poster import LocalPoster
-from bot.progress import render_status
-from bot.renderer import SlackMessage
-from bot.store import Store
+from bot.core.progress import render_status
+from bot.core.renderer import SlackMessage
+from bot.core.store import Store
+from bot.local.channel import LocalChannel, Record
+from bot.local.poster import LocalPoster
 
 
 def view(tmp_path) -> tuple[ConsoleView, io.StringIO]:

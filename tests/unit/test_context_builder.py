@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.context_builder import MAX_MESSAGE_CHARS, MAX_OWN_ANSWER_CHARS, SYSTEM_PROMPT_APPEND, ContextBuilder
-from bot.store import Store, StoredMessage, ThreadSession
+from bot.core.context_builder import MAX_MESSAGE_CHARS, MAX_OWN_ANSWER_CHARS, SYSTEM_PROMPT_APPEND, ContextBuilder
+from bot.core.store import Store, StoredMessage, ThreadSession
 
 C = "C0123"
 BOT = "UBOT"

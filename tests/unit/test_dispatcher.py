@@ -8,8 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bot.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
-from bot.store import Store, ThreadSession
+from bot.core.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
+from bot.core.store import Store, ThreadSession
 
 BOT = "UBOT"
 ALLOWED = {"U1", "U2"}

@@ -18,8 +18,8 @@ import pytest
 from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
 
 from bot.app import Bot
-from bot.claude_runner import SessionSpec, _options
 from bot.config import Settings, child_environment, load_settings, scrub_process_environment
+from bot.core.claude_runner import SessionSpec, _options
 from bot.redact import secret_values
 
 BOT_TOKEN = "xoxb-1111-2222-fastpathbot"

@@ -1,4 +1,4 @@
-"""bot.hooks_install on real files in tmp_path: merging our hook entries in and taking exactly them out again."""
+"""bot.bridge.hooks_install on real files in tmp_path: merging our hook entries in and taking exactly them out again."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.hooks_install import (
+from bot.bridge.hooks_install import (
     DEFAULT_EVENTS,
     MARKER,
     SIDECAR_NAME,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import bus, hooks
-from bot import identity as ident
+from bot.bridge import bus, hooks
+from bot.core import identity as ident
 
 
 def test_a_tag_round_trips_and_names_the_writer() -> None:

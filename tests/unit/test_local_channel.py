@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.local_channel import Follower, LocalChannel, channels_in, valid_name
+from bot.local.channel import Follower, LocalChannel, channels_in, valid_name
 
 WRITERS = ["root", "daemon", "bin", "sys", "sync", "games", "man", "lp"]  # OS accounts: a file each (as root)
 

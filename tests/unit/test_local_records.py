@@ -21,9 +21,10 @@ import anyio
 import pytest
 from rich.console import Console
 
-from bot import bus
+from bot.bridge import bus
 from bot.console import ConsoleView
-from bot.local_channel import (
+from bot.core.store import Store
+from bot.local.channel import (
     BOT_FILE,
     LOCK_WAIT_S,
     Follower,
@@ -33,8 +34,7 @@ from bot.local_channel import (
     me,
     parse_line,
 )
-from bot.local_poster import LocalPoster
-from bot.store import Store
+from bot.local.poster import LocalPoster
 from tests.conftest import REPO
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="people are OS accounts here: writing as them needs root")
@@ -189,7 +189,7 @@ def test_another_user_can_neither_write_nor_remove_a_persons_file(shared: Path) 
     daemon.append({"kind": "message", "text": "mine"})
     out = as_nobody(
         "import os, sys\n"
-        "from bot.local_channel import LocalChannel\n"
+        "from bot.local.channel import LocalChannel\n"
         "ch = LocalChannel(sys.argv[1], 'general')\n"
         "print(ch.append({'kind': 'message', 'text': 'from nobody'}).user)\n"
         "for what in (lambda: open(sys.argv[2], 'a'), lambda: os.unlink(sys.argv[2]),"
@@ -223,7 +223,7 @@ def test_a_private_answer_is_a_0600_file_of_its_reader(shared: Path) -> None:
 def test_a_bot_that_is_not_root_writes_no_private_answer_for_someone_else(shared: Path) -> None:
     LocalChannel(str(shared), "general").append({"kind": "message", "text": "the channel exists"})
     out = as_nobody(
-        "import sys\nfrom bot.local_channel import LocalChannel, Undeliverable\n"
+        "import sys\nfrom bot.local.channel import LocalChannel, Undeliverable\n"
         "bot = LocalChannel(sys.argv[1], 'general', bot=True)\n"
         "try:\n    bot.append_private('daemon', {'text': 'secret'}); print('written')\n"
         "except Undeliverable as exc:\n    print('undeliverable:', exc)\n"
@@ -236,7 +236,7 @@ def test_a_bot_that_is_not_root_writes_no_private_answer_for_someone_else(shared
 @root_only
 def test_a_private_folder_someone_else_made_is_not_used_and_the_thread_is_told(shared: Path) -> None:
     LocalChannel(str(shared), "general").append({"kind": "message", "text": "the channel exists"})
-    out = as_nobody("import os, sys\nfrom bot.local_channel import LocalChannel\n"
+    out = as_nobody("import os, sys\nfrom bot.local.channel import LocalChannel\n"
                     "ch = LocalChannel(sys.argv[1], 'general')\nch.append({'kind': 'message', 'text': 'hi'})\n"
                     "os.mkdir(os.path.join(ch.path, '.private'), 0o777)\n", str(shared))
     assert out.returncode == 0, out.stderr

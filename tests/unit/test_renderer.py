@@ -6,15 +6,7 @@ import re
 
 import pytest
 
-from bot.errors import (
-    CLINotFoundError,
-    CLIProcessError,
-    RunCancelledError,
-    RunError,
-    RunTimeoutError,
-    SessionNotFoundError,
-)
-from bot.renderer import (
+from bot.core.renderer import (
     CHUNK_CHARS,
     FALLBACK_TEXT_CHARS,
     describe_result_error,
@@ -24,7 +16,15 @@ from bot.renderer import (
     render_notice,
     split_markdown,
 )
-from bot.stream_parser import Finished
+from bot.core.stream_parser import Finished
+from bot.errors import (
+    CLINotFoundError,
+    CLIProcessError,
+    RunCancelledError,
+    RunError,
+    RunTimeoutError,
+    SessionNotFoundError,
+)
 
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
 BOT_TOKEN = "xoxb-1234567890-abcdefghijkl"
@@ -330,7 +330,7 @@ def test_other_run_errors():
 
 
 def test_a_long_runs_answer_mentions_the_requester_first():
-    from bot.renderer import mention, render_answer
+    from bot.core.renderer import mention, render_answer
 
     first = render_answer("the answer", "1 min 05 s · 3 turns")[0]
     tagged = mention(first, "U42")
@@ -341,8 +341,8 @@ def test_a_long_runs_answer_mentions_the_requester_first():
 
 
 def test_status_message_names_the_step_and_offers_stop():
-    from bot.progress import describe_step, render_status
-    from bot.stream_parser import ToolCall
+    from bot.core.progress import describe_step, render_status
+    from bot.core.stream_parser import ToolCall
 
     assert describe_step(ToolCall("t1", "Bash", {"command": "pytest -q"})) == "Running `pytest -q`"
     assert describe_step(ToolCall("t2", "Edit", {"file_path": "/srv/repo/src/app.py"})) == "Editing repo/src/app.py"

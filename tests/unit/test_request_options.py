@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.config import Settings, load_settings
-from bot.context_builder import ContextBuilder
+from bot.core.context_builder import ContextBuilder
 from bot.errors import OptionsError, SlackbusError
 from bot.request_options import RequestOptions, ThreadChoice, branch_problem, choose, split_options
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.store import MIGRATIONS, Store, StoredMessage, ThreadSession
 from bot.errors import StoreError
-from bot.store import MIGRATIONS, Store, StoredMessage, ThreadSession
 
 C = "C0123"
 

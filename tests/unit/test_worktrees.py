@@ -1,4 +1,5 @@
-"""bot.worktrees with real git in tmp_path: worktrees per thread, spares, changes, push, pull requests, clean-up."""
+"""bot.core.worktrees with real git in tmp_path: worktrees per thread, spares, changes, push, pull requests,
+clean-up."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from bot.core.store import Store
+from bot.core.worktrees import Changes, Worktree, Worktrees, short_id, slug
 from bot.errors import WorktreeError
-from bot.store import Store
-from bot.worktrees import Changes, Worktree, Worktrees, short_id, slug
 
 TS = "1764150000.000100"
 

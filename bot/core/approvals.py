@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from claude_agent_sdk import PermissionResultAllow, PermissionResultDeny
 
+from bot.core.poster import Poster
+from bot.core.renderer import SlackMessage
 from bot.log import get_logger
 from bot.redact import redact
-from bot.renderer import SlackMessage
 
 log = get_logger("slackbus.approvals")
 
@@ -73,16 +74,14 @@ class Approvals:
 
     def __init__(
         self,
+        poster: Poster,
         *,
-        post: Callable[[str, str, SlackMessage], Awaitable[str]],
-        update: Callable[[str, str, SlackMessage], Awaitable[None]],
         is_admin: Callable[[str], bool],
         timeout: float,
         buttons: bool = True,
     ) -> None:
         self._buttons = buttons  # False on the local channel: the question says which command answers it
-        self._post = post
-        self._update = update
+        self._poster = poster
         self._is_admin = is_admin
         self.timeout = timeout
         self._pending: dict[str, Pending] = {}
@@ -115,13 +114,13 @@ class Approvals:
         pending = Pending(uuid.uuid4().hex[:12], channel, thread_ts, requester, tool, args)
         self._pending[pending.request_id] = pending
         try:
-            pending.message_ts = await self._post(channel, thread_ts, self._question(pending))
+            pending.message_ts = await self._poster.post(channel, thread_ts, self._question(pending))
             log.info("approval.asked", channel=channel, thread_ts=thread_ts, tool=tool, request=pending.request_id)
             with anyio.move_on_after(self.timeout):
                 await pending.decided.wait()
             if pending.decision is None:
                 pending.decision = DENY
-                await self._update(channel, pending.message_ts, self._answered(
+                await self._poster.update(channel, pending.message_ts, self._answered(
                     pending, f":no_entry: No answer within {self.timeout:g} s (SLACKBUS_APPROVAL_SECONDS): denied."))
             return pending.decision, pending.by
         finally:
@@ -143,7 +142,7 @@ class Approvals:
         }[action_id]
         pending.decided.set()
         if pending.message_ts:
-            await self._update(pending.channel, pending.message_ts, self._answered(pending, verdict))
+            await self._poster.update(pending.channel, pending.message_ts, self._answered(pending, verdict))
         log.info("approval.answered", request=request_id, decision=action_id, by=user)
         return None
 

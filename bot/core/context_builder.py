@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot import identity
-from bot.store import Store, StoredMessage, ThreadSession
+from bot.core import identity
+from bot.core.store import Store, StoredMessage, ThreadSession
 
 SYSTEM_PROMPT_APPEND = """\
 You are Claude Code working for a team through Slack (the slackbus bot). Your final message is posted in \

@@ -9,13 +9,17 @@ within a bot-wide budget for chat.update (Slack's Tier 3, about 50 a minute).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 
+from bot.core.poster import Poster
+from bot.core.renderer import STATUS_BLOCK_ID, SlackMessage
+from bot.core.stream_parser import RunEvent, ToolCall
 from bot.log import get_logger
-from bot.renderer import STATUS_BLOCK_ID, SlackMessage
-from bot.stream_parser import RunEvent, ToolCall
+
+if TYPE_CHECKING:
+    from bot.core.pipeline import RunHandle  # the run whose progress this shows (pipeline imports this module)
 
 STATUS_DELAY_S = 1.5
 MIN_EDIT_INTERVAL_S = 2.0
@@ -113,7 +117,7 @@ def render_status(channel: str, thread_ts: str, step: str, elapsed: float, tool_
 class Progress:
     """Follows a run's events; `run` keeps the status message up to date until cancelled."""
 
-    def __init__(self, handle: Any, poster: Any, budget: RateBudget) -> None:
+    def __init__(self, handle: RunHandle, poster: Poster, budget: RateBudget) -> None:
         self._handle = handle
         self._poster = poster
         self._budget = budget

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.core.stream_parser import Finished
 from bot.errors import (
     CLINotFoundError,
     CLIOutputError,
@@ -21,7 +22,6 @@ from bot.errors import (
     SessionNotFoundError,
 )
 from bot.redact import redact
-from bot.stream_parser import Finished
 
 # Slack renders a `markdown` block of up to 12,000 characters; stay clear of it.
 CHUNK_CHARS = 11_000

@@ -2,7 +2,7 @@
 same typed messages Slack's events become (IncomingMessage for the dispatcher, /claude for the commands, 🛑 for
 a cancel), so the core cannot tell the transports apart.
 
-Who wrote a record is the OS owner of the file it is in (bot.local_channel); the bot's own file counts as the
+Who wrote a record is the OS owner of the file it is in (bot.local.channel); the bot's own file counts as the
 bot's only when it is owned by the bot's uid. A malformed line, or a file that is not its owner's, is logged
 (local.record_skipped, with file and line) and skipped; a record the core chokes on is logged
 (local.record_failed) and skipped too, so no line in a channel can stop the bot or make it crash-loop.
@@ -22,8 +22,9 @@ from typing import Any
 
 import anyio
 
-from bot.dispatcher import Dispatcher, IncomingMessage
-from bot.local_channel import (
+from bot.core.dispatcher import Dispatcher, IncomingMessage
+from bot.core.store import Store, StoredMessage
+from bot.local.channel import (
     BOT_NAME,
     DIR_MODE,
     Follower,
@@ -34,7 +35,6 @@ from bot.local_channel import (
     make_dir,
 )
 from bot.log import get_logger
-from bot.store import Store, StoredMessage
 
 log = get_logger("slackbus.local")
 
@@ -94,6 +94,13 @@ class LocalEvents:
         self._spawn = spawn
         self._followers: dict[str, Follower] = {}
         self.seen = 0
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Read the channel folders from now on (the transport's events in; see bot.slack.connection)."""
+        await tg.start(self.run)
+
+    async def close(self) -> None:
+        return None
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         make_dir(self._dir, DIR_MODE)

@@ -1,5 +1,5 @@
 """The local channel's side of the poster seam: the bot's posts, edits and reactions appended to its own file in
-the channel's folder (bot.local_channel), and recorded in the store like its Slack posts. Private answers go
+the channel's folder (bot.local.channel), and recorded in the store like its Slack posts. Private answers go
 where only their reader can read them, or, when the bot cannot give them such a file (it is not root and they
 are not its own user), are not written at all: the thread is told, without the text, and the log has it."""
 
@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import anyio
 
-from bot.local_channel import LocalChannel, Undeliverable
+from bot.core.renderer import STATUS_BLOCK_ID, SlackMessage, plain_text
+from bot.core.store import Store, StoredMessage
+from bot.local.channel import LocalChannel, Undeliverable
 from bot.log import get_logger
-from bot.renderer import STATUS_BLOCK_ID, SlackMessage, plain_text
-from bot.store import Store, StoredMessage
 
 log = get_logger("slackbus.local")
 

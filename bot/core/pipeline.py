@@ -16,11 +16,19 @@ from pathlib import Path
 
 import anyio
 
-from bot import handoff, renderer
-from bot.claude_runner import ClaudeSession
 from bot.config import Settings
-from bot.context_builder import Context, ContextBuilder
-from bot.dispatcher import Job
+from bot.core import handoff, renderer, signs
+from bot.core.claude_runner import ClaudeSession
+from bot.core.context_builder import Context, ContextBuilder
+from bot.core.dispatcher import Job
+from bot.core.poster import Directory, Poster
+from bot.core.progress import Progress, RateBudget
+from bot.core.renderer import SlackMessage
+from bot.core.sessions import SessionManager
+from bot.core.signs import Signs
+from bot.core.store import Store, StoredMessage, ThreadOptions, ThreadSession
+from bot.core.stream_parser import Finished, RunEvent, SessionStarted, ToolCall
+from bot.core.worktrees import WORKTREES_DIR, Worktree, Worktrees
 from bot.errors import (
     OptionsError,
     RunCancelledError,
@@ -31,21 +39,10 @@ from bot.errors import (
     WorktreeError,
 )
 from bot.log import get_logger
-from bot.poster import Directory, Poster
-from bot.progress import Progress, RateBudget
-from bot.renderer import SlackMessage
 from bot.request_options import choose, split_options
-from bot.sessions import SessionManager
-from bot.store import Store, StoredMessage, ThreadOptions, ThreadSession
-from bot.stream_parser import Finished, RunEvent, SessionStarted, ToolCall
-from bot.worktrees import WORKTREES_DIR, Worktree, Worktrees
 
 log = get_logger("slackbus.pipeline")
 
-WORKING = "eyes"
-DONE = "white_check_mark"
-FAILED = "x"
-STOPPED = "octagonal_sign"
 NOTIFY_AFTER_S = 30.0  # a longer run's answer is a new message mentioning the requester (edits do not notify)
 MAX_INLINE_PARTS = 4  # a longer answer goes up as a file, with its beginning in the thread
 
@@ -84,8 +81,10 @@ class TaskPipeline:
         contexts: ContextBuilder,
         backfill: Directory,
         sessions: SessionManager,
+        signs: Signs,
         worktrees: Worktrees | None = None,
     ) -> None:
+        self._signs = signs
         self._worktrees = worktrees
         self._settings = settings
         self._store = store
@@ -94,7 +93,6 @@ class TaskPipeline:
         self._backfill = backfill
         self._sessions = sessions
         self.active: dict[tuple[str, str], RunHandle] = {}
-        self.queued_notices: dict[tuple[str, str], str] = {}  # (channel, trigger ts) → "queued" message ts
         self.peak_runs = 0
         self._edit_budget = RateBudget()  # chat.update for status messages, shared by all runs
 
@@ -136,16 +134,7 @@ class TaskPipeline:
         self._store.set_request_status(first.channel, list(handle.trigger_ts), "running")
         self.active[handle.key] = handle
         self.peak_runs = max(self.peak_runs, len(self.active))
-        spent: list[str] = []  # notices of messages this run takes together: the first becomes its status
-        for job in jobs:
-            notice = self.queued_notices.pop((job.channel, job.trigger_ts), None)
-            if notice and handle.status_ts is None:
-                handle.status_ts = notice
-            elif notice:
-                spent.append(notice)
-        for notice in spent:
-            await self._poster.update(first.channel, notice, renderer.render_notice(
-                ":arrow_forward: Started, together with the messages before it in this thread."))
+        handle.status_ts = await self._signs.take_notices(jobs)
         status = "failed"
         try:
             handle.progress = Progress(handle, self._poster, self._edit_budget)
@@ -162,11 +151,7 @@ class TaskPipeline:
             with anyio.CancelScope(shield=True), anyio.move_on_after(3.0):
                 self._store.set_request_status(first.channel, list(handle.trigger_ts), "interrupted")
                 self._store.finish_run(handle.run_id, "interrupted", error="the bot stopped")
-                await self._finish(
-                    handle,
-                    ":warning: slackbus is shutting down, so this run stopped. Reply here to continue once it is "
-                    "back.",
-                )
+                await self._finish(handle, signs.SHUTTING_DOWN)
             raise
         except Exception as exc:
             bound.exception("run.crashed")
@@ -174,11 +159,7 @@ class TaskPipeline:
         finally:
             self.active.pop(handle.key, None)
         self._store.set_request_status(first.channel, list(handle.trigger_ts), status)
-        reaction = {"done": DONE, "cancelled": STOPPED}.get(status, FAILED)
-        async with anyio.create_task_group() as tg:
-            for job in jobs:
-                tg.start_soon(self._poster.unreact, job.channel, job.trigger_ts, WORKING)
-                tg.start_soon(self._poster.react, job.channel, job.trigger_ts, reaction)
+        await self._signs.finished(jobs, status)
         progress = handle.progress
         shown = progress.first_shown_at if progress else None
         bound.info(

@@ -14,8 +14,8 @@ import anyio
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.core.store import Store, StoredMessage
 from bot.log import get_logger
-from bot.store import Store, StoredMessage
 
 log = get_logger("slackbus.backfill")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from bot.claude_runner import CONNECT_TIMEOUT_S, ClaudeSession, SessionSpec
+from bot.core.claude_runner import CONNECT_TIMEOUT_S, ClaudeSession, SessionSpec
 from bot.errors import RunError
 from bot.log import get_logger
 
@@ -263,7 +263,7 @@ class SessionManager:
         return None
 
     def pool_once(self, cwd: Path) -> None:
-        """Pre-start one process in `cwd`, a spare worktree, for the new thread that will claim it (bot.worktrees):
+        """Pre-start one process in `cwd`, a spare worktree, for the new thread that will claim it (bot.core.worktrees):
         never more than one there, and none once it is taken. Not with SLACKBUS_WARM_POOL=0."""
         if self.warm_pool <= 0 or cwd in self._once:
             return

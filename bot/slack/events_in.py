@@ -15,12 +15,12 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.response import BoltResponse
 
-from bot import identity
-from bot.dispatcher import Dispatcher, IncomingMessage
+from bot.core import identity
+from bot.core.dispatcher import Dispatcher, IncomingMessage
+from bot.core.store import Store
 from bot.errors import StoreError
 from bot.log import get_logger
 from bot.redact import redact_data
-from bot.store import Store
 
 log = get_logger("slackbus.events")
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from bot.errors import StoreError
 
 if TYPE_CHECKING:
-    from bot.worktrees import Worktree
+    from bot.core.worktrees import Worktree
 
 
 @dataclass(frozen=True)
@@ -586,7 +586,7 @@ class Store:
 
 
 def _worktree(row: tuple[object, ...]) -> Worktree:
-    from bot.worktrees import Worktree  # the dataclass only: store runs no git
+    from bot.core.worktrees import Worktree  # the dataclass only: store runs no git
 
     repo, path, branch, base, base_commit = row
     return Worktree(Path(str(repo)), Path(str(path)), str(branch), str(base), str(base_commit))

@@ -27,8 +27,9 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from bot import bus, handoff
-from bot import identity as ident
+from bot.bridge import bus
+from bot.core import handoff
+from bot.core import identity as ident
 
 MAX_STDIN = 4 * 1024 * 1024
 SUMMARY_CHARS = 1500
@@ -127,7 +128,7 @@ def handle(event: str, payload: dict[str, Any], s: bus.BusSettings, env: Mapping
     if event == "SessionStart":
         if s.spawned:
             return None
-        # the terminal holds this session now: the bot will not run it until SessionEnd (bot.handoff)
+        # the terminal holds this session now: the bot will not run it until SessionEnd (bot.core.handoff)
         handoff.take(s.home, who.session_id, cwd=_str(payload.get("cwd")) or os.getcwd(), pid=handoff.claude_pid(),
                      transcript=_str(payload.get("transcript_path")), user_home=os.path.expanduser("~"))
         return session_start(payload, s, deadline)

@@ -11,7 +11,7 @@ Reading, first that works:
      SLACKBUS_HISTORY_INTERVAL seconds (Slack allows self-hosted apps about one a minute); in between, a cache
      file plus what this host posted since.
 
-Stdlib only (and bot.config / bot.identity, themselves light): a hook runs as a fresh process per event,
+Stdlib only (and bot.config / bot.core.identity, themselves light): a hook runs as a fresh process per event,
 so start-up time is latency every Claude Code session pays. Nothing here opens a Socket Mode connection.
 """
 
@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from bot import identity as ident
+from bot.core import identity as ident
 from bot.envfile import DEFAULT_SLACK_API_URL, read_environment
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _secret_name(name: str) -> bool:
 
 
 def _local_dir(env: Mapping[str, str], home: str) -> str:
-    from bot.local_channel import channel_dir
+    from bot.local.channel import channel_dir
 
     return channel_dir(home, dict(env))
 
@@ -237,7 +237,7 @@ def mask(s: BusSettings, text: str) -> str:
 
 def _post_local(s: BusSettings, channel: str | None, thread_ts: str | None, body: str) -> Posted:
     """A session's post, appended to the file of the OS user running it (its author is that file's owner)."""
-    from bot.local_channel import LocalChannel
+    from bot.local.channel import LocalChannel
 
     assert s.local_dir is not None
     if not channel:
@@ -255,7 +255,7 @@ def _read_local(
     s: BusSettings, channel: str, *, thread_ts: str | None, since: str | None, limit: int
 ) -> list[BusMessage]:
     """The channel's messages, authors from the files' owners; a malformed line is skipped with a note on stderr."""
-    from bot.local_channel import LocalChannel, ts_key
+    from bot.local.channel import LocalChannel, ts_key
 
     assert s.local_dir is not None
     try:
@@ -283,7 +283,7 @@ def _read_local(
 
 
 def _ts_key_or_zero(ts: str) -> int:
-    from bot.local_channel import ts_key
+    from bot.local.channel import ts_key
 
     try:
         return ts_key(ts)

@@ -15,17 +15,19 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck
 from slack_sdk.errors import SlackApiError
 
-from bot import renderer, slack_events
-from bot.approvals import APPROVE_ONCE, APPROVE_SESSION, DENY
 from bot.config import Settings
-from bot.dispatcher import Dispatcher, Job, JobQueue, too_long
+from bot.core import renderer
+from bot.core.approvals import APPROVE_ONCE, APPROVE_SESSION, DENY, Approvals
+from bot.core.dispatcher import Dispatcher, Job, JobQueue, too_long
+from bot.core.pipeline import RunHandle, TaskPipeline
+from bot.core.poster import Poster
+from bot.core.renderer import DIFF_ACTION, PR_ACTION, PUSH_ACTION
+from bot.core.signs import STOPPED, Signs
+from bot.core.store import Store, StoredMessage, ThreadSession
+from bot.core.worktrees import Worktree, Worktrees
 from bot.errors import WorktreeError
 from bot.log import get_logger
-from bot.pipeline import STOPPED, WORKING, RunHandle, TaskPipeline
-from bot.poster import Poster
-from bot.renderer import DIFF_ACTION, PR_ACTION, PUSH_ACTION
-from bot.store import Store, StoredMessage, ThreadSession
-from bot.worktrees import Worktree, Worktrees
+from bot.slack import events_in as slack_events
 
 log = get_logger("slackbus.commands")
 
@@ -90,13 +92,15 @@ class Commands:
         pipeline: TaskPipeline,
         poster: Poster,
         dispatcher: Dispatcher,
+        signs: Signs,
         *,
         workspace_url: str,
         spawn: Callable[..., None],
         workdir_for: Callable[[str], str],
-        approvals: Any = None,
+        approvals: Approvals | None = None,
         worktrees: Worktrees | None = None,
     ) -> None:
+        self._signs = signs
         self._worktrees = worktrees
         self._workdir_for = workdir_for
         self._approvals = approvals
@@ -297,7 +301,7 @@ class Commands:
                     "its session to a terminal, so nothing was changed.")
         if (thread.channel, thread.thread_ts) in self._pipeline.active:
             return "That thread's session is running now: attach once it has answered (or cancel it first)."
-        from bot import handoff
+        from bot.core import handoff
 
         home = self._store.handoff_home(thread.channel, thread.thread_ts) or handoff.HOME
         self._store.record_handoff(thread.channel, thread.thread_ts, thread.session_id, thread.workdir, home,
@@ -418,10 +422,10 @@ class Commands:
             job = queued[0]
             if job.user != user and not self._settings.is_admin(user):
                 return "Only the person who asked, or an admin (SLACKBUS_ADMIN_USERS), can cancel that task."
-            for removed in self._queue.remove(job.key):
-                self._store.set_request_status(removed.channel, [removed.trigger_ts], "cancelled")
-                self._spawn(self._poster.unreact, removed.channel, removed.trigger_ts, WORKING)
-                self._spawn(self._poster.react, removed.channel, removed.trigger_ts, STOPPED)
+            removed = self._queue.remove(job.key)
+            for each in removed:
+                self._store.set_request_status(each.channel, [each.trigger_ts], "cancelled")
+            self._signs.cancelled_before_start(removed)
             self._spawn(self._poster.post, job.channel, job.thread_ts,
                         renderer.render_notice(f":octagonal_sign: Cancelled by <@{user}> before it started."))
             return "Cancelled the queued task."

@@ -29,7 +29,9 @@ from claude_agent_sdk import CLIJSONDecodeError as SdkJSONDecodeError
 from claude_agent_sdk import CLINotFoundError as SdkCLINotFound
 from claude_agent_sdk import ProcessError as SdkProcessError
 
-from bot import stream_parser
+from bot.core import stream_parser
+from bot.core.approvals import Approvals
+from bot.core.stream_parser import Finished, RunEvent
 from bot.errors import (
     CLINotFoundError,
     CLIOutputError,
@@ -42,7 +44,6 @@ from bot.errors import (
 )
 from bot.log import get_logger
 from bot.redact import redact
-from bot.stream_parser import Finished, RunEvent
 
 log = get_logger("slackbus.runner")
 
@@ -71,7 +72,7 @@ class SessionSpec:
     max_turns: int | None = None
     max_budget_usd: float | None = None
     permission_mode: str | None = None
-    approvals: Any = field(default=None, compare=False, repr=False)  # bot.approvals.Approvals
+    approvals: Approvals | None = field(default=None, compare=False, repr=False)
     mcp_servers: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     run_as: str | None = None  # the OS user the CLI runs as (SLACKBUS_RUN_AS; the bot is root); None: the bot's own
 
@@ -166,7 +167,7 @@ class ClaudeSession:
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         can_use_tool = None
         if self.spec.approvals is not None:
-            ask = self.spec.approvals.callback_for(self.session_id, lambda: self._current and self._current.where)
+            ask = self.spec.approvals.callback_for(self.session_id, self._where)
 
             async def can_use_tool(tool: str, args: dict[str, Any], context: Any) -> Any:
                 self.waiting_approval += 1  # a person is deciding: not a stall
@@ -364,6 +365,10 @@ class ClaudeSession:
             stderr_tail=tail,
             session_id=self.session_id,
         )
+
+    def _where(self) -> tuple[str, str, str] | None:
+        """(channel, thread_ts, requester) of the turn now running: who may approve its tool calls."""
+        return self._current.where if self._current is not None else None
 
     # --- called from other tasks ------------------------------------------------------------------
     def start_overlap(self, since: float, until: float) -> float:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskGroup
 
+from bot.core.store import Store, StoredMessage, ThreadSession
 from bot.errors import StoreError
 from bot.log import get_logger
-from bot.store import Store, StoredMessage, ThreadSession
 
 log = get_logger("slackbus.dispatcher")
 

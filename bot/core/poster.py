@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from bot.renderer import SlackMessage
+from bot.core.renderer import SlackMessage
 
 
 class Poster(Protocol):

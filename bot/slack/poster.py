@@ -22,11 +22,11 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.core.renderer import SlackMessage, plain_text
+from bot.core.store import Store, StoredMessage
 from bot.errors import StoreError
 from bot.log import get_logger
 from bot.redact import redact, redact_data
-from bot.renderer import SlackMessage, plain_text
-from bot.store import Store, StoredMessage
 
 log = get_logger("slackbus.slack")
 
