@@ -379,6 +379,20 @@ class ClaudeSession:
         end = min(until, self.connected_at if self.connected_at is not None else until)
         return max(0.0, end - max(since, self.spawned_at))
 
+    def claim(self) -> bool:
+        """Take a process that is still starting for one task (True), unless another task took it first."""
+        if self.claimed:
+            return False
+        self.claimed = True
+        return True
+
+    def never_started(self) -> None:
+        """A process the SessionManager gave up on before it started (no room under the cap, or it failed):
+        whoever waits on `ready` sees it closed."""
+        if self.state == "starting":
+            self.state = "closed"
+        self.ready.set()
+
     @property
     def alive(self) -> bool:
         return self.state in {"idle", "busy"} and self.healthy

@@ -134,9 +134,8 @@ class SessionManager:
             ready = self._take_pooled(cwd)
             if ready is not None:
                 return ready, "pool"
-            starting = next((s for s in self._starting.get(cwd, []) if not s.claimed), None)
+            starting = next((s for s in self._starting.get(cwd, []) if s.claim()), None)
             if starting is not None:
-                starting.claimed = True
                 with anyio.move_on_after(CONNECT_TIMEOUT_S):
                     await starting.ready.wait()
                 if starting.alive and starting.state == "idle":
@@ -149,9 +148,8 @@ class SessionManager:
                 return ready, "pool"
             # a pool process already starting is closer to ready than a new one (and two cold starts at
             # once slow each other down)
-            starting = next((s for s in self._starting.get(cwd, []) if not s.claimed), None)
+            starting = next((s for s in self._starting.get(cwd, []) if s.claim()), None)
             if starting is not None:
-                starting.claimed = True
                 if self.pool_target(cwd) > self.warm_pool:  # a burst: the next one starts now, in parallel
                     self.refill(cwd)
                 with anyio.move_on_after(CONNECT_TIMEOUT_S):
@@ -310,14 +308,13 @@ class SessionManager:
             started = await self._start(session, for_pool=True, evict=evict)
         except RunError as err:
             log.warning("sessions.pool_start_failed", cwd=str(cwd), error=str(err))
-            session.ready.set()
+            session.never_started()
             return
         finally:
             with contextlib.suppress(ValueError):
                 self._starting.get(cwd, []).remove(session)
         if not started:  # no room under the cap: a task waiting for this one starts its own
-            session.state = "closed"
-            session.ready.set()
+            session.never_started()
             return
         if session.claimed:  # a task took it while it was starting
             return
