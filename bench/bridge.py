@@ -26,8 +26,8 @@ from typing import Any
 from bench.common import rig, summary, write_results
 from bot.core import identity
 from bot.core.store import Store, StoredMessage
-from tests.conftest import REPO
 from tests.fakes.fake_slack import FakeSlack
+from tests.support import REPO
 
 SLACKBUS = [sys.executable, "-m", "bot"]
 

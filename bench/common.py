@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import BotProcess, fake_environment
 from tests.fakes.fake_model import FakeModel
 from tests.fakes.fake_slack import FakeSlack
+from tests.support import BotProcess, fake_environment
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

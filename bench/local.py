@@ -13,9 +13,9 @@ from typing import Any
 
 from bench.common import summary, write_results
 from bot.local.channel import LocalChannel
-from tests.conftest import BotProcess, claude_cli
 from tests.fakes.chat import LocalChat, wait_for
 from tests.fakes.fake_model import FakeModel
+from tests.support import BotProcess, claude_cli
 
 
 def _writers_as(writers: int) -> list[str | None]:

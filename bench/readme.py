@@ -264,7 +264,7 @@ def notes(results: dict[str, Any]) -> str:
     ])
 
 
-# the fixtures that start the real bot or the fakes at its edge (tests/conftest.py)
+# the fixtures that start the real bot or the fakes at its edge (tests/conftest.py, on tests/support.py)
 BOT_FIXTURES = frozenset({"start_bot", "bot_env", "fake_slack", "fake_model"})
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import answered_at, bot_share_ms, rig, sent_at, summary, write_results
-from tests.conftest import BotProcess, claude_cli, fake_environment, processes_in
 from tests.fakes.fake_model import FakeModel
 from tests.fakes.fake_slack import FakeSlack
+from tests.support import BotProcess, claude_cli, fake_environment, processes_in
 
 SLOW = {"SLACKBUS_ALLOWED_TOOLS": "Bash(./slow.sh)"}
 

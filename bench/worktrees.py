@@ -142,9 +142,9 @@ async def measure(files: int, n: int) -> dict[str, Any]:
 def answer_latency(repo: Path, root: Path, n: int, *, worktrees: bool) -> dict[str, Any]:
     """Mention → the Slack call that carries the answer, the channel's folder being `repo`, with a worktree
     per thread or without (SLACKBUS_WORKTREES=off); mentions a few seconds apart, as people ask."""
-    from tests.conftest import BotProcess, fake_environment
     from tests.fakes.fake_model import FakeModel
     from tests.fakes.fake_slack import FakeSlack
+    from tests.support import BotProcess, fake_environment
 
     root.mkdir()
     with FakeSlack() as slack, FakeModel() as model:
