@@ -225,8 +225,6 @@ class FakeSlack:
         self._calls: list[Call] = []
         self._envelopes: list[Envelope] = []
         self._acks: dict[str, tuple[float, Any]] = {}
-        self._ack_counts: collections.Counter[str] = collections.Counter()
-        self._ws_received: list[tuple[float, str]] = []
         self._messages: dict[str, list[dict[str, Any]]] = {}
         self._reactions: dict[tuple[str, str], dict[str, list[str]]] = {}
         self._ephemerals: list[dict[str, Any]] = []
@@ -244,7 +242,6 @@ class FakeSlack:
         self._tickets: set[str] = set()
         self._conns: dict[int, _Conn] = {}
         self._connection_count = 0
-        self._disconnect_count = 0
         self.internal_errors: list[str] = []
         # what the bot token was granted (sent as x-oauth-scopes, like Slack) and the channels the bot is in
         self.scopes: list[str] = list(MANIFEST_BOT_SCOPES)
@@ -480,10 +477,6 @@ class FakeSlack:
                 self._latency[method] = seconds
             else:
                 self._latency.pop(method, None)
-
-    def clear_calls(self) -> None:
-        with self._cond:
-            self._calls.clear()
 
     def clear_failures(self, method: str | None = None) -> None:
         """Drop the failures still queued by fail_next (for one method, or all)."""
@@ -1128,7 +1121,6 @@ class FakeSlack:
         finally:
             with self._cond:
                 self._conns.pop(conn.number, None)
-                self._disconnect_count += 1
                 self._cond.notify_all()
         return ws
 
@@ -1141,11 +1133,8 @@ class FakeSlack:
         with self._cond:
             if isinstance(msg, dict) and "envelope_id" in msg:
                 envelope_id = str(msg["envelope_id"])
-                self._ack_counts[envelope_id] += 1
                 if envelope_id not in self._acks:
                     self._acks[envelope_id] = (t, msg.get("payload"))
-            else:
-                self._ws_received.append((t, data))
             self._cond.notify_all()
 
     async def _deliver(self, message: dict[str, Any], wait: float) -> str:
@@ -1576,16 +1565,6 @@ class FakeSlack:
         """envelope_id -> (time.monotonic() of the first ack, its payload or None)."""
         with self._cond:
             return dict(self._acks)
-
-    def ack_count(self, envelope_id: str) -> int:
-        with self._cond:
-            return self._ack_counts[envelope_id]
-
-    @property
-    def ws_received(self) -> list[tuple[float, str]]:
-        """Socket messages from the bot that were not acks."""
-        with self._cond:
-            return list(self._ws_received)
 
     @property
     def ephemerals(self) -> list[dict[str, Any]]:
