@@ -30,7 +30,8 @@ from bot.core.approvals import Approvals
 from bot.core.claude_runner import SessionSpec
 from bot.core.commands import Commands
 from bot.core.context_builder import SYSTEM_PROMPT_APPEND, ContextBuilder
-from bot.core.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue, too_long
+from bot.core.dispatcher import Dispatcher, Job, JobQueue, too_long
+from bot.core.events import IncomingMessage
 from bot.core.pipeline import TaskPipeline, checked_workdir
 from bot.core.poster import Directory, Poster
 from bot.core.recovery import recover

@@ -5,6 +5,7 @@
     ├── StoreError                the SQLite state cannot be read or written
     ├── WorktreeError             a thread's git worktree cannot be made, compared, pushed or removed
     ├── OptionsError              a request's options ([repo=… branch=… model=…], --repo …) cannot be used
+    ├── PostRefusedError          the transport refused a post (Slack: not_in_channel, …); `reason` is its word
     └── RunError                  a Claude run did not produce an answer
         ├── CLINotFoundError      the `claude` executable cannot be started
         ├── CLIProcessError       the CLI exited or crashed without a result (exit_code, stderr_tail)
@@ -37,6 +38,15 @@ class WorktreeError(SlackbusError):
 
 class OptionsError(SlackbusError):
     """An unknown option, a repository, branch or model that is not allowed: one sentence saying what is."""
+
+
+class PostRefusedError(SlackbusError):
+    """A transport's poster would not take a post: `reason` is the transport's own word for why (Slack's error
+    code, e.g. not_in_channel), for the sentence the core writes around it."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RunError(SlackbusError):

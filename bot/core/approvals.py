@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 from claude_agent_sdk import PermissionResultAllow, PermissionResultDeny
 
+from bot.core.events import APPROVE_ONCE, APPROVE_SESSION, DENY
 from bot.core.poster import Poster
 from bot.core.renderer import SlackMessage
 from bot.log import get_logger
@@ -25,10 +26,6 @@ from bot.redact import redact
 
 log = get_logger("slackbus.approvals")
 
-APPROVE_ONCE = "slackbus_approve_once"
-APPROVE_SESSION = "slackbus_approve_session"
-DENY = "slackbus_deny"
-ACTIONS = (APPROVE_ONCE, APPROVE_SESSION, DENY)
 COMMAND_HINT = "Answer with `/claude approve`, `/claude approve session` or `/claude deny`."
 
 

@@ -1,7 +1,8 @@
-"""Job control from Slack: `/claude` and its subcommands, the 🛑 reaction and the Stop button.
+"""Job control: `/claude` and its subcommands, the 🛑 reaction and the buttons (Stop, approvals, Continue in a
+terminal, Show diff / Push / Pull request), whichever transport they came by (bot.core.events).
 
 Every path checks who may: only allowed users start work; only the requester or an admin cancels.
-Answers to subcommands go back in the command's ack (ephemeral, within Slack's 3 s).
+Answers to subcommands go back through the command's Reply (on Slack: its ack, ephemeral, within Slack's 3 s).
 """
 
 from __future__ import annotations
@@ -9,25 +10,32 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from slack_bolt.async_app import AsyncAck
-from slack_sdk.errors import SlackApiError
 
 from bot.config import Settings
 from bot.core import renderer
-from bot.core.approvals import APPROVE_ONCE, APPROVE_SESSION, DENY, Approvals
+from bot.core.approvals import Approvals
 from bot.core.dispatcher import Dispatcher, Job, JobQueue, too_long
+from bot.core.events import (
+    APPROVE_ONCE,
+    APPROVE_SESSION,
+    DENY,
+    DIFF_ACTION,
+    PR_ACTION,
+    PUSH_ACTION,
+    ButtonClick,
+    Reaction,
+    Reply,
+    SlashCommand,
+)
 from bot.core.pipeline import RunHandle, TaskPipeline
 from bot.core.poster import Poster
-from bot.core.renderer import DIFF_ACTION, PR_ACTION, PUSH_ACTION
 from bot.core.signs import STOPPED, Signs
 from bot.core.store import Store, StoredMessage, ThreadSession
 from bot.core.worktrees import Worktree, Worktrees
-from bot.errors import WorktreeError
+from bot.errors import PostRefusedError, WorktreeError
 from bot.log import get_logger
-from bot.slack import events_in as slack_events
 
 log = get_logger("slackbus.commands")
 
@@ -72,6 +80,15 @@ def _shortened(text: str, limit: int = ECHO_CHARS) -> str:
         return text
     kept = text[:limit].rstrip()
     return f"{kept} … [{len(text) - len(kept):,} more characters]"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a command did, in a sentence for the person who asked: `acted` is False when it was refused or had
+    nothing to act on (a button or a reaction then shows the sentence privately)."""
+
+    text: str
+    acted: bool
 
 
 def _ago(seconds: float) -> str:
@@ -119,22 +136,22 @@ class Commands:
         return f"<{self._url}archives/{channel}/p{ts.replace('.', '')}|{label}>"
 
     # --- /claude -----------------------------------------------------------------------------------------
-    async def slash(self, command: dict[str, Any], ack: AsyncAck) -> None:
-        text = str(command.get("text") or "").strip()
-        user = str(command.get("user_id") or "")
-        channel = str(command.get("channel_id") or "")
+    async def slash(self, command: SlashCommand, reply: Reply) -> None:
+        """`/claude …`: a subcommand's answer, or a task started, said through `reply` (once, on every path)."""
+        text = command.text.strip()
+        user, channel = command.user, command.channel
         word, _, rest = text.partition(" ")
         sub = word.lower()
         if not self._settings.is_allowed(user):
-            await ack(
-                text=f"Sorry, you are not on this bot's allow list, so nothing was run: ask its operator to add your "
+            await reply(
+                f"Sorry, you are not on this bot's allow list, so nothing was run: ask its operator to add your "
                 f"member id ({user}) to SLACKBUS_ALLOWED_USERS."
             )
             log.info("commands.refused", user=user, channel=channel, sub=sub or "help")
             return
         if not self._settings.is_channel_allowed(channel):
-            await ack(text=f"I am not enabled in this channel, so nothing was run: ask the person who runs slackbus "
-                      f"to add it ({channel}) to SLACKBUS_ALLOWED_CHANNELS.")
+            await reply(f"I am not enabled in this channel, so nothing was run: ask the person who runs slackbus "
+                        f"to add it ({channel}) to SLACKBUS_ALLOWED_CHANNELS.")
             log.info("commands.channel_refused", user=user, channel=channel, sub=sub or "help")
             return
         handlers: dict[str, Callable[[str, str, str], Awaitable[str]]] = {
@@ -147,35 +164,35 @@ class Commands:
             "diff": lambda u, c, r: self._change(DIFF, u, c, r),
             "push": lambda u, c, r: self._change(PUSH, u, c, r),
             "pr": lambda u, c, r: self._change(PR, u, c, r),
-            "approve": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=True),
-            "allow": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=True),
-            "deny": lambda u, c, r: self._decide(u, c, r, command.get("thread_ts"), approve=False),
+            "approve": lambda u, c, r: self._decide(u, c, r, command.thread_ts, approve=True),
+            "allow": lambda u, c, r: self._decide(u, c, r, command.thread_ts, approve=True),
+            "deny": lambda u, c, r: self._decide(u, c, r, command.thread_ts, approve=False),
         }
         if not text or sub in {"help", "?", "-h", "--help"}:
-            await ack(text=HELP)
+            await reply(HELP)
             return
         if sub in handlers:
-            await ack(text=await handlers[sub](user, channel, rest.strip()))
+            await reply(await handlers[sub](user, channel, rest.strip()))
             return
         if not rest and re.fullmatch(r"[a-z][a-z-]{1,15}", word):
             # one bare word is a mistyped subcommand far more often than a task
-            await ack(text=f"`{word}` is not a subcommand I know. To run a task, describe it: "
-                      f"`/claude {word} the flaky login test`.\n\n{HELP}")
+            await reply(f"`{word}` is not a subcommand I know. To run a task, describe it: "
+                        f"`/claude {word} the flaky login test`.\n\n{HELP}")
             return
         if len(text) > self._settings.max_input_chars:
-            await ack(text=too_long(len(text), self._settings.max_input_chars))
+            await reply(too_long(len(text), self._settings.max_input_chars))
             log.info("commands.too_long", user=user, channel=channel, chars=len(text))
             return
-        await ack(text="Got it: starting in a thread here.")
+        await reply("Got it: starting in a thread here.")
         await self._start_task(user, channel, text)
 
     async def _start_task(self, user: str, channel: str, text: str) -> None:
         try:
             parent_ts = await self._poster.post(channel, None,
                                                 renderer.render_notice(f"<@{user}> asked: {_shortened(text)}"))
-        except SlackApiError as exc:
+        except PostRefusedError as exc:
             await self._poster.post_ephemeral(
-                channel, user, f"I could not post in this channel ({exc.response.get('error')}): invite me with "
+                channel, user, f"I could not post in this channel ({exc.reason}): invite me with "
                 "`/invite @slackbus` first."
             )
             return
@@ -255,7 +272,7 @@ class Commands:
             )
         return "\n".join(lines)
 
-    async def _decide(self, user: str, channel: str, rest: str, thread_ts: Any, *, approve: bool) -> str:
+    async def _decide(self, user: str, channel: str, rest: str, thread_ts: str | None, *, approve: bool) -> str:
         """`/claude approve [session]`, `/claude deny`: answer a tool request without the buttons."""
         if self._approvals is None:
             return "Nothing here is waiting for an approval."
@@ -268,9 +285,7 @@ class Commands:
         else:
             return "Use `/claude approve` (this once), `/claude approve session` (for the rest of the session) or " \
                    "`/claude deny`."
-        answer: str = await self._approvals.answer_command(user, channel, str(thread_ts) if thread_ts else None,
-                                                           decision)
-        return answer
+        return await self._approvals.answer_command(user, channel, thread_ts, decision)
 
     async def _attach(self, user: str, channel: str, rest: str) -> str:
         """The exact command to continue a thread's session in a terminal on the bot's host."""
@@ -313,9 +328,8 @@ class Commands:
             "in a terminal, replies in the thread wait for it and continue it when it is closed."
         )
 
-    async def on_attach_button(self, body: dict[str, Any]) -> None:
+    async def on_attach_button(self, clicked: ButtonClick) -> None:
         """"Continue in a terminal" on an answer: the command, privately, to whoever clicked (if allowed)."""
-        clicked = slack_events.click(body)
         user = clicked.user
         channel, _, thread_ts = clicked.value.partition("|")
         if not user or not channel:
@@ -332,24 +346,26 @@ class Commands:
         """`/claude diff|push|pr [thread link]`: the thread named, else your latest thread here with a worktree."""
         thread = self._named_or_latest(
             user, channel, rest, keep=lambda t: self._store.worktree_of(t.channel, t.thread_ts) is not None)
-        return thread if isinstance(thread, str) else self.change_action(action, thread, user)
+        return thread if isinstance(thread, str) else self.change_action(action, thread, user).text
 
-    def change_action(self, action: str, thread: ThreadSession | None, user: str) -> str:
+    def change_action(self, action: str, thread: ThreadSession | None, user: str) -> Answer:
         """Start a diff, push or pull request for the thread's worktree; the result goes to the thread."""
         worktree = self._store.worktree_of(thread.channel, thread.thread_ts) if thread is not None else None
         if thread is None or worktree is None or self._worktrees is None:
-            return ("That thread has no worktree of its own (its folder is not a git repository, or worktrees are "
-                    "off with SLACKBUS_WORKTREES=off), so there is no branch to show, push or open a pull request for.")
+            return Answer("That thread has no worktree of its own (its folder is not a git repository, or worktrees "
+                          "are off with SLACKBUS_WORKTREES=off), so there is no branch to show, push or open a pull "
+                          "request for.", acted=False)
         if action != DIFF and user != thread.requester and not self._settings.is_admin(user):
             log.info("commands.change_refused", user=user, action=action, thread_ts=thread.thread_ts)
             who = f"<@{thread.requester}>, who started it," if thread.requester else "the person who started it"
-            return (f"Only {who} or an admin (SLACKBUS_ADMIN_USERS) can push that thread's branch or open a pull "
-                    "request.")
+            return Answer(f"Only {who} or an admin (SLACKBUS_ADMIN_USERS) can push that thread's branch or open a "
+                          "pull request.", acted=False)
         if action != DIFF and (thread.channel, thread.thread_ts) in self._pipeline.active:
-            return "That thread is running now: push or open the pull request once it has answered."
+            return Answer("That thread is running now: push or open the pull request once it has answered.",
+                          acted=False)
         self._spawn(self._post_change, action, thread, worktree, user)
-        return {DIFF: "Posting the diff in the thread.", PUSH: f"Pushing `{worktree.branch}`…",
-                PR: f"Opening a pull request for `{worktree.branch}`…"}[action]
+        return Answer({DIFF: "Posting the diff in the thread.", PUSH: f"Pushing `{worktree.branch}`…",
+                       PR: f"Opening a pull request for `{worktree.branch}`…"}[action], acted=True)
 
     async def _post_change(self, action: str, thread: ThreadSession, worktree: Worktree, user: str) -> None:
         assert self._worktrees is not None
@@ -380,9 +396,8 @@ class Commands:
         except WorktreeError as exc:
             await self._poster.post(channel, thread_ts, renderer.render_notice(f":x: {exc}"))
 
-    async def on_change_button(self, body: dict[str, Any]) -> None:
+    async def on_change_button(self, clicked: ButtonClick) -> None:
         """Show diff / Push / Pull request on an answer: the result in the thread, a refusal privately."""
-        clicked = slack_events.click(body)
         action = {DIFF_ACTION: DIFF, PUSH_ACTION: PUSH, PR_ACTION: PR}.get(clicked.action_id)
         channel, _, thread_ts = clicked.value.partition("|")
         if not clicked.user or not channel or action is None:
@@ -393,13 +408,13 @@ class Commands:
                                               thread_ts or None)
             return
         answer = self.change_action(action, self._store.get_thread(channel, thread_ts), clicked.user)
-        if not answer.endswith("…") and not answer.startswith("Posting"):
-            await self._poster.post_ephemeral(channel, clicked.user, answer, thread_ts or None)
+        if not answer.acted:
+            await self._poster.post_ephemeral(channel, clicked.user, answer.text, thread_ts or None)
 
     async def _cancel(self, user: str, channel: str, rest: str) -> str:
         by_run_id = [h for h in self._pipeline.active.values() if rest and h.run_id == rest.strip()]
         if by_run_id:
-            return await self.cancel_run(by_run_id[0], user)
+            return (await self.cancel_run(by_run_id[0], user)).text
         if rest:
             ref = parse_thread_ref(rest)
             if ref is None:
@@ -417,7 +432,7 @@ class Commands:
             handle = max(mine, key=lambda h: h.started) if mine else None
             queued = [] if handle else [j for j in self._queue.waiting() if j.user == user][-1:]
         if handle is not None:
-            return await self.cancel_run(handle, user)
+            return (await self.cancel_run(handle, user)).text
         if queued:
             job = queued[0]
             if job.user != user and not self._settings.is_admin(user):
@@ -449,17 +464,18 @@ class Commands:
         log.info("commands.cwd", channel=channel, by=user, workdir=str(real))
         return f"New sessions in this channel now work in `{real}` (threads already going keep theirs)."
 
-    async def cancel_run(self, handle: RunHandle, user: str) -> str:
+    async def cancel_run(self, handle: RunHandle, user: str) -> Answer:
         if user != handle.requester and not self._settings.is_admin(user):
             log.info("commands.cancel_refused", user=user, run_id=handle.run_id)
-            return (f"Only <@{handle.requester}>, who asked, or an admin (SLACKBUS_ADMIN_USERS) can cancel that run.")
+            return Answer(f"Only <@{handle.requester}>, who asked, or an admin (SLACKBUS_ADMIN_USERS) can cancel that "
+                          "run.", acted=False)
         self._spawn(self._pipeline.cancel, handle, user)
-        return f"Cancelling the run in {self.link(handle.channel, handle.thread_ts)}."
+        return Answer(f"Cancelling the run in {self.link(handle.channel, handle.thread_ts)}.", acted=True)
 
     # --- 🛑 and the Stop button ----------------------------------------------------------------------------
-    async def on_reaction(self, event: dict[str, Any]) -> None:
-        reacted = slack_events.reaction(event)
-        if reacted.name != STOPPED or not reacted.user:
+    async def on_reaction(self, reacted: Reaction) -> None:
+        """🛑 added on a running request, its thread or its status message: cancels the run (if allowed)."""
+        if not reacted.added or reacted.name != STOPPED or not reacted.user:
             return
         user, channel = reacted.user, reacted.channel
         handle = self._pipeline.find(channel, reacted.ts)
@@ -470,11 +486,10 @@ class Commands:
                                               "stop runs.", handle.thread_ts)
             return
         answer = await self.cancel_run(handle, user)
-        if answer.startswith("Only"):
-            await self._poster.post_ephemeral(channel, user, answer, handle.thread_ts)
+        if not answer.acted:
+            await self._poster.post_ephemeral(channel, user, answer.text, handle.thread_ts)
 
-    async def on_approval_button(self, body: dict[str, Any]) -> None:
-        clicked = slack_events.click(body)
+    async def on_approval_button(self, clicked: ButtonClick) -> None:
         user, channel, thread_ts = clicked.user, clicked.channel, clicked.thread_ts
         if not user or not channel:
             log.info("commands.odd_click", action="approval", user=user, channel=channel)
@@ -486,8 +501,7 @@ class Commands:
         if refusal:
             await self._poster.post_ephemeral(channel, user, refusal, thread_ts)
 
-    async def on_stop_button(self, body: dict[str, Any]) -> None:
-        clicked = slack_events.click(body)
+    async def on_stop_button(self, clicked: ButtonClick) -> None:
         user = clicked.user
         channel, _, thread_ts = clicked.value.partition("|")
         if not user or not channel:
@@ -501,5 +515,5 @@ class Commands:
             await self._poster.post_ephemeral(channel, user, "You are not on this bot's allow list.", thread_ts)
             return
         answer = await self.cancel_run(handle, user)
-        if answer.startswith("Only"):
-            await self._poster.post_ephemeral(channel, user, answer, thread_ts)
+        if not answer.acted:
+            await self._poster.post_ephemeral(channel, user, answer.text, thread_ts)

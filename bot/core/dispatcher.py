@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskGroup
 
+from bot.core.events import IncomingMessage
 from bot.core.store import Store, StoredMessage, ThreadSession
 from bot.errors import StoreError
 from bot.log import get_logger
@@ -31,31 +32,6 @@ IGNORED_SUBTYPES = frozenset(
         "bot_add", "bot_remove", "reminder_add", "tombstone", "assistant_app_thread", "huddle_thread",
     }
 )
-
-
-@dataclass(frozen=True)
-class IncomingMessage:
-    """A message event, typed (slack_events builds it; nobody else reads Slack's dicts)."""
-
-    channel: str
-    ts: str
-    text: str
-    user: str | None
-    thread_ts: str | None = None
-    channel_type: str | None = None
-    bot_id: str | None = None
-    subtype: str | None = None
-    mentions_bot: bool = False
-    event_id: str | None = None
-    received: float = 0.0  # time.monotonic() when the event reached the bot
-
-    @property
-    def reply_target(self) -> str:
-        return self.thread_ts or self.ts
-
-    @property
-    def is_dm(self) -> bool:
-        return self.channel_type == "im" or self.channel.startswith("D")
 
 
 @dataclass(frozen=True)

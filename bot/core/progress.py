@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from bot.core.events import STOP_ACTION
 from bot.core.poster import Poster
 from bot.core.renderer import STATUS_BLOCK_ID, SlackMessage
 from bot.core.stream_parser import RunEvent, ToolCall
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
 STATUS_DELAY_S = 1.5
 MIN_EDIT_INTERVAL_S = 2.0
-STOP_ACTION = "slackbus_stop"
 
 log = get_logger("slackbus.progress")
 

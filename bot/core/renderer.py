@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.core.events import ATTACH_ACTION, DIFF_ACTION, PR_ACTION, PUSH_ACTION
 from bot.core.stream_parser import Finished
 from bot.errors import (
     CLINotFoundError,
@@ -255,9 +256,6 @@ def plain_text(message: SlackMessage) -> str:
     return message.text
 
 
-DIFF_ACTION, PUSH_ACTION, PR_ACTION = "slackbus_diff", "slackbus_push", "slackbus_pr"
-
-
 def with_attach_button(message: SlackMessage, channel: str, thread_ts: str, *, worktree: bool = False) -> SlackMessage:
     """The answer's last message, with "Continue in a terminal" (the command comes privately to whoever clicks)
     and, for a thread with its own worktree, "Show diff", "Push" and "Pull request"."""
@@ -267,7 +265,7 @@ def with_attach_button(message: SlackMessage, channel: str, thread_ts: str, *, w
         return {"type": "button", "action_id": action_id, "value": value,
                 "text": {"type": "plain_text", "text": text}}
 
-    buttons = [button("slackbus_attach", "Continue in a terminal")]
+    buttons = [button(ATTACH_ACTION, "Continue in a terminal")]
     if worktree:
         buttons = [button(DIFF_ACTION, "Show diff"), button(PUSH_ACTION, "Push"), button(PR_ACTION, "Pull request"),
                    *buttons]

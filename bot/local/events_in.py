@@ -1,6 +1,6 @@
 """The local channel's side of the events seam: follow every channel folder's files, turn new records into the
-same typed messages Slack's events become (IncomingMessage for the dispatcher, /claude for the commands, 🛑 for
-a cancel), so the core cannot tell the transports apart.
+same typed events Slack's payloads become (bot.core.events: IncomingMessage for the dispatcher, SlashCommand and
+Reaction for the commands), so the core cannot tell the transports apart.
 
 Who wrote a record is the OS owner of the file it is in (bot.local.channel); the bot's own file counts as the
 bot's only when it is owned by the bot's uid. A malformed line, or a file that is not its owner's, is logged
@@ -22,7 +22,8 @@ from typing import Any
 
 import anyio
 
-from bot.core.dispatcher import Dispatcher, IncomingMessage
+from bot.core.dispatcher import Dispatcher
+from bot.core.events import IncomingMessage, Reaction, Reply, SlashCommand
 from bot.core.store import Store, StoredMessage
 from bot.local.channel import (
     BOT_NAME,
@@ -80,8 +81,8 @@ class LocalEvents:
         store: Store,
         dispatcher: Dispatcher,
         *,
-        on_slash: Callable[[dict[str, Any], Any], Awaitable[None]],
-        on_reaction: Callable[[dict[str, Any]], Awaitable[None]],
+        on_slash: Callable[[SlashCommand, Reply], Awaitable[None]],
+        on_reaction: Callable[[Reaction], Awaitable[None]],
         ephemeral: Callable[[str, str, str, str | None], Awaitable[None]],
         spawn: Callable[..., None],
     ) -> None:
@@ -170,14 +171,14 @@ class LocalEvents:
             log.info("local.seen", channel=channel, ts=ts, user=user,
                      lag_ms=round((time.time() - float(ts)) * 1000, 2))  # appended → seen here
             if text.startswith("/claude"):
-                command = {"command": "/claude", "text": text[len("/claude"):].strip(), "user_id": user,
-                           "user_name": user, "channel_id": channel, "thread_ts": thread_ts, "trigger_ts": ts}
+                command = SlashCommand(user=user, channel=channel, text=text[len("/claude"):].strip(),
+                                       thread_ts=thread_ts or None)
 
-                async def ack(text: str | None = None, **_: Any) -> None:  # Slack's ack(text=…): a private answer
+                async def reply(text: str) -> None:  # what Slack puts in the command's ack: a private answer
                     if text:
                         await self._ephemeral(channel, user, text, thread_ts)
 
-                self._spawn(self._on_slash, command, ack)
+                self._spawn(self._on_slash, command, reply)
                 return
             self._dispatcher.on_message(IncomingMessage(
                 channel=channel, ts=ts, text=_with_bot_mention(text), user=user, thread_ts=thread_ts,
@@ -185,9 +186,7 @@ class LocalEvents:
                 event_id=f"local:{channel}:{ts}", received=received,
             ))
         elif rec.kind == "reaction" and not history and rec.op == "add":
-            event = {"type": "reaction_added", "user": user, "reaction": rec.name,
-                     "item": {"type": "message", "channel": channel, "ts": rec.target}, "event_ts": ts}
-            self._spawn(self._on_reaction, event)
+            self._spawn(self._on_reaction, Reaction(user=user, channel=channel, ts=rec.target or "", name=rec.name))
 
 
 def _skipped(channel: str, file: str, line: int | None, why: str) -> None:

@@ -1,4 +1,5 @@
-"""Bolt listeners: Slack's event dicts become typed messages for the dispatcher, here and nowhere else.
+"""Bolt listeners: Slack's payloads become the core's typed events (bot.core.events), here and nowhere else:
+messages for the dispatcher; `/claude`, reactions and button clicks for the commands.
 
 Every subscribed event has a listener (an unmatched event is never acked and Slack retries it), and a
 middleware drops events already seen (Slack retries; the ack is still sent).
@@ -9,14 +10,25 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.response import BoltResponse
 
 from bot.core import identity
-from bot.core.dispatcher import Dispatcher, IncomingMessage
+from bot.core.dispatcher import Dispatcher
+from bot.core.events import (
+    APPROVAL_ACTIONS,
+    ATTACH_ACTION,
+    CHANGE_ACTIONS,
+    STOP_ACTION,
+    ButtonClick,
+    IncomingMessage,
+    Reaction,
+    Reply,
+    SlashCommand,
+)
 from bot.core.store import Store
 from bot.errors import StoreError
 from bot.log import get_logger
@@ -24,29 +36,9 @@ from bot.redact import redact_data
 
 log = get_logger("slackbus.events")
 
-SlashHandler = Callable[[dict[str, Any], AsyncAck], Awaitable[None]]
-EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Reaction:
-    """A reaction_added event, typed: "" for whatever was missing or not a string."""
-
-    user: str
-    name: str
-    channel: str
-    ts: str
-
-
-@dataclass(frozen=True)
-class Click:
-    """A button click (block_actions), typed: "" (None for thread_ts) for whatever was missing or not a string."""
-
-    user: str
-    channel: str
-    action_id: str
-    value: str
-    thread_ts: str | None  # the thread of the message holding the button
+SlashHandler = Callable[[SlashCommand, Reply], Awaitable[None]]
+ReactionHandler = Callable[[Reaction], Awaitable[None]]
+ClickHandler = Callable[[ButtonClick], Awaitable[None]]
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -57,20 +49,43 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def reaction(event: Any) -> Reaction:
+def reaction(event: Any, *, added: bool = True) -> Reaction:
+    """A reaction_added (or reaction_removed) event, typed: "" for whatever was missing or not a string."""
     event = _dict(event)
     item = _dict(event.get("item"))
-    return Reaction(_str(event.get("user")), _str(event.get("reaction")), _str(item.get("channel")),
-                    _str(item.get("ts")))
+    return Reaction(user=_str(event.get("user")), channel=_str(item.get("channel")), ts=_str(item.get("ts")),
+                    name=_str(event.get("reaction")), added=added)
 
 
-def click(body: Any) -> Click:
+def click(body: Any) -> ButtonClick:
+    """A button click (block_actions), typed: "" (None for the message's ts and thread) for whatever was missing
+    or not a string."""
     body = _dict(body)
     actions = body.get("actions")
     action = _dict(actions[0]) if isinstance(actions, list) and actions else {}
-    channel = _str(_dict(body.get("channel")).get("id")) or _str(_dict(body.get("container")).get("channel_id"))
-    return Click(_str(_dict(body.get("user")).get("id")), channel, _str(action.get("action_id")),
-                 _str(action.get("value")), _str(_dict(body.get("message")).get("thread_ts")) or None)
+    container = _dict(body.get("container"))
+    message = _dict(body.get("message"))
+    channel = _str(_dict(body.get("channel")).get("id")) or _str(container.get("channel_id"))
+    return ButtonClick(
+        action_id=_str(action.get("action_id")),
+        value=_str(action.get("value")),
+        user=_str(_dict(body.get("user")).get("id")),
+        channel=channel,
+        message_ts=_str(message.get("ts")) or _str(container.get("message_ts")) or None,
+        thread_ts=_str(message.get("thread_ts")) or None,
+    )
+
+
+def slash_command(command: Any) -> SlashCommand:
+    """A `/claude` payload, typed: "" for whatever was missing."""
+    command = _dict(command)
+    thread_ts = command.get("thread_ts")
+    return SlashCommand(
+        user=str(command.get("user_id") or ""),
+        channel=str(command.get("channel_id") or ""),
+        text=str(command.get("text") or ""),
+        thread_ts=str(thread_ts) if thread_ts else None,
+    )
 
 
 def edit(event: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -113,11 +128,11 @@ def register(
     bot_user_id: str,
     bot_id: str | None = None,
     on_slash: SlashHandler,
-    on_reaction: EventHandler,
-    on_stop: EventHandler,
-    on_approval: EventHandler,
-    on_attach: EventHandler | None = None,
-    on_change: EventHandler | None = None,
+    on_reaction: ReactionHandler,
+    on_stop: ClickHandler,
+    on_approval: ClickHandler,
+    on_attach: ClickHandler | None = None,
+    on_change: ClickHandler | None = None,
 ) -> None:
     @app.middleware
     async def stamp_and_dedupe(
@@ -174,33 +189,33 @@ def register(
 
     @app.event("reaction_added")
     async def reaction_added(event: dict[str, Any]) -> None:
-        await on_reaction(event)
+        await on_reaction(reaction(event))
 
     @app.command("/claude")
     async def on_claude(ack: AsyncAck, command: dict[str, Any]) -> None:
-        await on_slash(command, masked_ack(ack))
+        await on_slash(slash_command(command), reply_in_ack(ack))
 
-    @app.action("slackbus_stop")
+    @app.action(STOP_ACTION)
     async def stop_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
-        await on_stop(body)
+        await on_stop(click(body))
 
-    @app.action("slackbus_attach")
+    @app.action(ATTACH_ACTION)
     async def attach_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
         if on_attach is not None:
-            await on_attach(body)
+            await on_attach(click(body))
 
-    @app.action(re.compile(r"^slackbus_(diff|push|pr)$"))
+    @app.action(_one_of(CHANGE_ACTIONS))
     async def change_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
         if on_change is not None:
-            await on_change(body)
+            await on_change(click(body))
 
-    @app.action(re.compile(r"^slackbus_(approve_once|approve_session|deny)$"))
+    @app.action(_one_of(APPROVAL_ACTIONS))
     async def approval_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
-        await on_approval(body)
+        await on_approval(click(body))
 
     @app.action(re.compile(".*"))
     async def other_action(ack: AsyncAck) -> None:
@@ -214,6 +229,10 @@ def store_edit(store: Store, channel: str, ts: str, text: str) -> None:
     store.record_message(replace(existing, text=text))
 
 
+def _one_of(action_ids: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("^(" + "|".join(re.escape(a) for a in action_ids) + ")$")
+
+
 def masked_ack(ack: AsyncAck) -> AsyncAck:
     """A slash command's answer goes back over the socket, not the Web API: the same mask on its way out."""
 
@@ -221,3 +240,13 @@ def masked_ack(ack: AsyncAck) -> AsyncAck:
         return await ack(text=redact_data(text), blocks=redact_data(blocks), **redact_data(kwargs))
 
     return ack_masked  # type: ignore[return-value]
+
+
+def reply_in_ack(ack: AsyncAck) -> Reply:
+    """The command's Reply: its answer is the ack's text (ephemeral, within Slack's 3 s), masked."""
+    masked = masked_ack(ack)
+
+    async def reply(text: str) -> None:
+        await masked(text=text)
+
+    return reply

@@ -24,7 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.renderer import SlackMessage, plain_text
 from bot.core.store import Store, StoredMessage
-from bot.errors import StoreError
+from bot.errors import PostRefusedError, StoreError
 from bot.log import get_logger
 from bot.redact import redact, redact_data
 
@@ -33,8 +33,9 @@ log = get_logger("slackbus.slack")
 INLINE_ATTEMPTS = 3  # beyond the client's own retries (see TransientErrorRetryHandler)
 RETRY_BUDGET = {"ratelimited": 5, "server_error": 4, "connection": 2}  # retries per call, each kind its own
 RETRY_AFTER_CAP_S = 30.0
-# what a Web API call raises once its retries are spent: Slack's error, or the network's
-SLACK_FAILURES = (SlackApiError, ClientError, OSError, TimeoutError)
+# what a Web API call raises once its retries are spent: Slack's error (PostRefusedError from `post`), or the
+# network's
+SLACK_FAILURES = (SlackApiError, PostRefusedError, ClientError, OSError, TimeoutError)
 
 
 class TransientErrorRetryHandler(AsyncRetryHandler):
@@ -148,6 +149,16 @@ class MaskingWebClient(AsyncWebClient):
         return await super().files_upload_v2(**kwargs)
 
 
+def _error_of(exc: Exception) -> str | None:
+    """Slack's error code for a refused call (e.g. not_in_channel), else the failure's type."""
+    if isinstance(exc, SlackApiError):
+        error = exc.response.get("error")
+        return None if error is None else str(error)
+    if isinstance(exc, PostRefusedError):
+        return exc.reason
+    return type(exc).__name__
+
+
 def make_client(token: str, base_url: str) -> AsyncWebClient:
     client = MaskingWebClient(token=token, base_url=base_url, timeout=30)
     client.retry_handlers = [TransientErrorRetryHandler()]
@@ -163,13 +174,19 @@ class SlackPoster:
         self._inflight: set[int] = set()
 
     async def post(self, channel: str, thread_ts: str | None, message: SlackMessage) -> str:
-        """Post in a thread (or the channel when thread_ts is None); returns the new message's ts."""
+        """Post in a thread (or the channel when thread_ts is None); returns the new message's ts.
+
+        What Slack refuses (after the client's retries) is raised as the core's PostRefusedError, with Slack's
+        error code as its reason; a network failure as what the network raised."""
         kwargs: dict[str, Any] = {"channel": channel, "text": message.text, "unfurl_links": False}
         if message.blocks:
             kwargs["blocks"] = message.blocks
         if thread_ts:
             kwargs["thread_ts"] = thread_ts
-        resp = await self.client.chat_postMessage(**kwargs)
+        try:
+            resp = await self.client.chat_postMessage(**kwargs)
+        except SlackApiError as exc:
+            raise PostRefusedError(str(exc), reason=_error_of(exc)) from exc
         ts = str(resp["ts"])
         self._record(
             StoredMessage(
@@ -269,7 +286,7 @@ class SlackPoster:
             self._outbox_update(item, None, None)
             return True
         except SLACK_FAILURES as exc:
-            error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+            error = _error_of(exc)
             log.warning("slack.deliver_failed", channel=channel, thread_ts=thread_ts, error=error)
             self._outbox_update(item, json.dumps(payload), str(error))
             return False
@@ -302,7 +319,7 @@ class SlackPoster:
         try:
             await self._update(channel, ts, message)
         except SLACK_FAILURES as exc:
-            error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+            error = _error_of(exc)
             log.warning("slack.update_failed", channel=channel, ts=ts, error=error)
 
     async def _update(self, channel: str, ts: str, message: SlackMessage) -> None:

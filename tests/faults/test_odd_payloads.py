@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.core.context_builder import Context, ContextBuilder
-from bot.core.dispatcher import IGNORED_SUBTYPES, Dispatcher, IncomingMessage, Job, JobQueue
+from bot.core.dispatcher import IGNORED_SUBTYPES, Dispatcher, Job, JobQueue
+from bot.core.events import IncomingMessage
 from bot.core.renderer import CHUNK_CHARS, split_markdown
 from bot.core.store import Store, StoredMessage
 from bot.slack.events_in import click, edit, incoming, reaction

@@ -8,7 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bot.core.dispatcher import Dispatcher, IncomingMessage, Job, JobQueue
+from bot.core.dispatcher import Dispatcher, Job, JobQueue
+from bot.core.events import IncomingMessage
 from bot.core.store import Store, ThreadSession
 
 BOT = "UBOT"

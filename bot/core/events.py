@@ -1,0 +1,91 @@
+"""What comes in, typed: every transport turns its payloads into these, and the core reads nothing else.
+
+    IncomingMessage  a message in a channel, DM or thread          → dispatcher
+    SlashCommand     `/claude …`, answered through a `Reply`         → commands
+    Reaction         a reaction added to (or removed from) a message → commands (🛑 cancels)
+    ButtonClick      a button on one of the bot's messages           → commands, approvals
+
+They are frozen and hold plain data only (no callables, no transport objects), so they can be logged, compared
+and sent over a queue. A transport fills what it does not have with "" (None where the field allows it): it never
+passes on a value of the wrong type. The action ids name the buttons the core draws (renderer, progress,
+approvals); the transports route clicks by them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+# --- the buttons' action ids ---------------------------------------------------------------------------------
+STOP_ACTION = "slackbus_stop"  # a run's status message: Stop
+ATTACH_ACTION = "slackbus_attach"  # an answer: Continue in a terminal
+DIFF_ACTION = "slackbus_diff"  # an answer in a thread with its own worktree: Show diff, Push, Pull request
+PUSH_ACTION = "slackbus_push"
+PR_ACTION = "slackbus_pr"
+CHANGE_ACTIONS = (DIFF_ACTION, PUSH_ACTION, PR_ACTION)
+APPROVE_ONCE = "slackbus_approve_once"  # a tool request: Approve once, Approve for this session, Deny
+APPROVE_SESSION = "slackbus_approve_session"
+DENY = "slackbus_deny"
+APPROVAL_ACTIONS = (APPROVE_ONCE, APPROVE_SESSION, DENY)
+
+Reply = Callable[[str], Awaitable[None]]
+"""How a transport answers the person who gave a command, privately (Slack: in the command's ack, within its 3 s;
+the local channel: a private answer). Passed beside a SlashCommand, never inside it."""
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message event, typed (a transport's events-in builds it; nobody else reads Slack's dicts)."""
+
+    channel: str
+    ts: str
+    text: str
+    user: str | None
+    thread_ts: str | None = None
+    channel_type: str | None = None
+    bot_id: str | None = None
+    subtype: str | None = None
+    mentions_bot: bool = False
+    event_id: str | None = None
+    received: float = 0.0  # time.monotonic() when the event reached the bot
+
+    @property
+    def reply_target(self) -> str:
+        return self.thread_ts or self.ts
+
+    @property
+    def is_dm(self) -> bool:
+        return self.channel_type == "im" or self.channel.startswith("D")
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    """`/claude <text>`: who typed it, where; `text` is what follows `/claude`."""
+
+    user: str
+    channel: str
+    text: str
+    thread_ts: str | None = None  # the thread it was typed in, when the transport says (the local channel does)
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A reaction on a message: `ts` is the message's, `name` the emoji's (e.g. octagonal_sign)."""
+
+    user: str
+    channel: str
+    ts: str
+    name: str
+    added: bool = True  # False: it was removed
+
+
+@dataclass(frozen=True)
+class ButtonClick:
+    """A click on a button of one of the bot's messages."""
+
+    action_id: str
+    value: str  # what the button carries (e.g. "channel|thread_ts", an approval's request id)
+    user: str
+    channel: str
+    message_ts: str | None = None  # the message holding the button
+    thread_ts: str | None = None  # that message's thread
