@@ -130,18 +130,18 @@ def cmd_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_post(args: argparse.Namespace) -> int:
-    from bot.bridge import bus
+    from bot.bridge import bus, protocol
     from bot.core import identity
 
     text = " ".join(args.text)
     if text == "-" or (not text and not sys.stdin.isatty()):
-        text = sys.stdin.read(bus.MAX_POST_CHARS * 4)
+        text = sys.stdin.read(protocol.MAX_POST_CHARS * 4)
     if not text.strip():
         return _fail("nothing to post: give the text as arguments, or - to read it from stdin.")
     try:
-        settings = bus.load(env_file=args.env_file)
+        settings = protocol.load(env_file=args.env_file)
         posted = bus.post(settings, text, identity.resolve(), channel=args.channel, thread_ts=args.thread)
-    except bus.BusError as exc:
+    except protocol.BusError as exc:
         return _fail(str(exc), 1)
     where = f" in {posted.channel}" if posted.channel else ""
     print(f"posted{where} via {posted.via}" + (f" (ts {posted.ts})" if posted.ts else ""), file=sys.stderr)
@@ -151,14 +151,14 @@ def cmd_post(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     import json
 
-    from bot.bridge import bus
+    from bot.bridge import bus, protocol
 
     try:
-        settings = bus.load(env_file=args.env_file)
+        settings = protocol.load(env_file=args.env_file)
         messages, source = bus.read(
-            settings, args.channel, thread_ts=args.thread, since=bus.parse_since(args.since), limit=args.limit
+            settings, args.channel, thread_ts=args.thread, since=protocol.parse_since(args.since), limit=args.limit
         )
-    except bus.BusError as exc:
+    except protocol.BusError as exc:
         return _fail(str(exc), 1)
     if args.json:
         print(json.dumps({"source": source, "messages": [m._asdict() for m in messages]}, ensure_ascii=False))
@@ -173,10 +173,10 @@ def cmd_handoff(args: argparse.Namespace) -> int:
     import getpass
     import os
 
-    from bot.bridge import bus, hooks
+    from bot.bridge import bus, hooks, protocol
     from bot.core import handoff
 
-    settings = bus.load(env_file=args.env_file)
+    settings = protocol.load(env_file=args.env_file)
     session_id, cwd = args.session, args.cwd
     hold = None
     if not session_id:
@@ -195,7 +195,7 @@ def cmd_handoff(args: argparse.Namespace) -> int:
                "by": os.environ.get("SLACKBUS_USER") or getpass.getuser()}
     try:
         answer = bus.ask_bot(settings, request, timeout=15)
-    except bus.BusError as exc:
+    except protocol.BusError as exc:
         return _fail(str(exc), 1)
     if answer is None:
         return _fail("a hand-off needs the slackbus bot running on this host (it resumes the session here, with "
@@ -211,12 +211,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
     """Slack → terminal: the command that continues a thread's session here."""
     import getpass
     import os
-    import sqlite3
 
-    from bot.bridge import bus
+    from bot.bridge import bus, protocol
     from bot.core import handoff
+    from bot.core.store_readonly import ReadOnlyStore, StoreMissingError
 
-    settings = bus.load(env_file=args.env_file)
+    settings = protocol.load(env_file=args.env_file)
     ref = handoff.parse_thread_link(args.link) if args.link else None
     if ref is None and args.link and args.channel:
         ref = (args.channel, args.link)
@@ -226,21 +226,21 @@ def cmd_attach(args: argparse.Namespace) -> int:
     try:
         answer = bus.ask_bot(settings, {"op": "attach", "channel": channel, "thread_ts": thread_ts,
                                         "by": os.environ.get("SLACKBUS_USER") or getpass.getuser()}, timeout=10)
-    except bus.BusError as exc:
+    except protocol.BusError as exc:
         return _fail(str(exc), 1)
     if answer is not None and not answer.get("ok"):
         return _fail(str(answer.get("error")), 1)
     if answer is None:  # no bot running here: its record still knows the thread
         try:
-            db = sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True, timeout=2)
-            row = db.execute("SELECT session_id, workdir FROM threads WHERE channel=? AND thread_ts=? AND started=1",
-                             (channel, thread_ts)).fetchone()
-            db.close()
-        except sqlite3.Error:
-            row = None
-        if not row:
+            with ReadOnlyStore.open(settings.db_path, timeout=2) as record:
+                thread = record.thread(channel, thread_ts)
+        except StoreMissingError:
+            thread = None
+        except StoreError as exc:
+            return _fail(str(exc), 1)
+        if thread is None or not thread.started:
             return _fail("this host's slackbus record does not know that thread: run this where the bot runs.", 1)
-        answer = {"command": handoff.resume_command(row[1], row[0])}
+        answer = {"command": handoff.resume_command(thread.workdir, thread.session_id)}
     print(answer["command"])
     print("While it is open here, replies in the Slack thread wait; they continue the session when you exit.",
           file=sys.stderr)

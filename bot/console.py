@@ -11,10 +11,8 @@ cancels your running task (twice, or with nothing running, quits); Ctrl-D quits.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import sys
 import time
 from functools import partial
@@ -26,6 +24,7 @@ from rich.emoji import Emoji
 from rich.markdown import Markdown
 from rich.text import Text
 
+from bot.bridge import protocol
 from bot.config import Settings
 from bot.local.channel import Follower, LocalChannel, Record
 from bot.local.channel import me as os_user
@@ -154,18 +153,9 @@ def parse_input(line: str, view: ConsoleView) -> tuple[str | None, str] | None:
 
 
 def _bot_serving(settings: Settings) -> bool:
-    path = settings.home / "bot.sock"
-    if not path.exists():
-        return False
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(1.0)
-            s.connect(str(path))
-            s.sendall(b'{"op": "ping"}\n')
-            answer = json.loads(s.recv(65536) or b"{}")
-    except (OSError, ValueError):
-        return False
-    return bool(answer.get("ok")) and answer.get("local_dir") == str(settings.local_dir)
+    """A bot already serves this SLACKBUS_HOME's socket, on the same local channels."""
+    answer = protocol.ping(str(settings.home / protocol.SOCKET_NAME), timeout=1.0)
+    return answer is not None and bool(answer.get("ok")) and answer.get("local_dir") == str(settings.local_dir)
 
 
 async def run_console(settings: Settings, channel_name: str, me: str, out: Console, log_file: Any) -> int:

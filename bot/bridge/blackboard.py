@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bot.bridge import bus
+from bot.bridge.protocol import MAX_POST_CHARS, BusError, BusMessage, author_of, clock
 from bot.config import Settings
 from bot.core import identity as ident
 from bot.core.poster import Poster
@@ -43,32 +43,32 @@ class Blackboard:
     async def post(
         self, text: str, *, channel: str | None, thread_ts: str | None, session_id: str | None
     ) -> tuple[str, str]:
-        """Post already-tagged text; returns (channel, ts). Raises bus.BusError with a sentence for the caller.
+        """Post already-tagged text; returns (channel, ts). Raises BusError with a sentence for the caller.
 
         With no channel, a session the bot runs posts in its own thread."""
         if not channel:
             where = self.where(session_id)
             if where is None:
-                raise bus.BusError("No channel to post to: set SLACKBUS_CHANNEL or pass --channel.")
+                raise BusError("No channel to post to: set SLACKBUS_CHANNEL or pass --channel.")
             channel, thread_ts = where
         if not self._settings.is_channel_allowed(channel):
-            raise bus.BusError(f"slackbus is not enabled in {channel} (SLACKBUS_ALLOWED_CHANNELS).")
-        text = text.strip()[: bus.MAX_POST_CHARS]
+            raise BusError(f"slackbus is not enabled in {channel} (SLACKBUS_ALLOWED_CHANNELS).")
+        text = text.strip()[: MAX_POST_CHARS]
         if not text:
-            raise bus.BusError("Nothing to post: the text is empty.")
+            raise BusError("Nothing to post: the text is empty.")
         ts = await self._poster.post(channel, thread_ts or None, SlackMessage(text=text))
         log.info("blackboard.posted", channel=channel, thread_ts=thread_ts, ts=ts, session_id=session_id)
         return channel, ts
 
     def read(
         self, channel: str, *, since: str | None, limit: int, thread_ts: str | None = None
-    ) -> list[bus.BusMessage]:
+    ) -> list[BusMessage]:
         rows = self._store.messages_after(channel, since or "", limit, thread_ts=thread_ts)
         names = {m.user: self._name_of(m.user) for m in rows if m.user}
         out = []
         for m in rows:
-            author, body = bus.author_of(m.text, m.user, m.bot_id, m.from_self, names)
-            out.append(bus.BusMessage(channel, m.ts, m.thread_ts, author, body))
+            author, body = author_of(m.text, m.user, m.bot_id, m.from_self, names)
+            out.append(BusMessage(channel, m.ts, m.thread_ts, author, body))
         return out
 
     def sessions(self, channel: str) -> list[str]:
@@ -82,11 +82,11 @@ class Blackboard:
                 continue
             seen.add(short)
             who = self.identity(session_id)
-            state = "working now" if status == "running" else f"last ran {bus.clock(f'{started:.6f}')}"
+            state = "working now" if status == "running" else f"last ran {clock(f'{started:.6f}')}"
             lines.append(f"{who.label}: run by the bot in thread {thread_ts}, {state}")
         for m in reversed(self._store.messages_after(channel, f"{since:.6f}", 500)):
             writer, _ = ident.parse(m.text)
             if writer is not None and writer.short not in seen:
                 seen.add(writer.short)
-                lines.append(f"{writer.label}: last posted {bus.clock(m.ts)}")
+                lines.append(f"{writer.label}: last posted {clock(m.ts)}")
         return lines

@@ -9,8 +9,8 @@ from typing import Any
 from claude_agent_sdk import create_sdk_mcp_server, tool
 from claude_agent_sdk.types import McpSdkServerConfig
 
-from bot.bridge import bus
 from bot.bridge.blackboard import Blackboard
+from bot.bridge.protocol import BusError, parse_since
 
 MCP_SERVER = "slackbus"
 MCP_TOOLS = f"mcp__{MCP_SERVER}"  # allow rule for every tool of the server
@@ -46,7 +46,7 @@ def mcp_server(board: Blackboard, session_id: str) -> McpSdkServerConfig:
                 thread_ts=where[1] if args.get("in_thread") else None,
                 session_id=session_id,
             )
-        except bus.BusError as exc:
+        except BusError as exc:
             return result(str(exc), True)
         except Exception as exc:
             return result(f"The post failed: {exc}", True)
@@ -66,8 +66,8 @@ def mcp_server(board: Blackboard, session_id: str) -> McpSdkServerConfig:
         if where is None:
             return result("This session has no channel yet.", True)
         try:
-            since = bus.parse_since(str(args.get("since") or "") or None)
-        except bus.BusError as exc:
+            since = parse_since(str(args.get("since") or "") or None)
+        except BusError as exc:
             return result(str(exc), True)
         limit = max(1, min(int(args.get("limit") or 30), 200))
         lines = [m.data_line() for m in board.read(where[0], since=since, limit=limit)]  # data, escaped

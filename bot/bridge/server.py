@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
-from bot.bridge import bus
+from bot.bridge import protocol
 from bot.bridge.blackboard import Blackboard
+from bot.bridge.protocol import BusError
 from bot.config import Settings
 from bot.core import handoff
 from bot.core import identity as ident
@@ -53,7 +54,7 @@ class SocketServer:
         self._store = store
         self._poster = poster
         self._forget_warm = forget_warm
-        self.socket_path = settings.home / bus.SOCKET_NAME
+        self.socket_path = settings.home / protocol.SOCKET_NAME
 
     async def serve_socket(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         path = self.socket_path
@@ -124,7 +125,7 @@ class SocketServer:
                 return {"ok": True, "channel": where[0] if where else None, "thread_ts": where[1] if where else None}
             if op == "ping":
                 return {"ok": True, "transport": self._settings.transport, "local_dir": str(self._settings.local_dir)}
-        except bus.BusError as exc:
+        except BusError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
             log.warning("blackboard.request_failed", op=op, error=str(exc))
@@ -140,21 +141,21 @@ class SocketServer:
         cwd = _opt(request.get("cwd"))
         home = _opt(request.get("home")) or handoff.HOME
         if not _owns(peer, home):
-            raise bus.BusError(f"A hand-off's HOME must be your own: {home} does not belong to the user asking.")
+            raise BusError(f"A hand-off's HOME must be your own: {home} does not belong to the user asking.")
         channel = _opt(request.get("channel"))
         if not session_id or not cwd:
-            raise bus.BusError("Which session? Run `slackbus handoff` inside Claude Code, or give --session and --cwd.")
+            raise BusError("Which session? Run `slackbus handoff` inside Claude Code, or give --session and --cwd.")
         if not channel:
-            raise bus.BusError("No channel to hand off to: pass --channel or set SLACKBUS_CHANNEL.")
+            raise BusError("No channel to hand off to: pass --channel or set SLACKBUS_CHANNEL.")
         real = self._settings.within_roots(Path(cwd))
         if real is None:
             roots = ", ".join(str(r) for r in self._settings.roots)
-            raise bus.BusError(f"{cwd} is outside the folders this bot may work in (SLACKBUS_ROOTS: {roots}), so it "
+            raise BusError(f"{cwd} is outside the folders this bot may work in (SLACKBUS_ROOTS: {roots}), so it "
                                "cannot continue that session.")
         if not self._settings.is_channel_allowed(channel):
-            raise bus.BusError(f"slackbus is not enabled in {channel} (SLACKBUS_ALLOWED_CHANNELS).")
+            raise BusError(f"slackbus is not enabled in {channel} (SLACKBUS_ALLOWED_CHANNELS).")
         if not handoff.session_exists(home, str(real), session_id):
-            raise bus.BusError(f"No Claude Code session {session_id} in {real} under HOME {home}: check --session, "
+            raise BusError(f"No Claude Code session {session_id} in {real} under HOME {home}: check --session, "
                                "--cwd and that the bot runs as the same user.")
         who = _opt(request.get("by")) or "someone"
         last = (_opt(request.get("last")) or "").strip()
@@ -177,7 +178,7 @@ class SocketServer:
         """A terminal takes a thread's session: the command to run, recorded; the warm process here is closed."""
         thread = self._store.get_thread(channel, thread_ts)
         if thread is None or not thread.started or not thread.session_id:
-            raise bus.BusError("That thread has no Claude session (yet): check the link.")
+            raise BusError("That thread has no Claude session (yet): check the link.")
         home = self._store.handoff_home(channel, thread_ts) or handoff.HOME
         self._store.record_handoff(channel, thread_ts, thread.session_id, thread.workdir, home, by=by,
                                    direction="to_terminal")
@@ -191,15 +192,8 @@ def _opt(value: Any) -> str | None:
 
 
 def _someone_listens(path: Path) -> bool:
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
+    """Another bot (or anything) already serves this socket: it takes the connection."""
+    return protocol.ping(str(path), timeout=0.5) is not None
 
 
 class Peer(NamedTuple):

@@ -15,9 +15,9 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from bot.core import identity
+from bot.core.renderer import utc_time
 from bot.core.store import Store, StoredMessage, ThreadSession
 
 SYSTEM_PROMPT_APPEND = """\
@@ -133,7 +133,7 @@ class ContextBuilder:
         limit = MAX_OWN_ANSWER_CHARS if m.from_self else MAX_MESSAGE_CHARS
         text = _cut(self.clean(identity.parse(m.text)[1] if m.from_self or m.bot_id else m.text), limit)
         first, *rest = text.splitlines() or [""]
-        return "\n".join([f"[{_inline(_clock(m.ts))}] {self._author(m)}: {first}", *_indented(rest)])
+        return "\n".join([f"[{_inline(utc_time(m.ts))}] {self._author(m)}: {first}", *_indented(rest)])
 
     def _bounded(self, messages: Sequence[StoredMessage], budget: int) -> list[str]:
         """Newest first until the budget runs out, then back to chronological order."""
@@ -204,10 +204,3 @@ class ContextBuilder:
         who = _inline(self._name_of(m.user)) if m.user else "someone"
         kind = f"Follow-up (id {nonce}) in the thread" if follow_up else f"Request (id {nonce}) in {_inline(label)}"
         return f"{kind} from {who} ({_inline(m.user or '')}):\n{self.body(m.text)}"
-
-
-def _clock(ts: str) -> str:
-    try:
-        return datetime.fromtimestamp(float(ts), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-    except (ValueError, OverflowError, OSError):  # not a Slack ts ("", "inf", "1e20")
-        return ts

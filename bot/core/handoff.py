@@ -125,24 +125,30 @@ def session_exists(user_home: str, cwd: str, session_id: str) -> bool:
     return os.path.isfile(transcript_path(user_home, cwd, session_id))
 
 
+THREAD_LINK = r"archives/([CDG][A-Z0-9]+)/p(\d{10})(\d{6})(?:\S*?thread_ts=(\d+\.\d+))?"
+THREAD_TS = r"^\d{10}\.\d{6}$"
+
+
+def parse_thread_ref(text: str) -> tuple[str | None, str] | None:
+    """A thread link (…/archives/C123/p1700000000000100[?thread_ts=…]) or a bare ts → (channel, thread ts);
+    the channel is None for a bare ts. The one parser of thread links (Slack's "Copy link", `<link|label>` too)."""
+    import re  # here: a hook imports this module and never parses a link
+
+    text = text.strip().strip("<>").split("|")[0]
+    match = re.search(THREAD_LINK, text)
+    if match:
+        return match.group(1), match.group(4) or f"{match.group(2)}.{match.group(3)}"
+    if re.match(THREAD_TS, text):
+        return None, text
+    return None
+
+
 def parse_thread_link(link: str) -> tuple[str, str] | None:
     """`https://team.slack.com/archives/C0123/p1700000000000100[?thread_ts=…]` → (channel, thread ts)."""
-    link = link.strip().strip("<>").split("|", 1)[0]
-    if "/archives/" not in link:
+    ref = parse_thread_ref(link)
+    if ref is None or ref[0] is None:
         return None
-    rest = link.split("/archives/", 1)[1]
-    channel, _, tail = rest.partition("/")
-    query = ""
-    if "?" in tail:
-        tail, query = tail.split("?", 1)
-    for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if key == "thread_ts" and value:
-            return channel, value
-    digits = tail.lstrip("p")
-    if not channel or not digits.isdigit() or len(digits) < 7:
-        return None
-    return channel, f"{digits[:-6]}.{digits[-6:]}"
+    return ref[0], ref[1]
 
 
 def resume_command(cwd: str, session_id: str, user_home: str | None = None) -> str:

@@ -15,7 +15,7 @@ import anyio
 
 from bot.core.events import STOP_ACTION
 from bot.core.poster import Poster
-from bot.core.renderer import STATUS_BLOCK_ID, SlackMessage
+from bot.core.renderer import STATUS_BLOCK_ID, SlackMessage, duration
 from bot.core.stream_parser import RunEvent, ToolCall
 from bot.log import get_logger
 
@@ -81,15 +81,10 @@ def describe_step(call: ToolCall, same_kind_in_a_row: int = 1) -> str:
     return f"Using {name}"
 
 
-def _elapsed(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
-
-
 def render_status(channel: str, thread_ts: str, step: str, elapsed: float, tool_calls: int,
                   where: str = "") -> SlackMessage:
     line = f":hourglass_flowing_sand: {step or 'Working on it'}…"
-    facts = f"{_elapsed(elapsed)} · {tool_calls} tool call{'s' if tool_calls != 1 else ''}"
+    facts = f"{duration(elapsed, whole=True)} · {tool_calls} tool call{'s' if tool_calls != 1 else ''}"
     if where:  # the repository, branch and model this thread works with
         facts = f"{where} · {facts}"
     return SlackMessage(

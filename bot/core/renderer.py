@@ -125,10 +125,21 @@ def _lines_within(text: str, limit: int) -> list[str]:
     return out
 
 
-def duration(seconds: float) -> str:
+def duration(seconds: float, *, whole: bool = False) -> str:
+    """`12.3 s` (`12 s` when `whole`), `2 min 05 s`: how long something took or has been running."""
     if seconds < 60:
-        return f"{seconds:.1f} s"
+        return f"{int(seconds)} s" if whole else f"{seconds:.1f} s"
     return f"{int(seconds) // 60} min {int(seconds) % 60:02d} s"
+
+
+def utc_time(when: float | str) -> str:
+    """Epoch seconds or a Slack ts as `2026-01-02 14:05 UTC`; what it was given when that is no time."""
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.fromtimestamp(float(when), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (ValueError, OverflowError, OSError):  # not a time ("", "inf", "1e20")
+        return str(when)
 
 
 def footer(finished: Finished, *, where: str = "", changes: str = "") -> str:

@@ -4,6 +4,9 @@ One connection, used only from the event-loop thread: the single writer path. St
 indexed, so they take microseconds; nothing here awaits. Slack ts strings ("1700000000.000100") have a
 fixed shape, so they order correctly as text. Schema changes are an append-only list of
 migrations recorded in the `migrations` table.
+
+Other processes (hooks, `slackbus read`, `slackbus attach`) read the record through ReadOnlyStore
+(bot.core.store_readonly, light to import); the queries both run live there once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.core import store_readonly as reads
+from bot.core.store_readonly import ReadOnlyStore as ReadOnlyStore  # the read-only view other processes open
 from bot.errors import StoreError
 
 if TYPE_CHECKING:
@@ -286,7 +291,7 @@ class Store:
     def channel_messages(self, channel: str, before_ts: str, limit: int) -> list[StoredMessage]:
         """The newest `limit` top-level messages strictly before `before_ts`, oldest first."""
         rows = self._db.execute(
-            "SELECT channel, ts, thread_ts, user, bot_id, text, from_self, subtype FROM messages"
+            f"SELECT {reads.MESSAGE_COLUMNS} FROM messages"
             " WHERE channel=? AND (thread_ts IS NULL OR thread_ts=ts) AND ts < ?"
             " ORDER BY ts DESC LIMIT ?",
             (channel, before_ts, limit),
@@ -298,7 +303,7 @@ class Store:
     ) -> list[StoredMessage]:
         """The parent and replies of a thread, oldest first, in (after_ts, upto_ts]."""
         rows = self._db.execute(
-            "SELECT channel, ts, thread_ts, user, bot_id, text, from_self, subtype FROM messages"
+            f"SELECT {reads.MESSAGE_COLUMNS} FROM messages"
             " WHERE channel=? AND (thread_ts=? OR ts=?)"
             " AND (? IS NULL OR ts > ?)"
             " AND (? IS NULL OR ts <= ?)"
@@ -311,21 +316,12 @@ class Store:
         self, channel: str, after_ts: str, limit: int, *, thread_ts: str | None = None
     ) -> list[StoredMessage]:
         """The newest `limit` top-level messages (or that thread's) after `after_ts`, oldest first."""
-        args: tuple[str, ...] = ()
-        if thread_ts:
-            where, args = "(thread_ts=? OR ts=?)", (thread_ts, thread_ts)
-        else:
-            where = "(thread_ts IS NULL OR thread_ts=ts)"
-        rows = self._db.execute(
-            "SELECT channel, ts, thread_ts, user, bot_id, text, from_self, subtype FROM messages"
-            f" WHERE channel=? AND {where} AND ts > ? ORDER BY ts DESC LIMIT ?",
-            (channel, *args, after_ts, limit),
-        ).fetchall()
-        return [_message(r) for r in reversed(rows)]
+        rows = reads.messages_after(self._db, channel, after_ts, limit, thread_ts=thread_ts)
+        return [StoredMessage(*r) for r in rows]
 
     def get_message(self, channel: str, ts: str) -> StoredMessage | None:
         row = self._db.execute(
-            "SELECT channel, ts, thread_ts, user, bot_id, text, from_self, subtype FROM messages"
+            f"SELECT {reads.MESSAGE_COLUMNS} FROM messages"
             " WHERE channel=? AND ts=?",
             (channel, ts),
         ).fetchone()
@@ -372,14 +368,8 @@ class Store:
 
     # --- threads / sessions ------------------------------------------------------------------------
     def get_thread(self, channel: str, thread_ts: str) -> ThreadSession | None:
-        row = self._db.execute(
-            "SELECT channel, thread_ts, session_id, workdir, started, last_ts, requester FROM threads"
-            " WHERE channel=? AND thread_ts=?",
-            (channel, thread_ts),
-        ).fetchone()
-        if row is None:
-            return None
-        return ThreadSession(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+        row = reads.thread(self._db, channel, thread_ts)
+        return None if row is None else ThreadSession(*row)
 
     def save_thread(self, t: ThreadSession) -> None:
         now = time.time()
@@ -458,7 +448,7 @@ class Store:
         return str(row[0]) if row and row[0] else None
 
     def user_names(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT user_id, name FROM users").fetchall())
+        return reads.user_names(self._db)
 
     def save_user(self, user_id: str, name: str) -> None:
         with self._tx() as db:
@@ -593,14 +583,4 @@ def _worktree(row: tuple[object, ...]) -> Worktree:
 
 
 def _message(row: tuple[object, ...]) -> StoredMessage:
-    channel, ts, thread_ts, user, bot_id, text, from_self, subtype = row
-    return StoredMessage(
-        channel=str(channel),
-        ts=str(ts),
-        thread_ts=None if thread_ts is None else str(thread_ts),
-        user=None if user is None else str(user),
-        bot_id=None if bot_id is None else str(bot_id),
-        text=str(text),
-        from_self=bool(from_self),
-        subtype=None if subtype is None else str(subtype),
-    )
+    return StoredMessage(*reads.message_row(row))

@@ -21,7 +21,7 @@ import anyio
 import pytest
 from rich.console import Console
 
-from bot.bridge import bus
+from bot.bridge import bus, protocol
 from bot.console import ConsoleView
 from bot.core.store import Store
 from bot.local.channel import (
@@ -127,8 +127,8 @@ def test_the_bus_reader_skips_a_bad_line_with_a_note(tmp_path: Path, capsys: pyt
     ch.append({"kind": "message", "text": "before", "user": "admin"})
     raw(ch.own_file, {"ts": TS, "thread_ts": {"x": 1}, "text": "bad"})
     ch.append({"kind": "message", "text": "after"})
-    s = bus.load({"SLACKBUS_HOME": str(tmp_path), "SLACKBUS_TRANSPORT": "local",
-                  "SLACKBUS_LOCAL_DIR": str(tmp_path / "channels")})
+    s = protocol.load({"SLACKBUS_HOME": str(tmp_path), "SLACKBUS_TRANSPORT": "local",
+                       "SLACKBUS_LOCAL_DIR": str(tmp_path / "channels")})
     messages, where = bus.read(s, "general")
     assert where == "local"
     assert [(m.author, m.text) for m in messages] == [(me(), "before"), (me(), "after")]  # not "admin"
