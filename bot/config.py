@@ -34,6 +34,11 @@ SECRET_ENV_NAMES = frozenset(
         "SLACK_WEBHOOK_URL",
     }
 )
+# The attachments a request may bring by default: images Claude can see, text, and common documents and archives.
+ATTACHMENT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "text/*", "application/json",
+                    "application/xml", "application/x-yaml", "application/yaml", "application/pdf", "application/zip",
+                    "application/gzip", "application/x-tar", "application/x-ndjson", "application/javascript",
+                    "application/x-sh", "application/octet-stream")
 # Set by a parent Claude Code session; a `claude` started with them thinks it is nested and may hang.
 NESTING_ENV_NAMES = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT"})
 
@@ -74,6 +79,9 @@ class Settings:
     local_dir: Path = Path()
     run_as: str | None = None  # SLACKBUS_RUN_AS: the OS user `claude` (and every tool) runs as; None: the bot's own
     max_input_chars: int = 20_000  # a longer task is refused (attach it as a file instead)
+    max_attachment_mb: int = 20  # a larger attached file is left out, with a sentence
+    attachment_types: tuple[str, ...] = ATTACHMENT_TYPES  # MIME types (fnmatch patterns) an attachment may have
+    inline_chars: int = 8_000  # an attached text file this short goes into the prompt itself
     repos: Mapping[str, Path] = field(default_factory=dict)  # SLACKBUS_REPOS / [repos]: name → folder under the roots
     models: frozenset[str] | None = None  # SLACKBUS_MODELS: the models a request may choose; None: any
     worktrees: bool = True  # SLACKBUS_WORKTREES: a git worktree per thread when the folder is a git repository
@@ -156,6 +164,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
     return value
+
+
+def _types(raw: str | None) -> tuple[str, ...]:
+    """SLACKBUS_ATTACHMENT_TYPES: MIME types or patterns (image/*, text/*), comma-separated; unset: ATTACHMENT_TYPES."""
+    if raw is None or not raw.strip():
+        return ATTACHMENT_TYPES
+    types = tuple(t.strip().lower() for t in raw.split(",") if t.strip())
+    bad = [t for t in types if not re.fullmatch(r"[a-z0-9*.+-]+/[a-z0-9*.+-]+", t)]
+    if bad:
+        raise ConfigError(f"SLACKBUS_ATTACHMENT_TYPES: {', '.join(bad)} is not a MIME type (like image/png or text/*).")
+    return types
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -715,6 +734,9 @@ def load_settings(
         local_dir=Path(merged.get("SLACKBUS_LOCAL_DIR", "").strip() or home / "channels").expanduser().resolve(),
         run_as=run_as,
         max_input_chars=_int(merged, "SLACKBUS_MAX_INPUT_CHARS", 20_000),
+        max_attachment_mb=_int(merged, "SLACKBUS_MAX_ATTACHMENT_MB", 20),
+        attachment_types=_types(merged.get("SLACKBUS_ATTACHMENT_TYPES")),
+        inline_chars=_int(merged, "SLACKBUS_INLINE_CHARS", 8_000, minimum=0),
         repos=folders.repos,
         models=models,
         worktrees=_switch(merged, "SLACKBUS_WORKTREES", True),

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.config import ATTACHMENT_TYPES
+
 ATTACHMENTS_DIR = "attachments"
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # the Messages API's limit for one image
-DEFAULT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "text/*", "application/json",
-                 "application/xml", "application/x-yaml", "application/yaml", "application/pdf", "application/zip",
-                 "application/gzip", "application/x-tar", "application/x-ndjson", "application/javascript",
-                 "application/x-sh", "application/octet-stream")
+DEFAULT_TYPES = ATTACHMENT_TYPES
 TEXT_TYPES = ("text/*", "application/json", "application/xml", "application/x-yaml", "application/yaml",
               "application/x-ndjson", "application/javascript", "application/x-sh")
 

@@ -17,7 +17,7 @@ import pwd
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ class _Turn:
     stall: float
     run_id: str
     where: tuple[str, str, str] | None = None  # (channel, thread_ts, requester): who can approve tools
+    images: tuple[dict[str, Any], ...] = ()  # image content blocks sent with the prompt (attachments)
     done: anyio.Event = field(default_factory=anyio.Event)
     outcome: Finished | RunError | None = None
     cancelled_by: str | None = None
@@ -241,7 +242,10 @@ class ClaudeSession:
         sent_at = time.monotonic()
         self.last_turn_s = 0.0
         try:
-            await client.query(turn.prompt, session_id=self.session_id)
+            if turn.images:  # one user message whose content is the text and the images
+                await client.query(_one_message(turn.prompt, turn.images, self.session_id), session_id=self.session_id)
+            else:
+                await client.query(turn.prompt, session_id=self.session_id)
             async with anyio.create_task_group() as tg, receive:
                 tg.start_soon(pump)
                 while finished is None:
@@ -426,13 +430,14 @@ class ClaudeSession:
         stall: float,
         run_id: str = "",
         where: tuple[str, str, str] | None = None,
+        images: Sequence[dict[str, Any]] = (),
     ) -> Finished:
         """Run one turn; returns the CLI's result or raises a RunError. Cancelling the caller aborts the
         turn and closes the session (shielded, bounded) before the cancellation goes on."""
         self.unpark()
         if not self.alive:
             raise CLIProcessError("The Claude session is not running.", session_id=self.session_id)
-        turn = _Turn(prompt, on_event, time.monotonic() + timeout, timeout, stall, run_id, where)
+        turn = _Turn(prompt, on_event, time.monotonic() + timeout, timeout, stall, run_id, where, tuple(images))
         try:
             await self._send.send(turn)
             await turn.done.wait()
@@ -490,6 +495,14 @@ class ClaudeSession:
         self._send.close()
         with anyio.move_on_after(25.0):
             await self._closed.wait()
+
+
+async def _one_message(
+    prompt: str, images: tuple[dict[str, Any], ...], session_id: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The prompt and its images as one user message (ClaudeSDKClient.query takes a stream of messages)."""
+    yield {"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": prompt}, *images]},
+           "parent_tool_use_id": None, "session_id": session_id}
 
 
 def _first_error(exc: BaseException) -> BaseException:
