@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Settings
-from bot.core import renderer
+from bot.core import handoff, renderer
 from bot.core.approvals import Approvals
 from bot.core.dispatcher import Dispatcher, Job, JobQueue, too_long
 from bot.core.events import (
@@ -29,6 +29,7 @@ from bot.core.events import (
     Reply,
     SlashCommand,
 )
+from bot.core.handoff import parse_thread_ref
 from bot.core.pipeline import RunHandle, TaskPipeline
 from bot.core.poster import Poster
 from bot.core.signs import STOPPED, Signs
@@ -59,20 +60,7 @@ terminal on my host (default: your latest thread here). `slackbus handoff` there
 branch, or open a pull request (push and pr: who started it, or an admin; default: your latest such thread here).
 • `/claude help`: this text."""
 
-_LINK = re.compile(r"archives/([CDG][A-Z0-9]+)/p(\d{10})(\d{6})(?:\S*?thread_ts=(\d+\.\d+))?")
-_TS = re.compile(r"^\d{10}\.\d{6}$")
 ECHO_CHARS = 300  # how much of a `/claude <task>` the "asked:" message in the channel repeats
-
-
-def parse_thread_ref(text: str) -> tuple[str | None, str] | None:
-    """A thread link (…/archives/C123/p1700000000000100[?thread_ts=…]) or a bare ts → (channel, thread ts)."""
-    text = text.strip().strip("<>").split("|")[0]
-    match = _LINK.search(text)
-    if match:
-        return match.group(1), match.group(4) or f"{match.group(2)}.{match.group(3)}"
-    if _TS.match(text):
-        return None, text
-    return None
 
 
 def _shortened(text: str, limit: int = ECHO_CHARS) -> str:
@@ -265,7 +253,7 @@ class Commands:
             key = (thread.channel, thread.thread_ts)
             state = "running" if key in self._pipeline.active else "idle"
             who = f"<@{thread.requester}>" if thread.requester else "someone"
-            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(updated))
+            when = renderer.utc_time(updated)
             lines.append(
                 f"• {self.link(thread.channel, thread.thread_ts)}: started by {who}, session "
                 f"`{thread.session_id[:8]}`, last active {when}, {state}"
@@ -316,8 +304,6 @@ class Commands:
                     "its session to a terminal, so nothing was changed.")
         if (thread.channel, thread.thread_ts) in self._pipeline.active:
             return "That thread's session is running now: attach once it has answered (or cancel it first)."
-        from bot.core import handoff
-
         home = self._store.handoff_home(thread.channel, thread.thread_ts) or handoff.HOME
         self._store.record_handoff(thread.channel, thread.thread_ts, thread.session_id, thread.workdir, home,
                                    by=user, direction="to_terminal")
