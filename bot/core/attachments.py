@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ATTACHMENT_TYPES
+from bot.core.events import FileRef
 
 ATTACHMENTS_DIR = "attachments"
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -30,29 +31,6 @@ MAX_IMAGE_BYTES = 5 * 1024 * 1024  # the Messages API's limit for one image
 DEFAULT_TYPES = ATTACHMENT_TYPES
 TEXT_TYPES = ("text/*", "application/json", "application/xml", "application/x-yaml", "application/yaml",
               "application/x-ndjson", "application/javascript", "application/x-sh")
-
-
-@dataclass(frozen=True)
-class FileRef:
-    """What an event says about one attached file. `source` is where the transport fetches it from (Slack's
-    url_private_download, or a local path); `mode` is Slack's: hosted, snippet, external, tombstone."""
-
-    id: str
-    name: str
-    mimetype: str = "application/octet-stream"
-    size: int = 0
-    source: str = ""
-    mode: str = "hosted"
-
-    def data(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "mimetype": self.mimetype, "size": self.size,
-                "source": self.source, "mode": self.mode}
-
-    @classmethod
-    def from_data(cls, d: dict[str, Any]) -> FileRef:
-        return cls(str(d.get("id") or ""), str(d.get("name") or "file"), str(d.get("mimetype") or
-                   "application/octet-stream"), int(d.get("size") or 0), str(d.get("source") or ""),
-                   str(d.get("mode") or "hosted"))
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,8 @@ class Dispatcher:
                     subtype=msg.subtype,
                 )
             )
+            if msg.files:
+                self._store.record_files(msg.channel, msg.ts, [f.data() for f in msg.files])
         except StoreError as exc:  # context is lost, the bot is not: a request still gets its answer or a sentence
             log.error("store.write_failed", what="message", channel=msg.channel, ts=msg.ts, error=str(exc))
         if msg.bot_id or msg.user is None or msg.user == self._bot or msg.subtype not in (None, "file_share",

@@ -1,6 +1,6 @@
 """What comes in, typed: every transport turns its payloads into these, and the core reads nothing else.
 
-    IncomingMessage  a message in a channel, DM or thread          → dispatcher
+    IncomingMessage  a message in a channel, DM or thread          → dispatcher (with the FileRefs of its files)
     SlashCommand     `/claude …`, answered through a `Reply`         → commands
     Reaction         a reaction added to (or removed from) a message → commands (🛑 cancels)
     ButtonClick      a button on one of the bot's messages           → commands, approvals
@@ -34,6 +34,30 @@ the local channel: a private answer). Passed beside a SlashCommand, never inside
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """What an event says about one attached file. `source` is where the transport fetches it from (Slack's
+    url_private_download, or a local path); `mode` is Slack's: hosted, snippet, external, tombstone."""
+
+    id: str
+    name: str
+    mimetype: str = "application/octet-stream"
+    size: int = 0
+    source: str = ""
+    mode: str = "hosted"
+
+    def data(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "mimetype": self.mimetype, "size": self.size,
+                "source": self.source, "mode": self.mode}
+
+    @classmethod
+    def from_data(cls, d: dict[str, object]) -> FileRef:
+        size = d.get("size")
+        return cls(str(d.get("id") or ""), str(d.get("name") or "file"),
+                   str(d.get("mimetype") or "application/octet-stream"), size if isinstance(size, int) else 0,
+                   str(d.get("source") or ""), str(d.get("mode") or "hosted"))
+
+
+@dataclass(frozen=True)
 class IncomingMessage:
     """A message event, typed (a transport's events-in builds it; nobody else reads Slack's dicts)."""
 
@@ -48,6 +72,7 @@ class IncomingMessage:
     mentions_bot: bool = False
     event_id: str | None = None
     received: float = 0.0  # time.monotonic() when the event reached the bot
+    files: tuple[FileRef, ...] = ()  # attached files (fetched by the run that answers the message)
 
     @property
     def reply_target(self) -> str:

@@ -11,6 +11,7 @@ Other processes (hooks, `slackbus read`, `slackbus attach`) read the record thro
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -166,8 +167,16 @@ def _m7_thread_options(db: sqlite3.Connection) -> None:
     )
 
 
+def _m8_message_files(db: sqlite3.Connection) -> None:
+    """The files attached to a message (a JSON list of bot.core.events.FileRef data), for the run that answers it,
+    also after a restart."""
+    db.execute("CREATE TABLE message_files (channel TEXT NOT NULL, ts TEXT NOT NULL, files TEXT NOT NULL,"
+               " PRIMARY KEY (channel, ts)) WITHOUT ROWID")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups, _m5_handoffs, _m6_worktrees, _m7_thread_options,
+    _m8_message_files,
 ]
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before it fails
@@ -283,6 +292,24 @@ class Store:
                     for m in messages
                 ],
             )
+
+    def record_files(self, channel: str, ts: str, files: list[dict[str, object]]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO message_files (channel, ts, files) VALUES (?, ?, ?)"
+                       " ON CONFLICT(channel, ts) DO UPDATE SET files=excluded.files",
+                       (channel, ts, json.dumps(files)))
+
+    def files_of(self, channel: str, ts: str) -> list[dict[str, object]]:
+        """The files recorded for a message (data of bot.core.events.FileRef); [] when none, or unreadable."""
+        row = self._db.execute("SELECT files FROM message_files WHERE channel=? AND ts=?", (channel, ts)).fetchone()
+        try:
+            files = json.loads(row[0]) if row else []
+        except ValueError:
+            from bot.log import get_logger
+
+            get_logger("slackbus.store").warning("store.unreadable_files", channel=channel, ts=ts)
+            return []
+        return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
 
     def delete_message(self, channel: str, ts: str) -> None:
         with self._tx() as db:

@@ -33,6 +33,7 @@ from bot.core.store import Store
 from bot.errors import StoreError
 from bot.log import get_logger
 from bot.redact import redact_data
+from bot.slack.files import ref_from_slack
 
 log = get_logger("slackbus.events")
 
@@ -101,10 +102,9 @@ def incoming(event: dict[str, Any], body: dict[str, Any], *, bot_user_id: str, r
              mention_event: bool = False) -> IncomingMessage:
     event = {k: v for k, v in event.items() if isinstance(v, str) or (k == "files" and isinstance(v, list))}
     text = str(event.get("text") or "")
-    files = event.get("files") or []
+    files = tuple(ref_from_slack(f) for f in event.get("files") or [] if isinstance(f, dict))
     if files:
-        names = ", ".join(str(f.get("name") or f.get("title") or "file") for f in files if isinstance(f, dict))
-        text = f"{text}\n[attached: {names}]".strip()
+        text = f"{text}\n[attached: {', '.join(f.name for f in files)}]".strip()
     return IncomingMessage(
         channel=str(event.get("channel")),
         ts=str(event.get("ts")),
@@ -117,6 +117,7 @@ def incoming(event: dict[str, Any], body: dict[str, Any], *, bot_user_id: str, r
         mentions_bot=mention_event or f"<@{bot_user_id}" in text,
         event_id=body.get("event_id"),
         received=received,
+        files=files,
     )
 
 

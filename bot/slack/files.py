@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import anyio
 
-from bot.core.attachments import AttachmentRefused, Fetched, FileRef, Limits, check, target_path
+from bot.core.attachments import AttachmentRefused, Fetched, Limits, check, target_path
+from bot.core.events import FileRef
 from bot.log import get_logger
 
 log = get_logger("slackbus.files")

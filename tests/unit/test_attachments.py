@@ -11,13 +11,13 @@ from bot.core.attachments import (
     DEFAULT_TYPES,
     AttachmentRefused,
     Fetched,
-    FileRef,
     Limits,
     check,
     prompt_section,
     target_path,
     thread_dir,
 )
+from bot.core.events import FileRef
 
 LIMITS = Limits(max_bytes=20 * 1024 * 1024, types=DEFAULT_TYPES, inline_chars=8000)
 
