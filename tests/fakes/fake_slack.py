@@ -97,6 +97,7 @@ class Envelope:
 MANIFEST_BOT_SCOPES = (
     "app_mentions:read", "channels:history", "groups:history", "im:history", "mpim:history", "channels:read",
     "groups:read", "chat:write", "commands", "reactions:read", "reactions:write", "users:read", "files:write",
+    "files:read",
 )
 
 
@@ -245,6 +246,8 @@ class FakeSlack:
         self.internal_errors: list[str] = []
         # what the bot token was granted (sent as x-oauth-scopes, like Slack) and the channels the bot is in
         self.scopes: list[str] = list(MANIFEST_BOT_SCOPES)
+        self._hosted: dict[str, tuple[bytes, str]] = {}  # files people attached: id → (bytes, mimetype)
+        self.downloads: list[tuple[str, bool]] = []  # (file id, served) for every url_private_download request
         self.bot_channels: list[str] = ["C1"]
         self._ts_us = _FIRST_TS_US
         self._ids = itertools.count(1)
@@ -351,6 +354,7 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_get("/socket", self._handle_socket)
         app.router.add_post("/upload/{file_id}", self._handle_upload)
+        app.router.add_get("/files-pri/{key}/download/{name}", self._handle_download)
         app.router.add_post("/response/{rid}", self._handle_response_url)
         app.router.add_post("/services/{team}/{hook}/{secret}", self._handle_webhook)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
@@ -1045,6 +1049,40 @@ class FakeSlack:
             return web.Response(status=404, text="file not found", content_type="text/plain")
         return web.Response(text=f"OK - {len(content)}", content_type="text/plain")
 
+    async def _handle_download(self, request: web.Request) -> web.Response:
+        """url_private_download, as Slack serves it: the bytes only to a bot token with files:read (the exact one
+        when the fake was given one); anyone else gets the sign-in page, as HTML with status 200."""
+        file_id = request.match_info["key"].rsplit("-", 1)[-1]
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.startswith("Bearer ") else None
+        allowed = (_token_kind(token) == "bot" and (self._bot_token is None or token == self._bot_token)
+                   and "files:read" in self.scopes)
+        with self._cond:
+            hosted = self._hosted.get(file_id)
+            self.downloads.append((file_id, bool(allowed)))
+        if hosted is None:
+            return web.Response(status=404, text="file not found", content_type="text/plain")
+        if not allowed:
+            return web.Response(text="<!DOCTYPE html><html><body>Sign in to Slack</body></html>",
+                                content_type="text/html")
+        content, mimetype = hosted
+        return web.Response(body=content, content_type=mimetype)
+
+    def add_file(self, name: str, content: bytes, mimetype: str = "text/plain", *, mode: str = "hosted",
+                 size: int | None = None) -> dict[str, Any]:
+        """A file a person uploads, as a message event's `files` item shows it (url_private_download on this fake);
+        pass it to user_says(files=[...]). `mode`: hosted, snippet, external, tombstone; `size` may lie."""
+        with self._cond:
+            file_id = f"F{next(self._ids):08d}"
+            self._hosted[file_id] = (content, mimetype)
+        base = f"{self.base_url}/files-pri/{self.team_id}-{file_id}"
+        item: dict[str, Any] = {"id": file_id, "name": name, "title": name, "mimetype": mimetype, "mode": mode,
+                                "size": len(content) if size is None else size, "url_private": f"{base}/{name}",
+                                "url_private_download": f"{base}/download/{name}"}
+        if mode == "external":
+            item["is_external"] = True
+        return item
+
     async def _handle_response_url(self, request: web.Request) -> web.Response:
         rid = request.match_info["rid"]
         try:
@@ -1310,6 +1348,7 @@ class FakeSlack:
         event_id: str | None = None,
         *,
         wait: float = 5.0,
+        files: list[dict[str, Any]] | None = None,
     ) -> str:
         """A user posts a message: store it, send the `message` event and, with mention=True, also an
         `app_mention` event for the same ts (text gets a "<@BOT> " prefix unless it mentions the bot).
@@ -1328,6 +1367,9 @@ class FakeSlack:
                 "team": self.team_id,
                 "client_msg_id": str(uuid.uuid4()),
             }
+            if files:  # a message with files, as Slack sends it (add_file makes the items)
+                msg["files"] = files
+                msg["subtype"] = "file_share"
             parent = None
             if thread_ts:
                 msg["thread_ts"] = thread_ts
