@@ -27,6 +27,7 @@ from bot.bridge.shim import install_shim
 from bot.config import Settings
 from bot.core import renderer
 from bot.core.approvals import Approvals
+from bot.core.attachments import thread_dir
 from bot.core.claude_runner import SessionSpec
 from bot.core.commands import Commands
 from bot.core.context_builder import SYSTEM_PROMPT_APPEND, ContextBuilder
@@ -97,8 +98,11 @@ class Bot:
         # the session's hooks and `slackbus post` reach the channel through the bot's socket (no token here)
         env.update(SLACKBUS_SPAWNED="1", SLACKBUS_SESSION_ID=session_id, SLACKBUS_HOME=str(s.home))
         env["PATH"] = f"{s.home / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+        add_dirs: tuple[Path, ...] = ()
         if key is not None:  # a pooled session learns its thread later, through its session id
             env.update(SLACKBUS_CHANNEL=key[0], SLACKBUS_THREAD_TS=key[1])
+            if not s.run_as:  # the thread's attachments (the other user cannot reach the private SLACKBUS_HOME)
+                add_dirs = (thread_dir(s.home, *key),)
             home = self.store.handoff_home(*key)
             if home:  # a session handed over from a terminal lives under that HOME: `--resume` needs it
                 env["HOME"] = home
@@ -128,6 +132,7 @@ class Bot:
             permission_mode=s.permission_mode,
             approvals=self.approvals,
             run_as=s.run_as,
+            add_dirs=add_dirs,
         )
 
     def _model_for(self, key: tuple[str, str] | None) -> str | None:

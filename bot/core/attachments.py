@@ -20,7 +20,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bot.config import ATTACHMENT_TYPES
 from bot.core.events import FileRef
@@ -47,6 +47,12 @@ class Fetched:
     ref: FileRef
     path: Path | None = None
     left_out: str | None = None
+
+
+class Fetcher(Protocol):
+    """A transport's way to get an attached file's bytes into `folder` (bot.slack.files.SlackFetcher)."""
+
+    async def fetch(self, ref: FileRef, folder: Path, limits: Limits) -> Fetched: ...
 
 
 class AttachmentRefused(Exception):

@@ -75,6 +75,7 @@ class SessionSpec:
     approvals: Approvals | None = field(default=None, compare=False, repr=False)
     mcp_servers: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     run_as: str | None = None  # the OS user the CLI runs as (SLACKBUS_RUN_AS; the bot is root); None: the bot's own
+    add_dirs: tuple[Path, ...] = ()  # folders outside cwd the CLI may read (the thread's attachments)
 
 
 @dataclass
@@ -132,6 +133,7 @@ def _options(spec: SessionSpec, stderr_lines: deque[str], can_use_tool: Any = No
         max_buffer_size=MAX_MESSAGE_BYTES,
         stderr=lambda line: stderr_lines.append(redact(line.rstrip())),
         user=spec.run_as,
+        add_dirs=list(spec.add_dirs),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.attachments import AttachmentRefused, Fetched, Limits, check, target_path
 from bot.core.events import FileRef
@@ -39,6 +40,20 @@ def ref_from_slack(file: dict[str, Any]) -> FileRef:
         source=str(file.get("url_private_download") or file.get("url_private") or ""),
         mode=mode,
     )
+
+
+class SlackFetcher:
+    """Fetches attached files with the bot's token, over the Web API client's HTTP session."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+
+    async def fetch(self, ref: FileRef, folder: Path, limits: Limits) -> Fetched:
+        session = self._client.session
+        if session is None:
+            async with aiohttp.ClientSession() as own:
+                return await download(own, str(self._client.token), ref, folder, limits)
+        return await download(session, str(self._client.token), ref, folder, limits)
 
 
 async def download(session: aiohttp.ClientSession, token: str, ref: FileRef, folder: Path,
