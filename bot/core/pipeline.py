@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -72,6 +73,12 @@ class RunHandle:
         return (self.channel, self.thread_ts)
 
 
+def _run_log(handle: RunHandle) -> Any:
+    """The pipeline's logger carrying the run's ids: every run.* line says which run, channel and thread (the run
+    id as it is now: a run that starts its session again goes on as <run id>-new)."""
+    return log.bind(run_id=handle.run_id, channel=handle.channel, thread_ts=handle.thread_ts)
+
+
 class TaskPipeline:
     def __init__(
         self,
@@ -112,7 +119,7 @@ class TaskPipeline:
         if handle.cancelled_by is not None:
             return
         handle.cancelled_by = by
-        log.info("run.cancel", run_id=handle.run_id, channel=handle.channel, thread_ts=handle.thread_ts, by=by)
+        _run_log(handle).info("run.cancel", by=by)
         if handle.session is not None and handle.session.state == "busy":
             await handle.session.cancel(by)
         else:
@@ -128,7 +135,7 @@ class TaskPipeline:
             requester=first.user,
             trigger_ts=tuple(j.trigger_ts for j in jobs),
         )
-        bound = log.bind(run_id=handle.run_id, channel=first.channel, thread_ts=first.thread_ts)
+        bound = _run_log(handle)  # run.start, run.crashed and run.end keep the id the run began with
         bound.info("run.start", jobs=len(jobs), trigger_ts=handle.trigger_ts[-1],
                    waited_ms=round((time.monotonic() - first.received) * 1000, 1))
         self._store.set_request_status(first.channel, list(handle.trigger_ts), "running")
@@ -216,7 +223,7 @@ class TaskPipeline:
             row = await self._plan(handle, row, first)
         except (OptionsError, WorktreeError) as err:  # one sentence, nothing runs
             self._store.finish_run(handle.run_id, "failed", error=str(err))
-            log.info("run.refused_options", run_id=handle.run_id, error=str(err))
+            _run_log(handle).info("run.refused_options", error=str(err))
             await self._finish(handle, f":x: {err}")
             return "failed"
         try:
@@ -226,7 +233,7 @@ class TaskPipeline:
                 if resume_id is None:
                     raise
                 # The CLI lost the session (other HOME, files removed): start again with the whole thread.
-                log.warning("run.session_missing", run_id=handle.run_id, session_id=resume_id)
+                _run_log(handle).warning("run.session_missing", session_id=resume_id)
                 self._store.finish_run(handle.run_id, "failed", error="session not found")
                 handle.run_id += "-new"
                 row = replace(row, started=False, session_id="")
@@ -236,7 +243,7 @@ class TaskPipeline:
                 err.by = handle.cancelled_by
             self._store.finish_run(handle.run_id, "cancelled" if isinstance(err, RunCancelledError) else "failed",
                                    error=str(err))
-            log.warning("run.failed", run_id=handle.run_id, error=str(err), kind=type(err).__name__)
+            _run_log(handle).warning("run.failed", error=str(err), kind=type(err).__name__)
             await self._finish(handle, renderer.describe_run_error(err))
             return "cancelled" if isinstance(err, RunCancelledError) else "failed"
 
@@ -255,7 +262,7 @@ class TaskPipeline:
                 duration_ms=finished.duration_ms,
             )
         except StoreError as exc:
-            log.error("run.record_failed", run_id=handle.run_id, error=str(exc))
+            _run_log(handle).error("run.record_failed", error=str(exc))
         if finished.is_error:
             await self._finish(handle, renderer.describe_result_error(finished))
             return "failed"
@@ -265,9 +272,8 @@ class TaskPipeline:
             max_parts=MAX_INLINE_PARTS,
         )
         await self._deliver(handle, messages, attachment, answer=True)
-        log.info(
+        _run_log(handle).info(
             "run.answered",
-            run_id=handle.run_id,
             session_id=finished.session_id,
             turns=finished.num_turns,
             post_ms=round((time.monotonic() - posted_at) * 1000, 1),
@@ -296,7 +302,7 @@ class TaskPipeline:
                                                         base=choice.branch)
                 self._store.save_worktree(handle.channel, handle.thread_ts, worktree)
                 workdir, branch = worktree.path, worktree.base
-                log.info("run.worktree", run_id=handle.run_id, branch=worktree.branch, path=str(worktree.path))
+                _run_log(handle).info("run.worktree", branch=worktree.branch, path=str(worktree.path))
             elif choice.branch:
                 raise OptionsError(f"branch={choice.branch} needs a git repository with worktrees on, and "
                                    f"{choice.folder} is not one (or SLACKBUS_WORKTREES=off).")
@@ -328,7 +334,7 @@ class TaskPipeline:
             with anyio.fail_after(10.0):
                 return (await self._worktrees.changes(handle.worktree)).summary()
         except (WorktreeError, TimeoutError) as exc:
-            log.warning("run.changes_failed", run_id=handle.run_id, error=str(exc))
+            _run_log(handle).warning("run.changes_failed", error=str(exc))
             return ""
 
     def model_of(self, key: tuple[str, str]) -> str | None:
@@ -343,7 +349,7 @@ class TaskPipeline:
         until the terminal closes it. Its file may then hold turns the warm process here has not seen."""
         held = handoff.holder(str(self._settings.home), session_id)
         if held is not None:
-            log.info("run.waiting_for_terminal", run_id=handle.run_id, session_id=session_id, pid=held.get("pid"))
+            _run_log(handle).info("run.waiting_for_terminal", session_id=session_id, pid=held.get("pid"))
             await self._poster.post(handle.channel, handle.thread_ts, renderer.render_notice(
                 f":pause_button: This session is open in a terminal on my host (`{held.get('cwd')}`). I will continue "
                 "here as soon as it is closed there (exit Claude Code in that terminal)."))
@@ -364,7 +370,7 @@ class TaskPipeline:
         self, handle: RunHandle, row: ThreadSession, resume_id: str | None, label: str, last: Job
     ) -> tuple[Finished, Context, str]:
         context = self._context(row, last, label, resume=resume_id is not None, worktree=handle.worktree)
-        log.info("run.acquiring", run_id=handle.run_id, resume=resume_id is not None,
+        _run_log(handle).info("run.acquiring", resume=resume_id is not None,
                  since_received_ms=round((time.monotonic() - last.received) * 1000, 1))
         if resume_id is not None:
             await self._wait_for_terminal(handle, resume_id, row.workdir)
@@ -376,9 +382,8 @@ class TaskPipeline:
         handle.session = session
         handle.cli_s += session.start_overlap(asked, time.monotonic())
         self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)
-        log.info(
+        _run_log(handle).info(
             "run.spawning" if origin == "cold" else "run.reusing",
-            run_id=handle.run_id,
             session_id=session.session_id,
             origin=origin,
             resume=resume_id is not None,
@@ -393,17 +398,16 @@ class TaskPipeline:
             if handle.progress is not None:
                 handle.progress.on_event(event)
             if isinstance(event, ToolCall):
-                log.debug("run.tool", run_id=handle.run_id, tool=event.name)
+                _run_log(handle).debug("run.tool", tool=event.name)
             elif isinstance(event, SessionStarted) and not row.started:
                 # the CLI has the session now: a reply after a crash can resume it
                 try:
                     self._store.save_thread(replace(row, session_id=session.session_id, started=True))
                 except StoreError as exc:
-                    log.error("run.record_failed", run_id=handle.run_id, error=str(exc))
+                    _run_log(handle).error("run.record_failed", error=str(exc))
             elif isinstance(event, Finished):
-                log.info(
+                _run_log(handle).info(
                     "run.result",
-                    run_id=handle.run_id,
                     is_error=event.is_error,
                     since_received_ms=round((time.monotonic() - last.received) * 1000, 1),
                 )
