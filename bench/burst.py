@@ -106,8 +106,11 @@ def eight_in_a_second(rounds: int = 3) -> dict[str, Any]:
 
             answered_at = slack.wait_for(carried, timeout=120)
             times.append(max(answered_at) - started)
-            slack.wait_for(lambda tss=tss: all("white_check_mark" in slack.reactions("C1", ts) for ts in tss),
-                           timeout=30)
+
+            def all_done(tss: list[str] = tss) -> bool:
+                return all("white_check_mark" in slack.reactions("C1", ts) for ts in tss)
+
+            slack.wait_for(all_done, timeout=30)
     return {"rounds": rounds, "all_answered_s": summary(times), "measured_by": "the call carrying each answer"}
 
 

@@ -104,6 +104,11 @@ def answered_at(slack: Any, channel: str, thread_ts: str, needle: str, timeout: 
     raise AssertionError(f"no call carried {needle!r}")
 
 
+def wait_done(slack: FakeSlack, channel: str, ts: str, timeout: float = 10.0) -> None:
+    """Wait for ✅ on message `ts`: the run that answered it is over, its reactions and edits are in."""
+    slack.wait_for(lambda: "white_check_mark" in slack.reactions(channel, ts), timeout=timeout)
+
+
 def sent_at(slack: Any, ts: str) -> float:
     """When the fake Slack sent the event of message `ts` over Socket Mode (its first delivery)."""
     return min(e.t for e in slack.envelopes_for(ts))

@@ -73,7 +73,11 @@ def round_trip(n: int) -> dict[str, Any]:
             first_sign, answered = [], []
             for i in range(min(n, 20)):
                 ts = chat.mention("alice", f"question {i} [[id:r{i}]]")
-                wait_for(lambda ts=ts: "white_check_mark" in chat.reactions(ts), timeout=60)
+
+                def done(ts: str = ts) -> bool:
+                    return "white_check_mark" in chat.reactions(ts)
+
+                wait_for(done, timeout=60)
                 recs = chat.records()
                 eyes = next(r.ts for r in recs if r.kind == "reaction" and r.target == ts and r.name == "eyes")
                 answer = next(r.ts for r in recs if r.bot and r.kind == "message" and r.thread_ts == ts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from bench.common import rig, summary, write_results
+from bench.common import rig, summary, wait_done, write_results
 
 
 def run(n: int = 20) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def run(n: int = 20) -> dict[str, Any]:
             model.enqueue_tool_use("Read", {"file_path": str(notes)})
             model.enqueue_text(f"ok [[id:p{i}]]")
             t = slack.user_says("C2", "U1", f"read once {i}", mention=True)
-            slack.wait_for(lambda t=t: "white_check_mark" in slack.reactions("C2", t), timeout=60)
+            wait_done(slack, "C2", t, timeout=60)
         ends = bot.events("run.end")[1:]
         delays = [e["first_event_to_progress_ms"] for e in ends if e.get("first_event_to_progress_ms") is not None]
         tool_delays = [e["first_tool_to_progress_ms"] for e in ends if e.get("first_tool_to_progress_ms") is not None]

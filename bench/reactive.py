@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 from typing import Any
 
-from bench.common import answered_at, bot_share_ms, rig, summary, write_results
+from bench.common import answered_at, bot_share_ms, rig, summary, wait_done, write_results
 
 
 def run(n: int = 50, channels: int = 5) -> dict[str, Any]:
@@ -21,7 +22,7 @@ def run(n: int = 50, channels: int = 5) -> dict[str, Any]:
         # warm-up: first contact with each channel (backfill, names) is not what we measure
         for c in range(channels):
             ts = slack.user_says(f"C{c}", "U1", f"warm-up [[id:w{c}]]", mention=True)
-            slack.wait_for(lambda ts=ts, c=c: slack.bot_messages(f"C{c}", ts), timeout=60)
+            slack.wait_for(functools.partial(slack.bot_messages, f"C{c}", ts), timeout=60)
         history_after_first_contact = slack.count("conversations.history")
         calls_before = len(slack.calls)
         requests_before = len(model.requests)
@@ -30,7 +31,7 @@ def run(n: int = 50, channels: int = 5) -> dict[str, Any]:
             ts = slack.user_says(channel, "U2", f"question {i} [[id:q{i}]]", mention=True)
             asked.add(ts)
             sent = min(e.t for e in slack.envelopes_for(ts))
-            slack.wait_for(lambda ts=ts, ch=channel: slack.bot_messages(ch, ts), timeout=60)
+            slack.wait_for(functools.partial(slack.bot_messages, channel, ts), timeout=60)
             calls = [c for c in slack.calls[calls_before:] if c.params.get("timestamp") == ts
                      or c.params.get("thread_ts") == ts]
             react = next(c.t for c in calls if c.method == "reactions.add" and c.params.get("name") == "eyes")
@@ -40,7 +41,7 @@ def run(n: int = 50, channels: int = 5) -> dict[str, Any]:
             overhead.append(bot_share_ms(bot, ts, (post - sent) * 1000))
             first_model_request.append((model.request_times[requests_before + i] - sent) * 1000)
             # let the ✅ land before the next mention so calls are attributed to the right answer
-            slack.wait_for(lambda ts=ts, ch=channel: "white_check_mark" in slack.reactions(ch, ts), timeout=10)
+            wait_done(slack, channel, ts, timeout=10)
         bot.wait_quiet(slack)  # the last ✅ and anything after it
         window = slack.calls[calls_before:]
         by_method = collections.Counter(c.method for c in window)

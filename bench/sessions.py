@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import answered_at, bot_share_ms, rig, sent_at, summary, write_results
+from bench.common import answered_at, bot_share_ms, rig, sent_at, summary, wait_done, write_results
 from tests.fakes.fake_model import FakeModel
 from tests.fakes.fake_slack import FakeSlack
 from tests.support import BotProcess, claude_cli, fake_environment, processes_in
@@ -37,10 +37,10 @@ def follow_ups(n: int) -> list[float]:
         for i in range(n):
             ts = slack.user_says("C1", "U1", f"start {i} [[id:a{i}]]", mention=True)
             answered_at(slack, "C1", ts, f"answer for a{i}")
-            slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts))
+            wait_done(slack, "C1", ts)
             reply = slack.user_says("C1", "U1", f"follow-up {i} [[id:b{i}]]", thread_ts=ts)
             out.append((answered_at(slack, "C1", ts, f"answer for b{i}") - sent_at(slack, reply)) * 1000)
-            slack.wait_for(lambda r=reply: "white_check_mark" in slack.reactions("C1", r))
+            wait_done(slack, "C1", reply)
     return out
 
 
@@ -54,7 +54,7 @@ def follow_ups_evicted(n: int) -> dict[str, Any]:
         for i in range(n + 2):
             ts = slack.user_says("C1", "U1", f"thread {i} [[id:a{i}]]", mention=True)
             answered_at(slack, "C1", ts, f"answer for a{i}")
-            slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts))
+            wait_done(slack, "C1", ts)
             tss.append(ts)
             if i < 2:
                 continue
@@ -64,7 +64,7 @@ def follow_ups_evicted(n: int) -> dict[str, Any]:
             total = (answered_at(slack, "C1", tss[old], f"answer for b{old}") - sent_at(slack, reply)) * 1000
             totals.append(total)
             shares.append(bot_share_ms(bot, reply, total))
-            slack.wait_for(lambda r=reply, t=tss[old]: "white_check_mark" in slack.reactions("C1", r))
+            wait_done(slack, "C1", reply)
             bot.wait_quiet(slack)
         origins = [e.get("origin") for e in bot.events("run.spawning") if e.get("resume")]
     return {"answer_ms": summary(totals), "bot_share_ms": summary(shares), "cold_resumes": len(origins),
@@ -85,7 +85,7 @@ def follow_ups_after_restart(n: int) -> dict[str, Any]:
             for i in range(n):
                 ts = slack.user_says("C1", "U1", f"thread {i} [[id:a{i}]]", mention=True)
                 answered_at(slack, "C1", ts, f"answer for a{i}")
-                slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts))
+                wait_done(slack, "C1", ts)
                 tss.append(ts)
             bot.stop()
             bot.close_log()
@@ -98,7 +98,7 @@ def follow_ups_after_restart(n: int) -> dict[str, Any]:
                 total = (answered_at(slack, "C1", ts, f"answer for b{i}") - sent_at(slack, reply)) * 1000
                 totals.append(total)
                 shares.append(bot_share_ms(bot, reply, total))
-                slack.wait_for(lambda r=reply: "white_check_mark" in slack.reactions("C1", r))
+                wait_done(slack, "C1", reply)
                 bot.wait_quiet(slack)
             resumed = sum(1 for e in bot.events("run.spawning") if e.get("resume"))
         finally:
@@ -137,7 +137,7 @@ def mentions(n: int, pool: bool) -> list[float]:
                 bot.wait_event("sessions.pooled", count=i + 1, timeout=30)
             ts = slack.user_says("C1", "U1", f"question {i} [[id:m{i}]]", mention=True)
             out.append((answered_at(slack, "C1", ts, f"answer for m{i}") - sent_at(slack, ts)) * 1000)
-            slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts))
+            wait_done(slack, "C1", ts)
     return out
 
 

@@ -11,8 +11,8 @@ import random
 import time
 from typing import Any
 
-from bench.common import rig, summary, write_results
-from bench.sessions import answered_at, children, rss_kb, sent_at
+from bench.common import answered_at, rig, sent_at, summary, write_results
+from bench.sessions import children, rss_kb
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -142,8 +142,9 @@ async def measure(files: int, n: int) -> dict[str, Any]:
 def answer_latency(repo: Path, root: Path, n: int, *, worktrees: bool) -> dict[str, Any]:
     """Mention → the Slack call that carries the answer, the channel's folder being `repo`, with a worktree
     per thread or without (SLACKBUS_WORKTREES=off); mentions a few seconds apart, as people ask."""
+    from bench.common import wait_done
     from tests.fakes.fake_model import FakeModel
-    from tests.fakes.fake_slack import FakeSlack
+    from tests.fakes.fake_slack import Call, FakeSlack
     from tests.support import BotProcess, fake_environment
 
     root.mkdir()
@@ -160,13 +161,15 @@ def answer_latency(repo: Path, root: Path, n: int, *, worktrees: bool) -> dict[s
                     time.sleep(0.05)  # the next process (and spare) is ready, as between people asking
                 ts = slack.user_says("C1", "U2", f"question {i} [[id:q{i}]]", mention=True)
                 sent = min(e.t for e in slack.envelopes_for(ts))
-                needle = f"answer for q{i}"
-                call = slack.wait_for(lambda ts=ts, needle=needle: next(
-                    (c for c in slack.calls if c.method in ("chat.postMessage", "chat.update")
-                     and needle in str(c.params.get("text") or "")), None), timeout=60)
+
+                def carried(needle: str = f"answer for q{i}") -> Call | None:
+                    return next((c for c in slack.calls if c.method in ("chat.postMessage", "chat.update")
+                                 and needle in str(c.params.get("text") or "")), None)
+
+                call = slack.wait_for(carried, timeout=60)
                 if i:
                     answered.append((call.t - sent) * 1000)
-                slack.wait_for(lambda ts=ts: "white_check_mark" in slack.reactions("C1", ts), timeout=10)
+                wait_done(slack, "C1", ts, timeout=10)
             origins = [e.get("origin") for e in bot.events("run.reusing") + bot.events("run.spawning")][1:]
         finally:
             if bot.proc.poll() is None:

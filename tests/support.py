@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -95,7 +95,7 @@ class BotProcess:
             if now != last:
                 last, since = now, time.monotonic()
 
-    def wait_ready(self, timeout: float = 30.0) -> BotProcess:
+    def wait_ready(self, timeout: float = 30.0) -> Self:
         self.wait_event("bot.ready", timeout=timeout)
         return self
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pwd
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -17,7 +18,7 @@ from tests.fakes.fake_slack import FakeSlack
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -28,15 +29,21 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "con
         time.sleep(0.02)
 
 
-class Chat:
+class Chat(ABC):
     channel: str
     name: str
 
+    @abstractmethod
     def say(self, user: str, text: str, thread_ts: str | None = None) -> str: ...
+    @abstractmethod
     def mention(self, user: str, text: str, thread_ts: str | None = None) -> str: ...
+    @abstractmethod
     def command(self, user: str, text: str) -> None: ...
+    @abstractmethod
     def answers(self, thread_ts: str) -> list[str]: ...
+    @abstractmethod
     def reactions(self, ts: str) -> set[str]: ...
+    @abstractmethod
     def private_to(self, user: str) -> list[str]: ...
 
     def who(self, user: str) -> str:

@@ -510,10 +510,10 @@ class FakeSlack:
             else:
                 await request.read()
         for key in _JSON_FIELDS:
-            value = params.get(key)
-            if isinstance(value, str) and value[:1] in ("[", "{"):
+            raw = params.get(key)
+            if isinstance(raw, str) and raw[:1] in ("[", "{"):
                 with contextlib.suppress(ValueError):
-                    params[key] = json.loads(value)
+                    params[key] = json.loads(raw)
         return params
 
     async def _handle_api(self, request: web.Request) -> web.Response:
@@ -538,6 +538,7 @@ class FakeSlack:
             self._cond.notify_all()
         if delay:
             await asyncio.sleep(delay)
+        headers: dict[str, str]
         if bad_body:
             status, body, headers = 200, {"ok": False, "error": "invalid_json"}, {}
         else:
@@ -1217,7 +1218,7 @@ class FakeSlack:
             if close_frame and not conn.frozen:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.ws.close(code=code, message=message), 3.0)
-            elif conn.transport is not None:
+            elif isinstance(conn.transport, asyncio.Transport):  # what aiohttp gives: a TCP transport
                 conn.transport.abort()
         return len(conns)
 
@@ -1703,7 +1704,7 @@ class FakeSlack:
     # ------------------------------------------------------------------ waiting
 
     def wait_for(
-        self, predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str | None = None
+        self, predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01, what: str | None = None
     ) -> T:
         """Poll `predicate` until it returns something truthy and return that; AssertionError on timeout."""
         deadline = time.monotonic() + timeout
@@ -1718,7 +1719,7 @@ class FakeSlack:
             time.sleep(interval)
 
     async def async_wait_for(
-        self, predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str | None = None
+        self, predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01, what: str | None = None
     ) -> T:
         """wait_for for code running on an asyncio loop (yields to the loop between polls)."""
         deadline = time.monotonic() + timeout

@@ -157,18 +157,18 @@ def slack_events(draw: st.DrawFn) -> list[tuple[dict[str, Any], dict[str, Any], 
 
 
 # a mention with files that are not a list (Slack sends a list; a bare count or dict must not crash the bot)
-ODD_FILES = [
+ODD_FILES: list[tuple[dict[str, Any], dict[str, Any], bool]] = [
     ({"type": "message", "channel": "C1", "ts": ts_of(1), "user": "U1", "text": "<@UBOT> see", "files": 3}, {}, False),
     ({"type": "message", "channel": "C1", "ts": ts_of(2), "user": "U1", "text": "x", "files": {"name": "a"}}, {}, True),
 ]
 # wrong-typed scalar fields (a list subtype is unhashable; a dict user cannot be stored)
-ODD_TYPES = [
+ODD_TYPES: list[tuple[dict[str, Any], dict[str, Any], bool]] = [
     ({"type": "message", "channel": "C1", "ts": ts_of(1), "user": "U1", "text": "<@UBOT> a", "subtype": []}, {}, True),
     ({"type": "message", "channel": "C1", "ts": ts_of(2), "user": {}, "text": "<@UBOT> b"}, {}, True),
     ({"type": "message", "channel": "C1", "ts": ts_of(3), "user": "U1", "thread_ts": [1], "text": "c"}, {}, True),
 ]
 # a ts that parses as a float out of datetime's range, then a mention whose context includes it
-ODD_CLOCK = [
+ODD_CLOCK: list[tuple[dict[str, Any], dict[str, Any], bool]] = [
     ({"type": "message", "channel": "C1", "ts": "1e20", "user": "U9", "text": "hi"}, {}, False),
     ({"type": "message", "channel": "C1", "ts": "inf", "user": "U9", "text": "hi"}, {}, False),
     ({"type": "message", "channel": "C1", "ts": "1e400", "user": "U1", "text": "<@UBOT> go"}, {}, False),

@@ -6,6 +6,7 @@ Neither may end in a hang, a traceback, a silent death or a corrupt database.
 from __future__ import annotations
 
 import contextlib
+import io
 import resource
 import signal
 import sqlite3
@@ -122,7 +123,7 @@ class LimitedBot(BotProcess):
 
     def _copy_output(self) -> None:
         out = self.proc.stdout
-        assert out is not None
+        assert isinstance(out, io.BufferedReader)  # a pipe, buffered (Popen's default)
         for chunk in iter(lambda: out.read1(65536), b""):
             with contextlib.suppress(ValueError):  # the log was closed
                 self._log.write(chunk)

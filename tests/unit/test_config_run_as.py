@@ -65,7 +65,7 @@ def test_the_bots_own_user_separates_nothing(plain_env, tmp_path):
 
 
 def test_switching_user_needs_the_bot_to_start_as_root(plain_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(config.os, "geteuid", lambda: 54321)  # an unprivileged bot, whichever user runs the tests
+    monkeypatch.setattr(os, "geteuid", lambda: 54321)  # an unprivileged bot, whichever user runs the tests
     with pytest.raises(ConfigError) as info:
         load({**plain_env, "SLACKBUS_RUN_AS": "root"}, tmp_path)
     assert str(info.value) == (

@@ -93,7 +93,11 @@ async def test_never_more_than_max_concurrent_and_fifo():
 
         for n in range(1, 7):
             gate.release(ts(n))
-            await gate.until(lambda n=n: ts(n) in gate.finished)
+
+            def finished(trigger: str = ts(n)) -> bool:
+                return trigger in gate.finished
+
+            await gate.until(finished)
             assert len(gate.running) <= 2
         with anyio.fail_after(1.0):
             await queue.wait_idle()

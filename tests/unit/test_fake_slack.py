@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -336,7 +337,7 @@ def test_envelope_latency_on_loopback(fake: FakeSlack, tmp_path: Path, where: st
             ts = fake.user_says("C1", "U1", f"ping {i}", mention=True)
             mention_env = fake.envelopes_for(ts)[1]
             t_ack, _ = fake.wait_ack(mention_env.envelope_id)
-            fake.wait_for(lambda ts=ts: fake.bot_messages("C1", thread_ts=ts))
+            fake.wait_for(functools.partial(fake.bot_messages, "C1", thread_ts=ts))
             post = next(c for c in fake.calls_of("chat.postMessage") if c.params.get("thread_ts") == ts)
             ack_ms.append((t_ack - mention_env.t) * 1000)
             post_ms.append((post.t - mention_env.t) * 1000)
