@@ -47,6 +47,7 @@ from bot.log import get_logger
 from bot.slack import events_in as slack_events
 from bot.slack.backfill import Backfill
 from bot.slack.connection import SocketModeSource, identify
+from bot.slack.files import SlackFetcher
 from bot.slack.poster import SlackPoster, make_client
 
 log = get_logger("slackbus.app")
@@ -198,7 +199,8 @@ class Bot:
         )
         socket = SocketServer(self.blackboard, s, self.store, poster, forget_warm=sessions.forget_warm)
         worktrees = Worktrees(s.home, on_spare=sessions.pool_once) if use_worktrees else None
-        pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions, signs, worktrees)
+        pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions, signs, worktrees,
+                                fetcher=None if local else SlackFetcher(self.client))
         queue = JobQueue(self._starting(pipeline, signs), s.max_concurrent)
 
         def on_accepted(job: Job, position: int) -> None:

@@ -19,9 +19,11 @@ import anyio
 
 from bot.config import Settings
 from bot.core import handoff, renderer, signs
+from bot.core.attachments import Fetched, Fetcher, Limits, left_out_notes, prompt_section, thread_dir
 from bot.core.claude_runner import ClaudeSession
 from bot.core.context_builder import Context, ContextBuilder
 from bot.core.dispatcher import Job
+from bot.core.events import FileRef
 from bot.core.poster import Directory, Poster
 from bot.core.progress import Progress, RateBudget
 from bot.core.renderer import SlackMessage
@@ -79,6 +81,16 @@ def _run_log(handle: RunHandle) -> Any:
     return log.bind(run_id=handle.run_id, channel=handle.channel, thread_ts=handle.thread_ts)
 
 
+@dataclass(frozen=True)
+class Attached:
+    """A run's attachments, ready for the turn: the text naming them, the images, and whether a file is named only
+    by its path (then the process must be one started for this thread, which may read the thread's folder)."""
+
+    text: str = ""
+    images: tuple[dict[str, Any], ...] = ()
+    needs_dir: bool = False
+
+
 class TaskPipeline:
     def __init__(
         self,
@@ -90,7 +102,9 @@ class TaskPipeline:
         sessions: SessionManager,
         signs: Signs,
         worktrees: Worktrees | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
+        self._fetcher = fetcher  # the transport's way to fetch attached files; None: attachments are only named
         self._signs = signs
         self._worktrees = worktrees
         self._settings = settings
@@ -226,9 +240,10 @@ class TaskPipeline:
             _run_log(handle).info("run.refused_options", error=str(err))
             await self._finish(handle, f":x: {err}")
             return "failed"
+        attached = await self._attachments(handle, jobs)
         try:
             try:
-                finished, context, session_id = await self._turn(handle, row, resume_id, label, last)
+                finished, context, session_id = await self._turn(handle, row, resume_id, label, last, attached)
             except SessionNotFoundError:
                 if resume_id is None:
                     raise
@@ -237,7 +252,7 @@ class TaskPipeline:
                 self._store.finish_run(handle.run_id, "failed", error="session not found")
                 handle.run_id += "-new"
                 row = replace(row, started=False, session_id="")
-                finished, context, session_id = await self._turn(handle, row, None, label, last)
+                finished, context, session_id = await self._turn(handle, row, None, label, last, attached)
         except RunError as err:
             if isinstance(err, RunCancelledError) and err.by is None:
                 err.by = handle.cancelled_by
@@ -366,10 +381,47 @@ class TaskPipeline:
             if changed or held is not None:
                 self._sessions.forget_warm(handle.key)
 
+    async def _attachments(self, handle: RunHandle, jobs: list[Job]) -> Attached:
+        """Fetch the files attached to the run's messages into the thread's folder; say in the thread, one sentence
+        each, which were left out and why (the run goes on without them)."""
+        refs = [FileRef.from_data(d) for j in jobs for d in self._store.files_of(j.channel, j.trigger_ts)]
+        if not refs or self._fetcher is None:
+            return Attached()
+        s = self._settings
+        limits = Limits(s.max_attachment_mb * 1024 * 1024, s.attachment_types, s.inline_chars)
+        folder = thread_dir(s.home, handle.channel, handle.thread_ts)
+        fetched: list[Fetched] = []
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for ref in refs:
+                tg.start_soon(self._fetch_one, fetched, ref, folder, limits)
+        fetched.sort(key=lambda f: refs.index(f.ref))
+        notes = left_out_notes(fetched)
+        if notes:
+            await self._poster.post(handle.channel, handle.thread_ts,
+                                    renderer.render_notice("\n".join(f":warning: {n}" for n in notes)))
+        text, images = prompt_section(fetched, limits)
+        _run_log(handle).info("run.attachments", files=len(refs), fetched=sum(1 for f in fetched if f.path),
+                              images=len(images), ms=round((time.monotonic() - started) * 1000, 1))
+        return Attached(text, tuple(images), needs_dir=any(f.path is not None for f in fetched))
+
+    async def _fetch_one(self, out: list[Fetched], ref: FileRef, folder: Path, limits: Limits) -> None:
+        assert self._fetcher is not None
+        try:
+            out.append(await self._fetcher.fetch(ref, folder, limits))
+        except Exception as exc:  # a fetcher's bug leaves the file out; it never fails the run
+            log.error("run.attachment_failed", file_id=ref.id, error=f"{type(exc).__name__}: {exc}")
+            out.append(Fetched(ref, left_out=f"{ref.name} was left out: it could not be fetched "
+                                             f"({type(exc).__name__})."))
+
     async def _turn(
-        self, handle: RunHandle, row: ThreadSession, resume_id: str | None, label: str, last: Job
+        self, handle: RunHandle, row: ThreadSession, resume_id: str | None, label: str, last: Job,
+        attached: Attached | None = None,
     ) -> tuple[Finished, Context, str]:
+        attached = attached or Attached()
         context = self._context(row, last, label, resume=resume_id is not None, worktree=handle.worktree)
+        if attached.text:
+            context = replace(context, prompt=f"{context.prompt}\n\n{attached.text}")
         _run_log(handle).info("run.acquiring", resume=resume_id is not None,
                  since_received_ms=round((time.monotonic() - last.received) * 1000, 1))
         if resume_id is not None:
@@ -378,7 +430,8 @@ class TaskPipeline:
         model = self.model_of(handle.key)
         asked = time.monotonic()
         session, origin = await self._sessions.acquire(handle.key, workdir, resume_id,
-                                                       pooled=model is None or model == self._settings.model)
+                                                       pooled=(model is None or model == self._settings.model)
+                                                       and not attached.needs_dir)  # a pooled one cannot read them
         handle.session = session
         handle.cli_s += session.start_overlap(asked, time.monotonic())
         self._store.start_run(handle.run_id, handle.channel, handle.thread_ts, session.session_id, handle.requester)
@@ -420,6 +473,7 @@ class TaskPipeline:
                 stall=self._settings.stall_seconds,
                 run_id=handle.run_id,
                 where=(handle.channel, handle.thread_ts, handle.requester),
+                images=attached.images,
             )
         finally:
             handle.cli_s += session.last_turn_s

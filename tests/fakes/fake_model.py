@@ -35,6 +35,7 @@ __all__ = ["FakeModel", "Reply", "all_texts", "default_reply_text", "last_user_t
 
 MARKER_RE = re.compile(r"\[\[id:([^\]\s]+)\]\]")
 ECHO_LIMIT = 200
+_IMAGE_NOTE = "[Image: source:"
 _SYSTEM_REMINDER = "<system-reminder>"
 
 
@@ -117,7 +118,9 @@ def last_user_text(body: dict[str, Any]) -> str:
         if not texts:
             continue
         plain = [t for t in texts if not t.lstrip().startswith(_SYSTEM_REMINDER)]
-        return (plain or texts)[-1]
+        # the CLI follows an image block with a "[Image: source: …]" note of its own: the person's text is before it
+        said = [t for t in plain if not t.lstrip().startswith(_IMAGE_NOTE)]
+        return (said or plain or texts)[-1]
     return ""
 
 
