@@ -14,7 +14,8 @@ from tests.fakes.fake_model import FakeModel
 pytestmark = pytest.mark.e2e
 
 # a 1×1 PNG
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+                       "AAAABJRU5ErkJggg==")
 
 
 def image_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
