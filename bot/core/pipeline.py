@@ -394,7 +394,7 @@ class TaskPipeline:
         started = time.monotonic()
         async with anyio.create_task_group() as tg:
             for ref in refs:
-                tg.start_soon(self._fetch_one, fetched, ref, folder, limits)
+                tg.start_soon(self._fetch_one, handle, fetched, ref, folder, limits)
         fetched.sort(key=lambda f: refs.index(f.ref))
         notes = left_out_notes(fetched)
         if notes:
@@ -405,12 +405,13 @@ class TaskPipeline:
                               images=len(images), ms=round((time.monotonic() - started) * 1000, 1))
         return Attached(text, tuple(images), needs_dir=any(f.path is not None for f in fetched))
 
-    async def _fetch_one(self, out: list[Fetched], ref: FileRef, folder: Path, limits: Limits) -> None:
+    async def _fetch_one(self, handle: RunHandle, out: list[Fetched], ref: FileRef, folder: Path,
+                         limits: Limits) -> None:
         assert self._fetcher is not None
         try:
             out.append(await self._fetcher.fetch(ref, folder, limits))
         except Exception as exc:  # a fetcher's bug leaves the file out; it never fails the run
-            log.error("run.attachment_failed", file_id=ref.id, error=f"{type(exc).__name__}: {exc}")
+            _run_log(handle).error("run.attachment_failed", file_id=ref.id, error=f"{type(exc).__name__}: {exc}")
             out.append(Fetched(ref, left_out=f"{ref.name} was left out: it could not be fetched "
                                              f"({type(exc).__name__})."))
 
