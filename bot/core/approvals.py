@@ -117,6 +117,7 @@ class Approvals:
                 await pending.decided.wait()
             if pending.decision is None:
                 pending.decision = DENY
+                pending.decided.set()  # before the edit below: a click while it is on its way is "already answered"
                 await self._poster.update(channel, pending.message_ts, self._answered(
                     pending, f":no_entry: No answer within {self.timeout:g} s (SLACKBUS_APPROVAL_SECONDS): denied."))
             return pending.decision, pending.by

@@ -212,3 +212,32 @@ async def test_the_commands_answer_the_latest_request_in_the_thread_that_the_use
         assert isinstance(await answered(theirs), PermissionResultDeny)
         assert not newest.done.is_set()
         tg.cancel_scope.cancel()
+
+
+class EditWaits(FakePoster):
+    """A poster whose edits wait until released: the moment between a timeout and the question saying so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.editing = anyio.Event()
+        self.release = anyio.Event()
+
+    async def update(self, channel: str, ts: str, message: Any) -> None:
+        self.editing.set()
+        await self.release.wait()
+        await super().update(channel, ts, message)
+
+
+@pytest.mark.anyio
+async def test_a_click_while_the_timeout_is_being_written_cannot_turn_the_denial_into_an_approval() -> None:
+    poster = EditWaits()
+    a = approvals(poster, timeout=0.05)
+    async with anyio.create_task_group() as tg:
+        asking, question = await ask(tg, poster, a.callback_for("s1", here))
+        with anyio.fail_after(2):
+            await poster.editing.wait()  # timed out; "denied" is on its way to Slack
+        refusal = await a.on_click(APPROVE_ONCE, request_of(question), REQUESTER)
+        poster.release.set()
+        result = await answered(asking)
+    assert refusal == "That request was already answered."
+    assert isinstance(result, PermissionResultDeny)
