@@ -220,11 +220,11 @@ class EditWaits(FakePoster):
     def __init__(self) -> None:
         super().__init__()
         self.editing = anyio.Event()
-        self.release = anyio.Event()
+        self.let_go = anyio.Event()
 
     async def update(self, channel: str, ts: str, message: Any) -> None:
         self.editing.set()
-        await self.release.wait()
+        await self.let_go.wait()
         await super().update(channel, ts, message)
 
 
@@ -237,7 +237,7 @@ async def test_a_click_while_the_timeout_is_being_written_cannot_turn_the_denial
         with anyio.fail_after(2):
             await poster.editing.wait()  # timed out; "denied" is on its way to Slack
         refusal = await a.on_click(APPROVE_ONCE, request_of(question), REQUESTER)
-        poster.release.set()
+        poster.let_go.set()
         result = await answered(asking)
     assert refusal == "That request was already answered."
     assert isinstance(result, PermissionResultDeny)
