@@ -122,6 +122,14 @@ TARGETS: list[tuple[str, str, str, str, Callable[[Any], bool]]] = [
      "_dist", "(vs off, next row)", lambda s: True),
     ("mention → answer, the same repository, worktrees off", "worktrees.answer_worktrees_off_ms", "_dist",
      "(for comparison)", lambda s: True),
+    ("mention → answer, no attachment (for the rows below)", "attachments.no_attachment_ms", "_dist",
+     "(for comparison)", lambda s: True),
+    ("… with a 1 MB log attached (named by its path: a process started for the thread)", "attachments.log_1mb_ms",
+     "_dist", "(reported)", lambda s: True),
+    ("… with a 1 MB image attached (sent to the model as an image)", "attachments.image_1mb_ms", "_dist",
+     "(reported)", lambda s: True),
+    ("bot memory kept per 1 MB attachment, after the runs", "attachments.bot_rss_kb_per_attachment", "_plain_kb",
+     "≤ 64 KB (one read's buffer)", lambda v: v <= 64),
     ("local channel: 8 writers × 1,000 appends at once (a file each)", "local.eight_writers", "_writers",
      "whole lines, in order", lambda v: v["whole_lines"] == v["appends"] and v.get("in_order") is True),
 ]
@@ -136,6 +144,8 @@ def _format(kind: str, value: Any) -> str:
         return _dist(value, "s")
     if kind == "_plain_s":
         return f"{value:g} s"
+    if kind == "_plain_kb":
+        return f"{value:g} KB"
     if kind == "_plain_mb":
         return f"{value:g} MB"
     if kind == "_rate":

@@ -33,6 +33,7 @@ from bot.core.commands import Commands
 from bot.core.context_builder import SYSTEM_PROMPT_APPEND, ContextBuilder
 from bot.core.dispatcher import Dispatcher, Job, JobQueue, too_long
 from bot.core.events import IncomingMessage
+from bot.core.files_out import FilesOut, forget_empty_outboxes, prepare_outbox
 from bot.core.pipeline import TaskPipeline, checked_workdir
 from bot.core.poster import Directory, Poster
 from bot.core.recovery import recover
@@ -42,6 +43,7 @@ from bot.core.store import Store
 from bot.core.worktrees import Worktrees
 from bot.errors import StoreError, WorktreeError
 from bot.local.events_in import LOCAL_BOT, LocalDirectory, LocalEvents
+from bot.local.files import LocalFetcher
 from bot.local.poster import LocalPoster
 from bot.log import get_logger
 from bot.slack import events_in as slack_events
@@ -100,10 +102,14 @@ class Bot:
         env.update(SLACKBUS_SPAWNED="1", SLACKBUS_SESSION_ID=session_id, SLACKBUS_HOME=str(s.home))
         env["PATH"] = f"{s.home / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
         add_dirs: tuple[Path, ...] = ()
+        if not s.run_as:  # files to hand back: the session's outbox (the other user cannot reach SLACKBUS_HOME)
+            outbox = prepare_outbox(s.home, session_id)
+            env["SLACKBUS_OUTBOX"] = str(outbox)
+            add_dirs = (outbox,)
         if key is not None:  # a pooled session learns its thread later, through its session id
             env.update(SLACKBUS_CHANNEL=key[0], SLACKBUS_THREAD_TS=key[1])
-            if not s.run_as:  # the thread's attachments (the other user cannot reach the private SLACKBUS_HOME)
-                add_dirs = (thread_dir(s.home, *key),)
+            if not s.run_as:  # the thread's attachments
+                add_dirs = (*add_dirs, thread_dir(s.home, *key))
             home = self.store.handoff_home(*key)
             if home:  # a session handed over from a terminal lives under that HOME: `--resume` needs it
                 env["HOME"] = home
@@ -178,7 +184,9 @@ class Bot:
         self.approvals = Approvals(poster, is_admin=s.is_admin, timeout=s.approval_seconds, buttons=not local)
         contexts = ContextBuilder(self.store, bot_user_id=bot_user_id, max_messages=s.context_messages,
                                   max_chars=s.context_chars, name_of=backfill.name_of, is_allowed=s.is_allowed)
-        self.blackboard = Blackboard(s, self.store, poster, name_of=backfill.name_of)
+        files_out = FilesOut(s, self.store, poster)
+        forget_empty_outboxes(s.home)
+        self.blackboard = Blackboard(s, self.store, poster, name_of=backfill.name_of, files_out=files_out)
         install_shim(s.home / "bin")
         # a default folder that is a git repository gives every thread a worktree: the processes wait in spares
         # not with SLACKBUS_RUN_AS (yet): that user cannot reach worktrees under the private SLACKBUS_HOME
@@ -200,7 +208,7 @@ class Bot:
         socket = SocketServer(self.blackboard, s, self.store, poster, forget_warm=sessions.forget_warm)
         worktrees = Worktrees(s.home, on_spare=sessions.pool_once) if use_worktrees else None
         pipeline = TaskPipeline(s, self.store, poster, contexts, backfill, sessions, signs, worktrees,
-                                fetcher=None if local else SlackFetcher(self.client))
+                                fetcher=LocalFetcher() if local else SlackFetcher(self.client), files_out=files_out)
         queue = JobQueue(self._starting(pipeline, signs), s.max_concurrent)
 
         def on_accepted(job: Job, position: int) -> None:

@@ -139,6 +139,26 @@ class ConsoleView:
         return max(mine) if mine else None
 
 
+def attached_paths(text: str, cwd: str | None = None) -> tuple[str, ...]:
+    """Paths in a typed message that name existing files (./crash.log, ../a.png, /tmp/x.csv, ~/notes.md), made
+    absolute here, where they mean something: they travel with the message as its attachments."""
+    found: list[str] = []
+    for word in text.split():
+        word = word.strip("`'\"(),;")
+        if not word.startswith(("./", "../", "/", "~/")):
+            continue
+        path = os.path.abspath(os.path.join(cwd or os.getcwd(), os.path.expanduser(word)))
+        if os.path.isfile(path) and path not in found:
+            found.append(path)
+    return tuple(found[:20])
+
+
+def attach_path(given: str) -> str | None:
+    """`/attach PATH`: the file's absolute path, or None when there is no such file."""
+    path = os.path.abspath(os.path.expanduser(given.strip()))
+    return path if os.path.isfile(path) else None
+
+
 def parse_input(line: str, view: ConsoleView) -> tuple[str | None, str] | None:
     """(thread ts or None, text) for a line typed; None for nothing to send."""
     line = line.rstrip("\n")
@@ -196,6 +216,8 @@ async def run_console(settings: Settings, channel_name: str, me: str, out: Conso
                     out.print(Text(f"  cancelling thread [{view.threads.get(target, '?')}] … "
                                    "(Ctrl-C again to quit)", style="yellow"))
 
+        pending: list[str] = []  # `/attach PATH`: files for the next message
+
         async def read_input() -> None:
             while True:
                 line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
@@ -207,10 +229,23 @@ async def run_console(settings: Settings, channel_name: str, me: str, out: Conso
                 except ValueError as exc:
                     out.print(Text(f"  {exc}", style="red"))
                     continue
+                if parsed is not None and parsed[1].startswith("/attach "):
+                    path = attach_path(parsed[1][len("/attach "):])
+                    if path is not None:
+                        pending.append(path)
+                        out.print(Text(f"  {path} goes with your next message", style="dim"))
+                    else:
+                        out.print(Text(f"  no such file: {parsed[1][len('/attach '):].strip()}", style="red"))
+                    continue
                 if parsed is not None:
                     thread_ts, text = parsed
+                    files = [*pending, *(p for p in attached_paths(text) if p not in pending)]
+                    record: dict[str, object] = {"kind": "message", "thread_ts": thread_ts, "text": text}
+                    if files:
+                        record["files"] = files
                     try:
-                        ch.append({"kind": "message", "thread_ts": thread_ts, "text": text})
+                        ch.append(record)
+                        pending.clear()
                     except (OSError, ValueError) as exc:
                         out.print(Text(f"  not sent: {exc}", style="red"))
                         continue

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from bot.bridge.protocol import MAX_POST_CHARS, BusError, BusMessage, author_of, clock
 from bot.config import Settings
 from bot.core import identity as ident
+from bot.core.files_out import FilesOut, UploadRefused
 from bot.core.poster import Poster
 from bot.core.renderer import SlackMessage
 from bot.core.store import Store
@@ -23,11 +24,24 @@ ACTIVE_WINDOW_S = 3600.0
 
 
 class Blackboard:
-    def __init__(self, settings: Settings, store: Store, poster: Poster, *, name_of: Callable[[str], str]) -> None:
+    def __init__(self, settings: Settings, store: Store, poster: Poster, *, name_of: Callable[[str], str],
+                 files_out: FilesOut | None = None) -> None:
         self._settings = settings
         self._store = store
         self._poster = poster
         self._name_of = name_of
+        self._files_out = files_out
+
+    async def upload(self, session_id: str, path: str, title: str | None, comment: str | None) -> str:
+        """A file a session the bot runs hands back to its thread; a sentence either way (BusError when refused)."""
+        where = self.where(session_id)
+        if where is None or self._files_out is None:
+            raise BusError("This session has no thread to hand a file to.")
+        try:
+            real = self._files_out.allowed(*where, session_id, path)
+            return await self._files_out.upload(*where, real, title=title, comment=comment)
+        except UploadRefused as why:
+            raise BusError(str(why)) from None
 
     # --- operations ----------------------------------------------------------------------------------
     def identity(self, session_id: str) -> ident.Identity:

@@ -1,5 +1,5 @@
 """MCP tools for the sessions the bot spawns (claude-agent-sdk's in-process server "slackbus"): the blackboard live,
-mid-run: `post` to the channel, `read` it since a time, `sessions` active in it.
+mid-run: `post` to the channel, `read` it since a time, `sessions` active in it, `upload` a file to the thread.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ MCP_TOOLS = f"mcp__{MCP_SERVER}"  # allow rule for every tool of the server
 
 
 def mcp_server(board: Blackboard, session_id: str) -> McpSdkServerConfig:
-    """The in-process MCP server \"slackbus\" of one session: post, read and sessions for its channel."""
+    """The in-process MCP server \"slackbus\" of one session: post, read, sessions and upload."""
 
     def result(text: str, error: bool = False) -> dict[str, Any]:
         return {"content": [{"type": "text", "text": text}], "is_error": error}
@@ -82,4 +82,27 @@ def mcp_server(board: Blackboard, session_id: str) -> McpSdkServerConfig:
         lines = board.sessions(where[0])
         return result("\n".join(lines) if lines else "No other sessions seen in the last hour.")
 
-    return create_sdk_mcp_server(MCP_SERVER, tools=[post, read, sessions])
+    @tool(
+        "upload",
+        "Hand a file back to this session's Slack thread (a chart, a CSV, a patch, a log): it appears there as a "
+        "file. path: a file in your working folder or in $SLACKBUS_OUTBOX; title and comment are optional.",
+        {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "title": {"type": "string"}, "comment": {"type": "string"}},
+            "required": ["path"],
+        },
+    )
+    async def upload(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return result(await board.upload(session_id, str(args.get("path") or ""),
+                                             _text(args.get("title")), _text(args.get("comment"))))
+        except BusError as exc:
+            return result(str(exc), True)
+        except Exception as exc:
+            return result(f"The upload failed: {exc}", True)
+
+    return create_sdk_mcp_server(MCP_SERVER, tools=[post, read, sessions, upload])
+
+
+def _text(value: Any) -> str | None:
+    return str(value)[:500] if isinstance(value, str) and value.strip() else None

@@ -80,19 +80,21 @@ def check(ref: FileRef, limits: Limits) -> None:
 
 def thread_dir(home: Path, channel: str, thread_ts: str) -> Path:
     """The folder a thread's attachments are kept in (under SLACKBUS_HOME, never inside a repository)."""
-    return home / ATTACHMENTS_DIR / _safe(channel) / _safe(thread_ts)
+    return home / ATTACHMENTS_DIR / safe_part(channel) / safe_part(thread_ts)
 
 
 def target_path(folder: Path, ref: FileRef) -> Path:
     """Where `ref` is written: its own name, made safe, prefixed with its id so two files of one name both stay."""
-    return folder / f"{_safe(ref.id)[:16]}-{_safe(ref.name)[:120] or 'file'}"
+    return folder / f"{safe_part(ref.id)[:16]}-{safe_part(ref.name)[:120] or 'file'}"
 
 
-def prompt_section(fetched: list[Fetched], limits: Limits) -> tuple[str, list[dict[str, Any]]]:
+def prompt_section(fetched: list[Fetched], limits: Limits) -> tuple[str, list[dict[str, Any]], bool]:
     """The text that names the attachments (paths, types, sizes, small text inlined, left-out files with their
-    reason) and the image blocks for the model."""
+    reason), the image blocks for the model, and whether a file reaches Claude only by its path (then the process
+    must be one that may read the thread's folder)."""
     if not fetched:
-        return "", []
+        return "", [], False
+    by_path = False
     lines = ["Files attached to this message (saved where you can read them):"]
     images: list[dict[str, Any]] = []
     for f in fetched:
@@ -105,12 +107,15 @@ def prompt_section(fetched: list[Fetched], limits: Limits) -> tuple[str, list[di
             images.append({"type": "image", "source": {"type": "base64", "media_type": f.ref.mimetype,
                                                        "data": base64.b64encode(f.path.read_bytes()).decode()}})
             lines.append("  (the image is attached below as well)")
-        elif type_allowed(f.ref.mimetype, TEXT_TYPES) and size <= limits.inline_chars * 4:
+            continue
+        if type_allowed(f.ref.mimetype, TEXT_TYPES) and size <= limits.inline_chars * 4:
             text = f.path.read_bytes().decode("utf-8", errors="replace")
             if len(text) <= limits.inline_chars:
                 fence = "~" * max(3, _longest_run(text, "~") + 1)
                 lines.append(f"  Its content:\n{fence}\n{text}\n{fence}")
-    return "\n".join(lines), images
+                continue
+        by_path = True
+    return "\n".join(lines), images, by_path
 
 
 def left_out_notes(fetched: list[Fetched]) -> list[str]:
@@ -122,7 +127,8 @@ def _longest_run(text: str, char: str) -> int:
     return max((len(r) for r in runs), default=0)
 
 
-def _safe(name: str) -> str:
+def safe_part(name: str) -> str:
+    """A channel id, ts or file name as one harmless path component."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
 
 

@@ -21,9 +21,10 @@ from bot.config import Settings
 from bot.core import handoff, renderer, signs
 from bot.core.attachments import Fetched, Fetcher, Limits, left_out_notes, prompt_section, thread_dir
 from bot.core.claude_runner import ClaudeSession
-from bot.core.context_builder import Context, ContextBuilder
+from bot.core.context_builder import Context, ContextBuilder, links_in
 from bot.core.dispatcher import Job
 from bot.core.events import FileRef
+from bot.core.files_out import FilesOut
 from bot.core.poster import Directory, Poster
 from bot.core.progress import Progress, RateBudget
 from bot.core.renderer import SlackMessage
@@ -103,7 +104,9 @@ class TaskPipeline:
         signs: Signs,
         worktrees: Worktrees | None = None,
         fetcher: Fetcher | None = None,
+        files_out: FilesOut | None = None,
     ) -> None:
+        self._files_out = files_out  # files the session wrote into the thread's outbox go to the thread
         self._fetcher = fetcher  # the transport's way to fetch attached files; None: attachments are only named
         self._signs = signs
         self._worktrees = worktrees
@@ -241,6 +244,7 @@ class TaskPipeline:
             await self._finish(handle, f":x: {err}")
             return "failed"
         attached = await self._attachments(handle, jobs)
+        await self._linked_threads(jobs)
         try:
             try:
                 finished, context, session_id = await self._turn(handle, row, resume_id, label, last, attached)
@@ -287,6 +291,12 @@ class TaskPipeline:
             max_parts=MAX_INLINE_PARTS,
         )
         await self._deliver(handle, messages, attachment, answer=True)
+        if self._files_out is not None:
+            problems = await self._files_out.send_outbox(handle.channel, handle.thread_ts,
+                                                         finished.session_id or session_id)
+            if problems:
+                await self._poster.post(handle.channel, handle.thread_ts,
+                                        renderer.render_notice("\n".join(f":warning: {p}" for p in problems)))
         _run_log(handle).info(
             "run.answered",
             session_id=finished.session_id,
@@ -400,10 +410,21 @@ class TaskPipeline:
         if notes:
             await self._poster.post(handle.channel, handle.thread_ts,
                                     renderer.render_notice("\n".join(f":warning: {n}" for n in notes)))
-        text, images = prompt_section(fetched, limits)
+        text, images, by_path = prompt_section(fetched, limits)
         _run_log(handle).info("run.attachments", files=len(refs), fetched=sum(1 for f in fetched if f.path),
                               images=len(images), ms=round((time.monotonic() - started) * 1000, 1))
-        return Attached(text, tuple(images), needs_dir=any(f.path is not None for f in fetched))
+        return Attached(text, tuple(images), needs_dir=by_path)
+
+    async def _linked_threads(self, jobs: list[Job]) -> None:
+        """Messages linked in the run's requests that the bot's record lacks: read once from the transport (the
+        context builder then takes them from the record, as data)."""
+        for job in jobs:
+            m = self._store.get_message(job.channel, job.trigger_ts)
+            for channel, ts, root in links_in(m.text if m else ""):
+                if self._store.get_message(channel, ts) is None and self._contexts.may_see(job.channel, job.user,
+                                                                                             channel):
+                    with anyio.move_on_after(5.0):
+                        await self._backfill.fetch_thread(channel, root)
 
     async def _fetch_one(self, handle: RunHandle, out: list[Fetched], ref: FileRef, folder: Path,
                          limits: Limits) -> None:

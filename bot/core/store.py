@@ -346,6 +346,11 @@ class Store:
         rows = reads.messages_after(self._db, channel, after_ts, limit, thread_ts=thread_ts)
         return [StoredMessage(*r) for r in rows]
 
+    def has_posted(self, channel: str, user: str) -> bool:
+        """Whether the record holds a message of `user` in `channel`."""
+        return self._db.execute("SELECT 1 FROM messages WHERE channel=? AND user=? LIMIT 1",
+                                (channel, user)).fetchone() is not None
+
     def get_message(self, channel: str, ts: str) -> StoredMessage | None:
         row = self._db.execute(
             f"SELECT {reads.MESSAGE_COLUMNS} FROM messages"

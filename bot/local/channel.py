@@ -105,6 +105,7 @@ class Record:
     op: str = "add"  # reaction: add | remove
     to: str | None = None  # ephemeral: whom it is for
     source: str = ""  # "<file>:<line>", for logs
+    files: tuple[str, ...] = ()  # message: absolute paths of files its writer attached
 
 
 def channel_dir(home: str, env: dict[str, str] | None = None) -> str:
@@ -233,6 +234,26 @@ class LocalChannel:
             return self._locked_write(fd, fields, self.own_file)
         finally:
             os.close(fd)
+
+    def save_file(self, filename: str, content: bytes) -> str:
+        """A file handed back to the channel, in its folder's files/ (a text file masked, like every record);
+        an existing name gets a number. Returns its path."""
+        folder = os.path.join(self.path, "files")
+        for d in (self.root, self.path, folder):
+            make_dir(d, DIR_MODE)
+        with contextlib.suppress(UnicodeDecodeError):  # binary (an image): nothing a redactor could read
+            content = redact(content.decode("utf-8")).encode("utf-8")
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", filename).lstrip(".") or "file"
+        for n in range(1000):
+            target = os.path.join(folder, stem if n == 0 else f"{n}-{stem}")
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
+            return target
+        raise OSError(f"no free name for {filename} in {folder}")
 
     def append_private(self, to: str, record: Mapping[str, Any]) -> Record:
         """A private answer for OS user `to`, in a file only they can read; Undeliverable when that cannot be."""
@@ -413,11 +434,16 @@ def parse_line(raw: bytes, *, author: str, bot: bool, private_to: str | None = N
     for flag in ("session", "status"):
         if flag in data and not isinstance(data[flag], bool):
             return f"a {flag} that is not true or false"
+    files = data.get("files", [])
+    if not (isinstance(files, list) and len(files) <= 20
+            and all(isinstance(f, str) and f.startswith("/") and len(f) < 4096 for f in files)):
+        return "files that are not a list of absolute paths"
     return Record(
         ts=ts, kind=kind, user=author, bot=bot, session=data.get("session") is True,
         status=data.get("status") is True, thread_ts=thread_ts, text=_SURROGATES.sub("\ufffd", text),
         target=target if kind in ("edit", "reaction") else None, name=name if kind == "reaction" else "",
         op=op if kind == "reaction" else "add", to=private_to,
+        files=tuple(files) if kind == "message" else (),
     )
 
 

@@ -35,6 +35,7 @@ from bot.local.channel import (
     legacy_files,
     make_dir,
 )
+from bot.local.files import refs_of
 from bot.log import get_logger
 
 log = get_logger("slackbus.local")
@@ -58,6 +59,9 @@ class LocalDirectory:
 
     async def ensure(self, channel: str) -> None:
         return None
+
+    async def fetch_thread(self, channel: str, thread_ts: str) -> None:
+        return None  # the local record is the whole channel
 
     async def resolve(self, user_ids: Iterable[str], within: float = 2.0) -> None:
         return None
@@ -180,10 +184,14 @@ class LocalEvents:
 
                 self._spawn(self._on_slash, command, reply)
                 return
+            files = refs_of(rec.files, author=user, ts=ts)
+            if files:  # named in the text too, as a Slack message with files is (context for later runs)
+                text = f"{text}\n[attached: {', '.join(f.name for f in files)}]"
             self._dispatcher.on_message(IncomingMessage(
                 channel=channel, ts=ts, text=_with_bot_mention(text), user=user, thread_ts=thread_ts,
                 channel_type="channel", bot_id=None, subtype=None, mentions_bot=mentions_bot(text),
                 event_id=f"local:{channel}:{ts}", received=received,
+                files=files,
             ))
         elif rec.kind == "reaction" and not history and rec.op == "add":
             self._spawn(self._on_reaction, Reaction(user=user, channel=channel, ts=rec.target or "", name=rec.name))

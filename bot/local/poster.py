@@ -74,6 +74,13 @@ class LocalPoster:
                 await self.post(channel, thread_ts, message)
         return True
 
+    async def upload(self, channel: str, thread_ts: str, filename: str, content: bytes, *, title: str,
+                     comment: str | None = None) -> None:
+        """A copy in the channel folder's files/ (a text file masked), and a message in the thread with its path."""
+        path = self.channel(channel).save_file(filename, content)
+        note = f"{comment}\n" if comment else ""
+        await self.post(channel, thread_ts, SlackMessage(text=f"{note}:paperclip: {title}: {path}"))
+
     async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         ch = self.channel(channel)
         try:

@@ -20,6 +20,7 @@ from bot.log import get_logger
 log = get_logger("slackbus.backfill")
 
 RETRY_AFTER_FAILURE_S = 600.0
+LINK_READ_INTERVAL_S = 60.0
 
 
 class Backfill:
@@ -33,6 +34,28 @@ class Backfill:
         self._names = store.user_names()
         self._name_inflight: dict[str, anyio.Event] = {}
         self.history_calls = 0
+        self._link_reads: dict[str, float] = {}  # channel → when its last linked thread was read
+
+    # --- a linked message ---------------------------------------------------------------------------
+    async def fetch_thread(self, channel: str, thread_ts: str) -> None:
+        """One conversations.replies read for a thread the record lacks (a message linked in a request), at most
+        one per channel per LINK_READ_INTERVAL_S: Slack paces these reads hard for self-hosted apps."""
+        now = time.monotonic()
+        if now - self._link_reads.get(channel, -1e9) < LINK_READ_INTERVAL_S:
+            log.info("backfill.link_read_paced", channel=channel, thread_ts=thread_ts)
+            return
+        self._link_reads[channel] = now
+        try:
+            res = await self._client.conversations_replies(channel=channel, ts=thread_ts, limit=50)
+        except SlackApiError as exc:
+            log.warning("backfill.link_read_failed", channel=channel, error=exc.response.get("error"))
+            return
+        messages = [m for m in res.get("messages") or [] if isinstance(m, dict) and isinstance(m.get("ts"), str)]
+        self._store.record_messages([
+            StoredMessage(channel=channel, ts=m["ts"], thread_ts=m.get("thread_ts"), user=m.get("user"),
+                          bot_id=m.get("bot_id"), text=str(m.get("text") or ""), subtype=m.get("subtype"),
+                          from_self=m.get("user") == self._bot)
+            for m in messages])
 
     # --- channel history ----------------------------------------------------------------------------
     async def ensure(self, channel: str) -> None:

@@ -331,6 +331,17 @@ class SlackPoster:
 
             self._record(replace(existing, text=plain_text(message)))
 
+    async def upload(self, channel: str, thread_ts: str, filename: str, content: bytes, *, title: str,
+                     comment: str | None = None) -> None:
+        """files.getUploadURLExternal + files.completeUploadExternal (files_upload_v2), through the masking client."""
+        try:
+            await self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, filename=filename,
+                                              content=content, title=title, initial_comment=comment)
+        except SLACK_FAILURES as exc:
+            log.warning("slack.upload_failed", channel=channel, thread_ts=thread_ts, error=_error_of(exc))
+            raise PostRefusedError(f"Slack did not take {filename} ({_error_of(exc)}).",
+                                   reason=_error_of(exc)) from exc
+
     async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
         if thread_ts:

@@ -42,6 +42,7 @@ class FakePoster:
         self.reactions: dict[tuple[str, str], set[str]] = {}
         self.deliveries: list[tuple[str, str, list[SlackMessage], str | None, str | None]] = []
         self.ephemerals: list[tuple[str, str, str, str | None]] = []
+        self.uploads: list[tuple[str, str, str, bytes, str, str | None]] = []  # channel, thread, name, bytes, ...
         self.fail: set[str] = set()
         self.held: dict[str, anyio.Event] = {}
         self._n = 0
@@ -122,6 +123,11 @@ class FakePoster:
     async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         await self._enter("post_ephemeral", channel, user, text)
         self.ephemerals.append((channel, user, text, thread_ts))
+
+    async def upload(self, channel: str, thread_ts: str, filename: str, content: bytes, *, title: str,
+                     comment: str | None = None) -> None:
+        await self._enter("upload", channel, thread_ts, filename)
+        self.uploads.append((channel, thread_ts, filename, content, title, comment))
 
     async def react(self, channel: str, ts: str, name: str) -> bool:
         await self._enter("react", channel, ts, name)

@@ -54,7 +54,7 @@ def test_the_prompt_names_each_file_inlines_small_text_and_sends_images(tmp_path
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
     big = tmp_path / "big.log"
     big.write_text("x" * 9000)
-    text, images = prompt_section([
+    text, images, by_path = prompt_section([
         Fetched(FileRef("F1", "crash.log", "text/plain"), log),
         Fetched(FileRef("F2", "shot.png", "image/png"), png),
         Fetched(FileRef("F3", "big.log", "text/plain"), big),
@@ -67,4 +67,8 @@ def test_the_prompt_names_each_file_inlines_small_text_and_sends_images(tmp_path
     assert "tool.exe: not available. tool.exe was left out: no." in text
     assert images == [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                                    "data": base64.b64encode(png.read_bytes()).decode()}}]
-    assert prompt_section([], LIMITS) == ("", [])
+    assert by_path  # big.log reaches Claude only by its path
+    assert prompt_section([], LIMITS) == ("", [], False)
+    small = prompt_section([Fetched(FileRef("F1", "crash.log", "text/plain"), log),
+                            Fetched(FileRef("F2", "shot.png", "image/png"), png)], LIMITS)
+    assert small[2] is False  # inlined and shown: any process will do

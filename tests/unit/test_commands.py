@@ -83,6 +83,10 @@ class RecordingPoster:
         self.trail.append(("deliver", channel, thread_ts, [plain_text(m) for m in messages]))
         return True
 
+    async def upload(self, channel: str, thread_ts: str, filename: str, content: bytes, *, title: str,
+                     comment: str | None = None) -> None:
+        self.trail.append(("upload", channel, thread_ts, filename))
+
     async def post_ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         self.trail.append(("ephemeral", channel, user, text, thread_ts))
 
@@ -108,6 +112,9 @@ class NoDirectory:
         return None
 
     async def resolve(self, user_ids: Any, within: float = 2.0) -> None:
+        return None
+
+    async def fetch_thread(self, channel: str, thread_ts: str) -> None:
         return None
 
 

@@ -133,6 +133,8 @@ class Directory:
 
     async def resolve(self, user_ids: Iterable[str], within: float = 2.0) -> None: ...
 
+    async def fetch_thread(self, channel: str, thread_ts: str) -> None: ...
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
