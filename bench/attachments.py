@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import struct
+import zlib
 from typing import Any
 
 from bench.common import answered_at, rig, sent_at, summary, wait_done, write_results
@@ -22,8 +24,18 @@ from bench.sessions import rss_kb
 
 
 def _png_of(size: int) -> bytes:
-    """A PNG header followed by incompressible bytes: what the bot fetches and sends is `size` bytes."""
-    return b"\x89PNG\r\n\x1a\n" + random.Random(size).randbytes(size - 8)
+    """A real PNG of random pixels (they do not compress), about `size` bytes: the CLI decodes and checks every
+    image it is given, so it must be a real one."""
+    side = int((size / 3) ** 0.5)
+    rng = random.Random(size)
+    raw = b"".join(b"\0" + rng.randbytes(side * 3) for _ in range(side))  # filter byte 0, then RGB
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 1))
+            + chunk(b"IEND", b""))
 
 
 def run(n: int = 10) -> dict[str, Any]:

@@ -140,12 +140,13 @@ class ConsoleView:
 
 
 def attached_paths(text: str, cwd: str | None = None) -> tuple[str, ...]:
-    """Paths in a typed message that name existing files (./crash.log, ../a.png, /tmp/x.csv, ~/notes.md), made
-    absolute here, where they mean something: they travel with the message as its attachments."""
+    """Relative paths in a typed message that name existing files (./crash.log, ../a.png, ~/notes.md), made
+    absolute here, where they mean something: they travel with the message as its attachments. An absolute path
+    in prose is only text (use `/attach PATH` for one)."""
     found: list[str] = []
     for word in text.split():
         word = word.strip("`'\"(),;")
-        if not word.startswith(("./", "../", "/", "~/")):
+        if not word.startswith(("./", "../", "~/")):
             continue
         path = os.path.abspath(os.path.join(cwd or os.getcwd(), os.path.expanduser(word)))
         if os.path.isfile(path) and path not in found:

@@ -201,7 +201,7 @@ class Commands:
     async def _status(self, user: str, channel: str, rest: str) -> str:
         now = time.monotonic()
         lines = []
-        running = sorted(self._pipeline.active.values(), key=lambda h: h.started)
+        running = self._pipeline.runs()
         cap = self._settings.max_concurrent
         lines.append(f"*Running* ({len(running)} of {cap}):" if running else "*Running*: none")
         hidden = 0
@@ -209,7 +209,7 @@ class Commands:
             if not self._may_see(user, channel, h.channel, h.requester):
                 hidden += 1
                 continue
-            step = f", {h.progress.step}" if h.progress and h.progress.step else ""
+            step = f", {h.step}" if h.step else ""
             where = self.link(h.channel, h.thread_ts)
             lines.append(
                 f"• <@{h.requester}> in <#{h.channel}>, {where}: for {_ago(now - h.started)}{step} (run `{h.run_id}`)"
@@ -251,7 +251,7 @@ class Commands:
         lines = ["*Recent sessions in this channel* (reply in a thread to continue it):"]
         for thread, updated in threads:
             key = (thread.channel, thread.thread_ts)
-            state = "running" if key in self._pipeline.active else "idle"
+            state = "running" if self._pipeline.is_running(key) else "idle"
             who = f"<@{thread.requester}>" if thread.requester else "someone"
             when = renderer.utc_time(updated)
             lines.append(
@@ -302,7 +302,7 @@ class Commands:
                         "its session back to one from Slack, so nothing was changed.")
             return (f"Only <@{thread.requester}>, who started that thread, or an admin (SLACKBUS_ADMIN_USERS) can take "
                     "its session to a terminal, so nothing was changed.")
-        if (thread.channel, thread.thread_ts) in self._pipeline.active:
+        if self._pipeline.is_running((thread.channel, thread.thread_ts)):
             return "That thread's session is running now: attach once it has answered (or cancel it first)."
         home = self._store.handoff_home(thread.channel, thread.thread_ts) or handoff.HOME
         self._store.record_handoff(thread.channel, thread.thread_ts, thread.session_id, thread.workdir, home,
@@ -346,7 +346,7 @@ class Commands:
             who = f"<@{thread.requester}>, who started it," if thread.requester else "the person who started it"
             return Answer(f"Only {who} or an admin (SLACKBUS_ADMIN_USERS) can push that thread's branch or open a "
                           "pull request.", acted=False)
-        if action != DIFF and (thread.channel, thread.thread_ts) in self._pipeline.active:
+        if action != DIFF and self._pipeline.is_running((thread.channel, thread.thread_ts)):
             return Answer("That thread is running now: push or open the pull request once it has answered.",
                           acted=False)
         self._spawn(self._post_change, action, thread, worktree, user)
@@ -398,7 +398,7 @@ class Commands:
             await self._poster.post_ephemeral(channel, clicked.user, answer.text, thread_ts or None)
 
     async def _cancel(self, user: str, channel: str, rest: str) -> str:
-        by_run_id = [h for h in self._pipeline.active.values() if rest and h.run_id == rest.strip()]
+        by_run_id = [h for h in self._pipeline.runs() if rest and h.run_id == rest.strip()]
         if by_run_id:
             return (await self.cancel_run(by_run_id[0], user)).text
         if rest:
@@ -413,8 +413,8 @@ class Commands:
                 j for j in self._queue.waiting() if j.channel == target_channel and ts in (j.thread_ts, j.trigger_ts)
             ]
         else:
-            mine = [h for h in self._pipeline.active.values() if h.requester == user and h.channel == channel]
-            mine = mine or [h for h in self._pipeline.active.values() if h.requester == user]
+            mine = [h for h in self._pipeline.runs() if h.requester == user and h.channel == channel]
+            mine = mine or [h for h in self._pipeline.runs() if h.requester == user]
             handle = max(mine, key=lambda h: h.started) if mine else None
             queued = [] if handle else [j for j in self._queue.waiting() if j.user == user][-1:]
         if handle is not None:

@@ -75,6 +75,11 @@ class RunHandle:
     def key(self) -> tuple[str, str]:
         return (self.channel, self.thread_ts)
 
+    @property
+    def step(self) -> str | None:
+        """What the run is doing now ("Running `pytest -q`"), once its progress shows a step."""
+        return self.progress.step if self.progress is not None else None
+
 
 def _run_log(handle: RunHandle) -> Any:
     """The pipeline's logger carrying the run's ids: every run.* line says which run, channel and thread (the run
@@ -125,6 +130,14 @@ class TaskPipeline:
         return self._sessions.counts()
 
     # --- cancel -------------------------------------------------------------------------------------
+    def runs(self) -> list[RunHandle]:
+        """The runs going now, oldest first (the run registry commands read)."""
+        return sorted(self.active.values(), key=lambda h: h.started)
+
+    def is_running(self, key: tuple[str, str]) -> bool:
+        """Whether the thread `key` (channel, thread ts) has a run going."""
+        return key in self.active
+
     def find(self, channel: str, ts: str) -> RunHandle | None:
         """The active run a message belongs to: its thread, a request in it, or its status message."""
         for handle in self.active.values():

@@ -17,7 +17,9 @@ def test_paths_in_a_typed_message_become_its_files(tmp_path: Path) -> None:
     (tmp_path / "crash.log").write_text("x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.png").write_bytes(b"x")
-    text = "look at ./crash.log, `./sub/a.png` and ./missing.txt or /etc (a folder) and ./crash.log again"
+    (tmp_path / "abs.txt").write_text("x")
+    text = (f"look at ./crash.log, `./sub/a.png` and ./missing.txt or ../{tmp_path.name} (a folder), "
+            f"{tmp_path / 'abs.txt'} (absolute: only text) and ./crash.log again")
     assert attached_paths(text, str(tmp_path)) == (str(tmp_path / "crash.log"), str(tmp_path / "sub" / "a.png"))
     assert attach_path(str(tmp_path / "crash.log")) == str(tmp_path / "crash.log")
     assert attach_path(str(tmp_path / "nope")) is None
