@@ -15,7 +15,7 @@ if __name__ == "__main__":
     for name, module, args in (("reactive", reactive, (50,)), ("sessions", sessions, (20,)),
                                ("progress", progress, (20,)), ("bridge", bridge, (50, 20)), ("local", local, (100,)),
                                ("burst", burst, ()), ("team", team, (20,)), ("worktrees", worktrees, ()),
-                               ("attachments", attachments, (10,))):
+                               ("attachments", attachments, (20,))):
         figures = module.run(*args)
         write_results(name, figures)
         module.print_table(figures)

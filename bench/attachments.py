@@ -6,8 +6,9 @@ call that carried the answer:
 - a 1 MB log: downloaded, named by its path (too long to inline), so the run takes a process started for its
   thread, which may read the thread's folder: a cold `claude` start instead of the pool's;
 - a 1 MB image: downloaded and sent to the model as an image block: the pool's process will do.
-Memory: the bot's RSS before the attachments and after them (files are streamed to disk in 64 KB pieces; an image
-is held only while its prompt is made), per attachment.
+Memory: the bot's RSS before the attachments and after them, less what as many runs without a file add (each run
+is a new thread: its record, its warm process), per attachment (files are streamed to disk in 64 KB pieces; an
+image is held only while its turn is sent).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _png_of(size: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def run(n: int = 10) -> dict[str, Any]:
+def run(n: int = 20) -> dict[str, Any]:
     plain, with_log, with_image = [], [], []
     mb = 1024 * 1024
     with rig() as (slack, _model, bot, _root):
@@ -64,6 +65,12 @@ def run(n: int = 10) -> dict[str, Any]:
             bot.wait_quiet(slack)
         rss_after = rss_kb(bot.proc.pid)
         downloads = len([d for d in slack.downloads if d[1]])
+        for i in range(n):  # what a run without a file adds to the bot's RSS, for comparison
+            ts = slack.user_says("C1", "U1", f"plain again {i} [[id:q{i}]]", mention=True)
+            answered_at(slack, "C1", ts, f"answer for q{i}")
+            wait_done(slack, "C1", ts)
+            bot.wait_quiet(slack)
+        plain_growth = (rss_kb(bot.proc.pid) - rss_after) / n
     p50 = summary(plain)["p50"]
     return {
         "mentions_each": n,
@@ -75,7 +82,9 @@ def run(n: int = 10) -> dict[str, Any]:
         "downloads": downloads,
         "bot_rss_mb_before": round(rss_before / 1024, 1),
         "bot_rss_mb_after": round(rss_after / 1024, 1),
-        "bot_rss_kb_per_attachment": round((rss_after - rss_before) / max(downloads, 1), 1),
+        "bot_rss_kb_per_run_without_file": round(plain_growth, 1),
+        # what a run with a file keeps beyond what any run keeps (a new thread's record, its warm process's state)
+        "bot_rss_kb_per_attachment": round((rss_after - rss_before - 2 * n * plain_growth) / max(downloads, 1), 1),
     }
 
 
@@ -85,13 +94,14 @@ def print_table(f: dict[str, Any]) -> None:
         s = f[key]
         print(f"  {key:<20} {s['p50']:>8} / {s['p95']:>8} / {s['max']:>8}")
     print(f"  added p50: 1 MB log {f['added_log_1mb_ms_p50']} ms, 1 MB image {f['added_image_1mb_ms_p50']} ms")
-    print(f"  bot RSS {f['bot_rss_mb_before']} → {f['bot_rss_mb_after']} MB over {f['downloads']} downloads "
-          f"({f['bot_rss_kb_per_attachment']} KB each)")
+    print(f"  bot RSS {f['bot_rss_mb_before']} → {f['bot_rss_mb_after']} MB over {f['downloads']} downloads; a run "
+          f"without a file keeps {f['bot_rss_kb_per_run_without_file']} KB, one with a file "
+          f"{f['bot_rss_kb_per_attachment']} KB more")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("-n", type=int, default=10)
+    parser.add_argument("-n", type=int, default=20)
     figures = run(parser.parse_args().n)
     write_results("attachments", figures)
     print_table(figures)

@@ -128,8 +128,8 @@ TARGETS: list[tuple[str, str, str, str, Callable[[Any], bool]]] = [
      "_dist", "(reported)", lambda s: True),
     ("… with a 1 MB image attached (sent to the model as an image)", "attachments.image_1mb_ms", "_dist",
      "(reported)", lambda s: True),
-    ("bot memory kept per 1 MB attachment, after the runs", "attachments.bot_rss_kb_per_attachment", "_plain_kb",
-     "≤ 64 KB (one read's buffer)", lambda v: v <= 64),
+    ("bot memory kept per 1 MB attachment after its run, beyond what a run without one keeps",
+     "attachments.bot_rss_kb_per_attachment", "_plain_kb", "≤ 64 KB (one read's buffer)", lambda v: v <= 64),
     ("local channel: 8 writers × 1,000 appends at once (a file each)", "local.eight_writers", "_writers",
      "whole lines, in order", lambda v: v["whole_lines"] == v["appends"] and v.get("in_order") is True),
 ]

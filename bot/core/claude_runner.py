@@ -212,6 +212,7 @@ class ClaudeSession:
                     finally:
                         self._current = None
                         turn.done.set()
+                    del turn  # a warm process waits here for hours: it must not keep the last prompt and its images
                     self.turns += 1
                     self.last_used = time.monotonic()
                     if not self.healthy:

@@ -90,3 +90,38 @@ def test_without_files_read_slack_sends_its_sign_in_page_and_the_thread_is_told(
     texts = "\n".join(fake_model.user_texts(fake_model.requests.index(request_for(fake_model, "[[id:c1]]"))))
     assert "secret stack trace" not in texts and "Sign in to Slack" not in texts
     assert fake_slack.downloads == [(log["id"], False)]
+
+
+class _Image(dict):
+    """An image block a test can hold a weak reference to."""
+
+
+def test_a_warm_process_keeps_neither_the_last_prompt_nor_its_images(fake_model, tmp_path):
+    """A warm process waits for hours: its owner task must not hold the last turn (measured before the fix: the
+    bot kept ~1.5 MB per warm thread whose last message had a 1 MB image)."""
+    import gc
+    import uuid
+    import weakref
+
+    import anyio
+
+    from bot.core.claude_runner import ClaudeSession, SessionSpec
+    from tests.conftest import claude_cli
+
+    async def main() -> None:
+        (tmp_path / "home").mkdir()
+        spec = SessionSpec(cwd=tmp_path, session_id=str(uuid.uuid4()), resume=False, cli_path=claude_cli(),
+                           env=fake_model.cli_env(tmp_path / "home"))
+        session = ClaudeSession(spec)
+        async with anyio.create_task_group() as tg:
+            await tg.start(session.serve)
+            image = _Image(type="image", source={"type": "base64", "media_type": "image/png",
+                                                 "data": base64.b64encode(PNG).decode()})
+            held = weakref.ref(image)
+            await session.turn("look [[id:w1]]", lambda e: None, timeout=60, stall=60, images=[image])
+            del image
+            gc.collect()
+            assert held() is None, gc.get_referrers(held())
+            await session.close()
+
+    anyio.run(main)
