@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -95,11 +96,12 @@ def bot_share_ms(bot: BotProcess, trigger_ts: str, total_ms: float) -> float:
 def answered_at(slack: Any, channel: str, thread_ts: str, needle: str, timeout: float = 60) -> float:
     """When the fake Slack received the call that first carried `needle` (a post, or the update of a status
     message into the answer) in that channel: an answer's time, never that of a placeholder it replaced."""
-    slack.wait_for(lambda: [m for m in slack.bot_messages(channel, thread_ts) if needle in (m.get("text") or "")],
+    whole = re.compile(re.escape(needle) + r"(?!\w)")  # "answer for f1" is not "answer for f10"
+    slack.wait_for(lambda: [m for m in slack.bot_messages(channel, thread_ts) if whole.search(m.get("text") or "")],
                    timeout=timeout)
     for call in slack.calls:
         if (call.method in {"chat.postMessage", "chat.update"} and call.params.get("channel") == channel
-                and needle in str(call.params.get("text", ""))):
+                and whole.search(str(call.params.get("text", "")))):
             return float(call.t)
     raise AssertionError(f"no call carried {needle!r}")
 

@@ -128,3 +128,16 @@ def test_the_prose_around_the_table_has_no_figure_of_its_own() -> None:
     assert "chicane" in readme.intro({"tool": "chicane", "source": "here", "new_thread_ms_p50": 1862,
                                       "follow_up_ms_p50": 543, "eight_in_a_second_s": 26,
                                       "warm_children_cap": "none"})
+
+
+def test_an_answer_time_is_the_call_that_carried_that_answer_not_one_whose_marker_starts_the_same() -> None:
+    from types import SimpleNamespace
+
+    from bench.common import answered_at
+
+    calls = [SimpleNamespace(method="chat.postMessage", t=1.0, params={"channel": "C1", "text": "answer for f10"}),
+             SimpleNamespace(method="chat.postMessage", t=2.0, params={"channel": "C2", "text": "answer for f1"}),
+             SimpleNamespace(method="chat.update", t=3.0, params={"channel": "C1", "text": "answer for f1\nfooter"})]
+    slack = SimpleNamespace(calls=calls, wait_for=lambda predicate, timeout: predicate() or None,
+                            bot_messages=lambda channel, ts: [{"text": "answer for f1"}])
+    assert answered_at(slack, "C1", "1.000001", "answer for f1") == 3.0
