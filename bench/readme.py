@@ -167,7 +167,7 @@ def _format(kind: str, value: Any) -> str:
     return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
-SITTING_S = 3 * 3600  # rows measured within this span count as one sitting
+SITTING_S = 45 * 60  # rows measured within this span count as one sitting (a whole `python -m bench` takes ~30 min)
 
 
 def measured_at(results: dict[str, Any], path: str) -> str | None:

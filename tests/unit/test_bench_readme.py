@@ -74,8 +74,9 @@ def test_rows_from_one_sitting_say_so_and_mixed_rows_carry_their_own_time() -> N
                          "measured_at": {"follow_up_warm_ms": "2026-12-02T10:00+00:00"}},
         }
 
-    together = readme.performance(results("2026-12-02T11:30+00:00"))
-    assert "All rows come from one sitting, 2026-12-02 10:00+00:00 to 11:30+00:00 UTC." in together
+    together = readme.performance(results("2026-12-02T10:30+00:00"))
+    assert "All rows come from one sitting, 2026-12-02 10:00+00:00 to 10:30+00:00 UTC." in together
+    assert "Not all rows come from one sitting" in readme.performance(results("2026-12-02T11:00+00:00"))
     assert "measured (UTC)" not in together
     apart = readme.performance(results("2026-11-20T09:00+00:00"))
     assert "Not all rows come from one sitting" in apart
