@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import os
+import pwd
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,3 +140,19 @@ def _size(n: int) -> str:
     if n >= 1024:
         return f"{n / 1024:.0f} KB"
     return f"{n} bytes"
+
+
+def permits(info: os.stat_result, user: str, owner: int, group: int, other: int) -> bool:
+    """Whether a file's permission bits give OS user `user` an access (stat.S_IRUSR/S_IRGRP/S_IROTH for reading,
+    the S_IX* bits for entering a folder); root always, an unknown user never."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    if entry.pw_uid == 0:
+        return True
+    if info.st_uid == entry.pw_uid:
+        return bool(info.st_mode & owner)
+    if info.st_gid in os.getgrouplist(user, entry.pw_gid):
+        return bool(info.st_mode & group)
+    return bool(info.st_mode & other)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import stat
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import anyio
 
 from bot.config import Settings
-from bot.core.attachments import safe_part, thread_dir
+from bot.core.attachments import permits, safe_part, thread_dir
 from bot.core.poster import Poster
 from bot.core.store import Store
 from bot.log import get_logger
@@ -71,7 +70,7 @@ class FilesOut:
         info = real.stat()
         if not stat.S_ISREG(info.st_mode):
             raise UploadRefused(f"{path} was not uploaded: it is not a regular file.")
-        if s.run_as and not _readable_by(info, s.run_as):
+        if s.run_as and not permits(info, s.run_as, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH):
             raise UploadRefused(f"{path} was not uploaded: {s.run_as}, who runs Claude, cannot read it.")
         return real
 
@@ -133,12 +132,3 @@ def prepare_outbox(home: Path, session_id: str) -> Path:
     folder = outbox_dir(home, session_id)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return folder
-
-
-def _readable_by(info: os.stat_result, user: str) -> bool:
-    entry = pwd.getpwnam(user)
-    if info.st_uid == entry.pw_uid:
-        return bool(info.st_mode & stat.S_IRUSR)
-    if info.st_gid in os.getgrouplist(user, entry.pw_gid):
-        return bool(info.st_mode & stat.S_IRGRP)
-    return bool(info.st_mode & stat.S_IROTH)

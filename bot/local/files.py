@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import mimetypes
 import os
-import pwd
 import shutil
 import stat
 from pathlib import Path
 
-from bot.core.attachments import AttachmentRefused, Fetched, Limits, check, target_path
+from bot.core.attachments import AttachmentRefused, Fetched, Limits, check, permits, target_path
 from bot.core.events import FileRef
 from bot.log import get_logger
 
@@ -28,9 +27,9 @@ def refs_of(paths: tuple[str, ...], *, author: str, ts: str) -> tuple[FileRef, .
                                                   "application/octet-stream")
         try:
             info = os.stat(path)
-            reachable = all(_allows(os.stat(d), author, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+            reachable = all(permits(os.stat(d), author, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
                             for d in _parents(path))
-            readable = _allows(info, author, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+            readable = permits(info, author, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
             mode = "hosted" if stat.S_ISREG(info.st_mode) and reachable and readable else "unreadable"
             size = info.st_size
         except OSError:
@@ -70,18 +69,3 @@ def _parents(path: str) -> list[str]:
         if up == here:
             return out
         here = up
-
-
-def _allows(info: os.stat_result, user: str, owner: int, group: int, other: int) -> bool:
-    """Whether the permission bits give `user` that access (root: always)."""
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return False
-    if entry.pw_uid == 0:
-        return True
-    if info.st_uid == entry.pw_uid:
-        return bool(info.st_mode & owner)
-    if info.st_gid in os.getgrouplist(user, entry.pw_gid):
-        return bool(info.st_mode & group)
-    return bool(info.st_mode & other)
