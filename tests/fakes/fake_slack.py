@@ -25,7 +25,14 @@ Behaviour copied from real Slack on purpose (a bot that works here should work t
 - a thread status set with assistant.threads.setStatus is cleared when the bot replies in the thread;
 - chat.postMessage truncates text above 40,000 characters and refuses more than 50 blocks, a section
   text above 3,000 characters or more than 12,000 characters of ``markdown`` block text (invalid_blocks);
-- events sent while no socket is connected are not buffered.
+- events sent while no socket is connected are not buffered;
+- an app may hold several Socket Mode connections (Slack allows 10): each envelope goes to ONE open
+  connection chosen at random (``FakeSlack(seed=...)`` makes the choice repeatable), a socket that was sent a
+  ``disconnect`` message gets new envelopes only while no other socket is open, and an envelope counts as acked
+  only when the ack comes back on the socket it went out on. ``to="all"`` (send_envelope, send_event,
+  user_says) or duplicate_to_all() hands the same event (same event_id) to every socket, as Slack does when it
+  retries onto another connection; ``retry_unacked_after=seconds`` makes the fake retry, like Slack, an
+  events_api envelope nobody acked in time (retry_attempt + 1, same event_id, another socket when there is one).
 """
 
 from __future__ import annotations
@@ -37,19 +44,22 @@ import contextlib
 import copy
 import itertools
 import json
+import random
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-__all__ = ["Call", "Envelope", "FakeSlack", "NotConnectedError"]
+__all__ = ["Call", "Envelope", "FakeSlack", "NotConnectedError", "To"]
 
 T = TypeVar("T")
+
+To = int | Literal["all"] | None  # which socket gets an envelope: None = one at random, N = socket N, "all" = each
 
 # Form fields that slack_sdk sends as JSON strings when it does not use a JSON body.
 _JSON_FIELDS = ("blocks", "attachments", "files", "metadata", "chunks", "loading_messages", "unfurls")
@@ -58,6 +68,7 @@ _MAX_BLOCKS = 50
 _SECTION_TEXT_LIMIT = 3_000
 _MARKDOWN_BLOCK_LIMIT = 12_000
 _FIRST_TS_US = 1_700_000_000_000_100
+_MAX_RETRIES = 3  # Slack retries an unacked event up to three times
 
 
 @dataclass
@@ -126,6 +137,11 @@ class _Conn:
     transport: asyncio.BaseTransport | None
     t: float
     frozen: bool = False
+    draining: bool = False  # was sent a disconnect message: gets envelopes only when no other socket is open
+
+    @property
+    def live(self) -> bool:
+        return not self.ws.closed and not self.frozen
 
 
 def _ts_key(ts: str | None) -> int:
@@ -207,10 +223,16 @@ class FakeSlack:
         app_token: str | None = None,
         echo_bot_messages: bool = False,
         port: int = 0,
+        seed: int | None = None,
+        retry_unacked_after: float | None = None,
     ) -> None:
         """bot_token / app_token: when given, only that exact token is accepted (else any xoxb- / xapp-).
         echo_bot_messages: also send the bot's own chat.postMessage / chat.update / chat.delete back as
-        message events, as real Slack does when the app subscribes to message.* events."""
+        message events, as real Slack does when the app subscribes to message.* events.
+        seed: seeds the choice of socket for each envelope (random.Random(seed)).
+        retry_unacked_after: when set, an events_api envelope not acked within that many seconds is sent
+        again (same payload and event_id, retry_attempt + 1, retry_reason "timeout", a new envelope id) to
+        another open socket (the same one when it is the only one open), up to 3 retries, as Slack does."""
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
         self.team_id = team_id
@@ -221,11 +243,15 @@ class FakeSlack:
         self._app_token = app_token
         self._requested_port = port
         self.port: int | None = None
+        self.retry_unacked_after = retry_unacked_after
+        self._rng = random.Random(seed)
 
         self._cond = threading.Condition(threading.Lock())
         self._calls: list[Call] = []
         self._envelopes: list[Envelope] = []
         self._acks: dict[str, tuple[float, Any]] = {}
+        self._sent_to: dict[str, int] = {}  # envelope_id → socket number, set before the envelope is written
+        self.misdirected_acks: list[tuple[str, int]] = []  # (envelope_id, socket) acks on the wrong socket
         self._messages: dict[str, list[dict[str, Any]]] = {}
         self._reactions: dict[tuple[str, str], dict[str, list[str]]] = {}
         self._ephemerals: list[dict[str, Any]] = []
@@ -1154,7 +1180,7 @@ class FakeSlack:
                 self._cond.notify_all()
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    self._on_ws_text(msg.data)
+                    self._on_ws_text(msg.data, conn.number)
         except ConnectionError:
             pass
         finally:
@@ -1163,7 +1189,7 @@ class FakeSlack:
                 self._cond.notify_all()
         return ws
 
-    def _on_ws_text(self, data: str) -> None:
+    def _on_ws_text(self, data: str, connection: int) -> None:
         t = time.monotonic()
         try:
             msg = json.loads(data)
@@ -1172,59 +1198,144 @@ class FakeSlack:
         with self._cond:
             if isinstance(msg, dict) and "envelope_id" in msg:
                 envelope_id = str(msg["envelope_id"])
-                if envelope_id not in self._acks:
+                sent_to = self._sent_to.get(envelope_id)
+                if sent_to is not None and sent_to != connection:  # Slack takes an ack only where it sent
+                    self.misdirected_acks.append((envelope_id, connection))
+                elif envelope_id not in self._acks:
                     self._acks[envelope_id] = (t, msg.get("payload"))
             self._cond.notify_all()
 
-    async def _deliver(self, message: dict[str, Any], wait: float) -> str:
-        """Write one envelope to the newest open socket, waiting up to `wait` s for one."""
+    def _live_unlocked(self) -> list[_Conn]:
+        return sorted((c for c in self._conns.values() if c.live), key=lambda c: c.number)
+
+    def _choose_unlocked(self, to: int | None, avoid: int | None) -> _Conn | None:
+        """The socket for one envelope: socket `to`, else one at random, preferring sockets that were not
+        sent a disconnect message and (when there is another) not socket `avoid`."""
+        live = self._live_unlocked()
+        if to is not None:
+            return next((c for c in live if c.number == to), None)
+        for pool in (
+            [c for c in live if not c.draining and c.number != avoid],
+            [c for c in live if c.number != avoid],
+            live,
+        ):
+            if pool:
+                return pool[0] if len(pool) == 1 else self._rng.choice(pool)
+        return None
+
+    async def _write(self, conn: _Conn, message: dict[str, Any]) -> bool:
+        """Write one envelope to one socket and record it; False when the socket turned out to be gone."""
+        envelope_id = str(message["envelope_id"])
+        data = json.dumps(message)
+        with self._cond:
+            self._sent_to[envelope_id] = conn.number
+        t = time.monotonic()
+        try:
+            await conn.ws.send_str(data)
+        except ConnectionError:
+            with self._cond:
+                self._sent_to.pop(envelope_id, None)
+                self._conns.pop(conn.number, None)
+                self._cond.notify_all()
+            return False
+        env = Envelope(
+            envelope_id,
+            message["type"],
+            message.get("payload", {}),
+            t,
+            message.get("retry_attempt"),
+            message.get("retry_reason"),
+            conn.number,
+        )
+        with self._cond:
+            self._envelopes.append(env)
+            self._cond.notify_all()
+        if self.retry_unacked_after is not None and env.type == "events_api":
+            asyncio.get_running_loop().call_later(self.retry_unacked_after, self._retry_if_unacked, env)
+        return True
+
+    async def _deliver(
+        self, message: dict[str, Any], wait: float, to: int | None = None, avoid: int | None = None
+    ) -> str:
+        """Write one envelope to one open socket (socket `to`, else one at random, see _choose_unlocked),
+        waiting up to `wait` s for one."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        data = json.dumps(message)
         while True:
             with self._cond:
-                conns = [c for c in self._conns.values() if not c.ws.closed and not c.frozen]
-            conn = max(conns, key=lambda c: c.number) if conns else None
-            if conn is not None:
-                t = time.monotonic()
-                try:
-                    await conn.ws.send_str(data)
-                except ConnectionError:
-                    with self._cond:
-                        self._conns.pop(conn.number, None)
-                    continue
-                with self._cond:
-                    self._envelopes.append(
-                        Envelope(
-                            message["envelope_id"],
-                            message["type"],
-                            message.get("payload", {}),
-                            t,
-                            message.get("retry_attempt"),
-                            message.get("retry_reason"),
-                            conn.number,
-                        )
-                    )
-                    self._cond.notify_all()
+                conn = self._choose_unlocked(to, avoid)
+            if conn is not None and await self._write(conn, message):
                 return str(message["envelope_id"])
+            if conn is None:
+                if loop.time() >= deadline:
+                    where = "no Socket Mode connection is open" if to is None else f"socket {to} is not open"
+                    raise NotConnectedError(where)
+                await asyncio.sleep(0.005)
+
+    async def _deliver_all(self, message: dict[str, Any], wait: float) -> list[str]:
+        """Write the same envelope to every open socket (the first keeps the message's envelope id, the others
+        get new ones), waiting up to `wait` s for one to be open. Returns the envelope ids, by socket number."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            with self._cond:
+                conns = self._live_unlocked()
+            ids: list[str] = []
+            for conn in conns:
+                copy_ = dict(message, envelope_id=str(message["envelope_id"]) if not ids else str(uuid.uuid4()))
+                if await self._write(conn, copy_):
+                    ids.append(str(copy_["envelope_id"]))
+            if ids:
+                return ids
             if loop.time() >= deadline:
                 raise NotConnectedError("no Socket Mode connection is open")
             await asyncio.sleep(0.005)
 
+    async def _send(self, message: dict[str, Any], wait: float, to: To) -> str:
+        if to == "all":
+            return (await self._deliver_all(message, wait))[0]
+        return await self._deliver(message, wait, to=to)
+
+    def _retry_if_unacked(self, env: Envelope) -> None:
+        """Slack's retry of an event nobody acked in time (runs on the server loop, from call_later)."""
+        with self._cond:
+            if self._closing or env.envelope_id in self._acks or (env.retry_attempt or 0) >= _MAX_RETRIES:
+                return
+        message = {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": copy.deepcopy(env.payload),
+            "type": env.type,
+            "accepts_response_payload": False,
+            "retry_attempt": (env.retry_attempt or 0) + 1,
+            "retry_reason": "timeout",
+        }
+
+        async def retry() -> None:
+            with contextlib.suppress(NotConnectedError):
+                await self._deliver(message, self.retry_unacked_after or 0.0, avoid=env.connection)
+
+        self._spawn(retry())
+
     async def _close_sockets(self, close_frame: bool, code: int, message: bytes = b"") -> int:
         with self._cond:
             conns = list(self._conns.values())
+        await self._close_conns(conns, close_frame, code, message)
+        return len(conns)
+
+    async def _close_conns(self, conns: list[_Conn], close_frame: bool, code: int, message: bytes = b"") -> None:
         for conn in conns:
             if close_frame and not conn.frozen:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.ws.close(code=code, message=message), 3.0)
             elif isinstance(conn.transport, asyncio.Transport):  # what aiohttp gives: a TCP transport
                 conn.transport.abort()
-        return len(conns)
 
     async def _send_to_all(self, message: dict[str, Any]) -> int:
         with self._cond:
-            conns = [c for c in self._conns.values() if not c.ws.closed and not c.frozen]
+            conns = self._live_unlocked()
+            if message.get("type") == "disconnect":
+                for conn in conns:
+                    conn.draining = True
         sent = 0
         for conn in conns:
             with contextlib.suppress(ConnectionError):
@@ -1244,9 +1355,13 @@ class FakeSlack:
         *,
         envelope_id: str | None = None,
         wait: float = 5.0,
+        to: To = None,
     ) -> str:
-        """Send one envelope to the newest open socket (waiting up to `wait` s for one). Returns its id.
+        """Send one envelope to an open socket (waiting up to `wait` s for one). Returns its id.
 
+        to: None = one open socket at random; N = socket N (NotConnectedError when it is not open within
+        `wait`); "all" = a copy to every open socket, each with its own envelope id (returns the first; see
+        envelopes_for_event).
         events_api envelopes always carry retry_attempt/retry_reason (0 and "" on a first delivery, as
         Slack does); other types carry them only when retry_num is given."""
         msg: dict[str, Any] = {
@@ -1258,7 +1373,7 @@ class FakeSlack:
         if type == "events_api" or retry_num is not None:
             msg["retry_attempt"] = retry_num or 0
             msg["retry_reason"] = retry_reason if retry_reason is not None else ("timeout" if retry_num else "")
-        return self._run(self._deliver(msg, wait), wait + 10.0)
+        return self._run(self._send(msg, wait, to), wait + 10.0)
 
     def _events_envelope(
         self, payload: dict[str, Any], retry_num: int | None, retry_reason: str | None
@@ -1305,8 +1420,11 @@ class FakeSlack:
         *,
         store: bool = True,
         wait: float = 5.0,
+        to: To = None,
     ) -> str:
-        """Send a raw Events API event. Returns the envelope id.
+        """Send a raw Events API event. Returns the envelope id (the first one with to="all").
+
+        to: which socket gets it (see send_envelope).
 
         A retry is the same event_id with retry_num >= 1 (retry_reason defaults to "timeout").
         With store=True a plain message event (no subtype) is also put into the channel history."""
@@ -1320,23 +1438,78 @@ class FakeSlack:
                     stored = {k: v for k, v in event.items() if k not in ("event_ts", "channel_type")}
                     self._store(channel, copy.deepcopy(stored))
         payload = self._event_callback(copy.deepcopy(event), event_id)
-        return self.send_envelope("events_api", payload, retry_num=retry_num, retry_reason=retry_reason, wait=wait)
+        return self.send_envelope(
+            "events_api", payload, retry_num=retry_num, retry_reason=retry_reason, wait=wait, to=to
+        )
 
-    def redeliver(self, envelope_id: str, reason: str = "timeout", *, wait: float = 5.0) -> str:
-        """Send an events_api envelope again as Slack's retry: same payload (and event_id), new envelope id,
-        retry_attempt one higher. Returns the new envelope id."""
+    def _sent_envelope(self, envelope_id: str) -> tuple[Envelope, int]:
+        """An envelope sent earlier and the highest retry_attempt sent so far for its event."""
         with self._cond:
             prev = next((e for e in reversed(self._envelopes) if e.envelope_id == envelope_id), None)
+            if prev is None:
+                raise KeyError(envelope_id)
+            event_id = prev.payload.get("event_id")
             attempts = [
                 e.retry_attempt or 0
                 for e in self._envelopes
-                if prev is not None and e.payload.get("event_id") == prev.payload.get("event_id")
+                if e.envelope_id == envelope_id or (event_id is not None and e.payload.get("event_id") == event_id)
             ]
-        if prev is None:
-            raise KeyError(envelope_id)
-        return self.send_envelope(
-            prev.type, copy.deepcopy(prev.payload), retry_num=max(attempts) + 1, retry_reason=reason, wait=wait
-        )
+        return prev, max(attempts)
+
+    def redeliver(
+        self, envelope_id: str, reason: str = "timeout", *, wait: float = 5.0, to: To | Literal["other"] = None
+    ) -> str:
+        """Send an events_api envelope again as Slack's retry: same payload (and event_id), new envelope id,
+        retry_attempt one higher. Returns the new envelope id (the first one with to="all").
+
+        to: None = an open socket at random; "other" = a socket other than the one the envelope went to
+        (waiting up to `wait` s for one); N = socket N; "all" = every open socket."""
+        prev, attempt = self._sent_envelope(envelope_id)
+        msg: dict[str, Any] = {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": copy.deepcopy(prev.payload),
+            "type": prev.type,
+            "accepts_response_payload": False,
+            "retry_attempt": attempt + 1,
+            "retry_reason": reason,
+        }
+        if to == "other":
+
+            async def go() -> str:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + wait
+                while True:
+                    with self._cond:
+                        others = [c.number for c in self._live_unlocked() if c.number != prev.connection]
+                    if others:
+                        with contextlib.suppress(NotConnectedError):
+                            return await self._deliver(msg, 0.0, avoid=prev.connection)
+                    if loop.time() >= deadline:
+                        raise NotConnectedError(f"no open socket other than socket {prev.connection}")
+                    await asyncio.sleep(0.005)
+
+            return self._run(go(), wait + 10.0)
+        return self._run(self._send(msg, wait, to), wait + 10.0)
+
+    def duplicate_to_all(
+        self, envelope_id: str, *, as_retry: bool = False, reason: str = "timeout", wait: float = 5.0
+    ) -> list[str]:
+        """Send an envelope sent earlier again to every open socket (the one it went to included): same
+        payload and event_id, a new envelope id each, as when Slack hands one event to several connections.
+        With as_retry, retry_attempt is one higher than any sent so far for the event (retry_reason `reason`);
+        else the original's retry fields are kept. Returns the new envelope ids, by socket number."""
+        prev, attempt = self._sent_envelope(envelope_id)
+        msg: dict[str, Any] = {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": copy.deepcopy(prev.payload),
+            "type": prev.type,
+            "accepts_response_payload": prev.type == "slash_commands",
+        }
+        if as_retry:
+            msg["retry_attempt"], msg["retry_reason"] = attempt + 1, reason
+        elif prev.retry_attempt is not None:
+            msg["retry_attempt"], msg["retry_reason"] = prev.retry_attempt, prev.retry_reason
+        return self._run(self._deliver_all(msg, wait), wait + 10.0)
 
     def user_says(
         self,
@@ -1350,10 +1523,13 @@ class FakeSlack:
         *,
         wait: float = 5.0,
         files: list[dict[str, Any]] | None = None,
+        to: To = None,
     ) -> str:
         """A user posts a message: store it, send the `message` event and, with mention=True, also an
         `app_mention` event for the same ts (text gets a "<@BOT> " prefix unless it mentions the bot).
-        Returns the message ts. event_id, when given, is used for the message event."""
+        Returns the message ts. event_id, when given, is used for the message event.
+        to: which socket gets each event (see send_envelope); with None the two events of a mention may go
+        to different sockets, as on Slack."""
         tag = f"<@{self.bot_user_id}>"
         if mention and tag not in text:
             text = f"{tag} {text}"
@@ -1379,9 +1555,9 @@ class FakeSlack:
         base = {k: v for k, v in msg.items() if k != "channel"} | {"channel": channel, "event_ts": ts}
         if parent is not None:
             base["parent_user_id"] = parent.get("user")
-        self.send_event(base | {"channel_type": channel_type}, event_id=event_id, store=False, wait=wait)
+        self.send_event(base | {"channel_type": channel_type}, event_id=event_id, store=False, wait=wait, to=to)
         if mention:
-            self.send_event(base | {"type": "app_mention"}, store=False, wait=wait)
+            self.send_event(base | {"type": "app_mention"}, store=False, wait=wait, to=to)
         return ts
 
     def _response_url(self, channel: str, user: str, message_ts: str | None = None) -> str:
@@ -1528,6 +1704,21 @@ class FakeSlack:
             record = self._users.get(user)
         return record["name"] if record else f"user-{user.lower()}"
 
+    def drop_connection(
+        self, connection: int, close_frame: bool = True, *, code: int = WSCloseCode.GOING_AWAY
+    ) -> bool:
+        """Close one socket (see drop_connections). Returns whether it was open."""
+
+        async def go() -> bool:
+            with self._cond:
+                conn = self._conns.get(connection)
+            if conn is None or conn.ws.closed:
+                return False
+            await self._close_conns([conn], close_frame, code)
+            return True
+
+        return self._run(go(), 10.0)
+
     def drop_connections(self, close_frame: bool = True, *, code: int = WSCloseCode.GOING_AWAY) -> int:
         """Close every open socket: with a close frame, or (close_frame=False) by aborting the TCP
         connection. Returns how many were open."""
@@ -1540,7 +1731,7 @@ class FakeSlack:
 
         async def go() -> int:
             with self._cond:
-                conns = [c for c in self._conns.values() if not c.ws.closed and not c.frozen]
+                conns = self._live_unlocked()
                 for conn in conns:
                     conn.frozen = True
                     if isinstance(conn.transport, asyncio.ReadTransport):
@@ -1635,7 +1826,27 @@ class FakeSlack:
     def connections(self) -> int:
         """Sockets open now."""
         with self._cond:
-            return sum(1 for c in self._conns.values() if not c.ws.closed and not c.frozen)
+            return len(self._live_unlocked())
+
+    def connections_open(self) -> list[int]:
+        """Numbers of the sockets open now (1 = the first accepted since start), ascending."""
+        with self._cond:
+            return [c.number for c in self._live_unlocked()]
+
+    def envelopes_on(self, connection: int) -> list[Envelope]:
+        """Envelopes written to socket `connection`, oldest first."""
+        with self._cond:
+            return [e for e in self._envelopes if e.connection == connection]
+
+    def envelopes_for_event(self, event_id: str) -> list[Envelope]:
+        """Every envelope that carried Events API event `event_id` (first deliveries, copies, retries)."""
+        with self._cond:
+            return [e for e in self._envelopes if e.payload.get("event_id") == event_id]
+
+    def acked_envelopes(self) -> list[Envelope]:
+        """Envelopes acked on the socket they went out on, in the order they were sent."""
+        with self._cond:
+            return [e for e in self._envelopes if e.envelope_id in self._acks]
 
     @property
     def connection_count(self) -> int:
@@ -1685,6 +1896,13 @@ class FakeSlack:
                 f"fake Slack: {len(self._calls)} calls, {len(self._envelopes)} envelopes sent, "
                 f"{len(self._acks)} acked, {len(self._conns)} sockets open ({self._connection_count} accepted)"
             ]
+            if self._connection_count > 1:
+                per = collections.Counter(e.connection for e in self._envelopes)
+                live = {c.number for c in self._live_unlocked()}
+                lines.append(
+                    "  envelopes per socket: "
+                    + ", ".join(f"{n}{'' if n in live else ' (closed)'}: {k}" for n, k in sorted(per.items()))
+                )
             t0 = self._calls[0].t if self._calls else 0.0
             for c in calls:
                 brief = {
@@ -1749,24 +1967,28 @@ class FakeSlack:
     async def async_wait_ack(self, envelope_id: str, timeout: float = 5.0) -> tuple[float, Any]:
         return await self.async_wait_for(lambda: self._ack_of(envelope_id), timeout, what=f"ack of {envelope_id}")
 
-    def _connected(self, total: int | None) -> int:
+    def _connected(self, total: int | None, n: int = 1) -> int:
         with self._cond:
-            return self._connected_unlocked(total)
+            return self._connected_unlocked(total, n)
 
-    def _connected_unlocked(self, total: int | None) -> int:
-        n = sum(1 for c in self._conns.values() if not c.ws.closed and not c.frozen)
-        if n and (total is None or self._connection_count >= total):
-            return n
+    def _connected_unlocked(self, total: int | None, n: int = 1) -> int:
+        live = len(self._live_unlocked())
+        if live >= max(n, 1) and (total is None or self._connection_count >= total):
+            return live
         return 0
 
-    def wait_connected(self, timeout: float = 10.0, total: int | None = None) -> int:
-        """Wait until a socket is open (and, with `total`, at least that many were accepted since start,
-        e.g. total=2 after a drop). Returns the number of open sockets."""
+    def wait_connected(self, timeout: float = 10.0, total: int | None = None, *, n: int = 1) -> int:
+        """Wait until at least `n` sockets are open (and, with `total`, at least that many were accepted
+        since start, e.g. total=2 after a drop). Returns the number of open sockets."""
         with self._cond:
-            n = self._cond.wait_for(lambda: self._connected_unlocked(total), timeout)
-        if not n:
-            raise AssertionError(f"no Socket Mode connection (total={total}) within {timeout} s\n{self.describe()}")
-        return n
+            live = self._cond.wait_for(lambda: self._connected_unlocked(total, n), timeout)
+        if not live:
+            raise AssertionError(
+                f"not {n} Socket Mode connection(s) open (total={total}) within {timeout} s\n{self.describe()}"
+            )
+        return live
 
-    async def async_wait_connected(self, timeout: float = 10.0, total: int | None = None) -> int:
-        return await self.async_wait_for(lambda: self._connected(total), timeout, what="a Socket Mode connection")
+    async def async_wait_connected(self, timeout: float = 10.0, total: int | None = None, *, n: int = 1) -> int:
+        return await self.async_wait_for(
+            lambda: self._connected(total, n), timeout, what=f"{n} Socket Mode connection(s)"
+        )
