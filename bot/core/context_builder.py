@@ -240,6 +240,7 @@ class ContextBuilder:
                 continue
             messages = self._store.thread_messages(channel, root) or [
                 x for x in [self._store.get_message(channel, ts)] if x is not None]
+            messages = [x for x in messages if (x.channel, x.ts) != (m.channel, m.ts)]  # the request comes after
             if not messages:
                 continue
             lines = self._bounded(messages, self._max_chars // 4)

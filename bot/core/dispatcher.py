@@ -43,6 +43,12 @@ class Job:
     new_session: bool
     received: float  # monotonic; for queue-wait and latency figures
     is_dm: bool = False
+    about_ts: str | None = None  # the message a shortcut's request is about (its signs go there)
+
+    @property
+    def sign_ts(self) -> str:
+        """The message that shows the request's reactions: the request itself, or the message it is about."""
+        return self.about_ts or self.trigger_ts
 
     @property
     def key(self) -> tuple[str, str]:
@@ -193,9 +199,8 @@ class Dispatcher:
         self._max_input_chars = max_input_chars  # a longer task runs nothing; on_refused(msg, "too_long") once
         self._too_long: set[tuple[str, str]] = set()  # (channel, ts) already told (a mention arrives twice)
 
-    def on_message(self, msg: IncomingMessage) -> Job | None:
-        if msg.subtype in IGNORED_SUBTYPES:
-            return None
+    def record(self, msg: IncomingMessage) -> None:
+        """Keep a message (and what it says about its files) in the record, as context: never a task."""
         try:
             self._store.record_message(
                 StoredMessage(
@@ -213,6 +218,11 @@ class Dispatcher:
                 self._store.record_files(msg.channel, msg.ts, [f.data() for f in msg.files])
         except StoreError as exc:  # context is lost, the bot is not: a request still gets its answer or a sentence
             log.error("store.write_failed", what="message", channel=msg.channel, ts=msg.ts, error=str(exc))
+
+    def on_message(self, msg: IncomingMessage) -> Job | None:
+        if msg.subtype in IGNORED_SUBTYPES:
+            return None
+        self.record(msg)
         if msg.bot_id or msg.user is None or msg.user == self._bot or msg.subtype not in (None, "file_share",
                                                                                               "thread_broadcast"):
             return None
@@ -273,6 +283,7 @@ class Dispatcher:
             new_session=thread is None,  # a later message in a known thread is a follow-up
             received=msg.received or time.monotonic(),
             is_dm=msg.is_dm,
+            about_ts=msg.about_ts,
         )
         return self.submit(job)
 

@@ -1,6 +1,8 @@
 """What comes in, typed: every transport turns its payloads into these, and the core reads nothing else.
 
-    IncomingMessage  a message in a channel, DM or thread          → dispatcher (with the FileRefs of its files)
+    IncomingMessage  a message in a channel, DM or thread          → dispatcher (with the FileRefs of its files);
+                     also the request a message shortcut ("Ask Claude" on a message) makes, `about_ts` naming
+                     the message it is about
     SlashCommand     `/claude …`, answered through a `Reply`         → commands
     Reaction         a reaction added to (or removed from) a message → commands (🛑 cancels)
     ButtonClick      a button on one of the bot's messages           → commands, approvals
@@ -73,6 +75,7 @@ class IncomingMessage:
     event_id: str | None = None
     received: float = 0.0  # time.monotonic() when the event reached the bot
     files: tuple[FileRef, ...] = ()  # attached files (fetched by the run that answers the message)
+    about_ts: str | None = None  # a request about another message (a message shortcut's target): its ts
 
     @property
     def reply_target(self) -> str:

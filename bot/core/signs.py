@@ -56,7 +56,7 @@ class Signs:
         self._spawn(self._first_sign, job)
 
     async def _first_sign(self, job: Job) -> None:
-        await self._poster.react(job.channel, job.trigger_ts, WORKING)
+        await self._poster.react(job.channel, job.sign_ts, WORKING)
         log.info("run.first_sign", channel=job.channel, ts=job.trigger_ts,
                  ms=round((time.monotonic() - job.received) * 1000, 2))
 
@@ -71,10 +71,10 @@ class Signs:
         key = (job.channel, job.trigger_ts)
         if behind_own_thread:  # answered right after its thread's run
             self._waiting_reaction.add(key)
-            await self._poster.react(job.channel, job.trigger_ts, QUEUED)
+            await self._poster.react(job.channel, job.sign_ts, QUEUED)
             if not still_waiting():
                 self._waiting_reaction.discard(key)
-                await self._poster.unreact(job.channel, job.trigger_ts, QUEUED)
+                await self._poster.unreact(job.channel, job.sign_ts, QUEUED)
             return
         ts = await self._poster.post(job.channel, job.thread_ts,
                                      renderer.render_notice(queued_text(position, self._max_concurrent)))
@@ -90,7 +90,7 @@ class Signs:
             key = (job.channel, job.trigger_ts)
             if key in self._waiting_reaction:
                 self._waiting_reaction.discard(key)
-                self._spawn(self._poster.unreact, job.channel, job.trigger_ts, QUEUED)
+                self._spawn(self._poster.unreact, job.channel, job.sign_ts, QUEUED)
 
     async def take_notices(self, jobs: list[Job]) -> str | None:
         """The "Queued" notice the run's status takes over (the first one), the others saying the run started with
@@ -109,13 +109,13 @@ class Signs:
         reaction = FINAL.get(status, FAILED)
         async with anyio.create_task_group() as tg:
             for job in jobs:
-                tg.start_soon(self._poster.unreact, job.channel, job.trigger_ts, WORKING)
-                tg.start_soon(self._poster.react, job.channel, job.trigger_ts, reaction)
+                tg.start_soon(self._poster.unreact, job.channel, job.sign_ts, WORKING)
+                tg.start_soon(self._poster.react, job.channel, job.sign_ts, reaction)
 
     def cancelled_before_start(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
-            self._spawn(self._poster.unreact, job.channel, job.trigger_ts, WORKING)
-            self._spawn(self._poster.react, job.channel, job.trigger_ts, STOPPED)
+            self._spawn(self._poster.unreact, job.channel, job.sign_ts, WORKING)
+            self._spawn(self._poster.react, job.channel, job.sign_ts, STOPPED)
 
     # --- after a restart -----------------------------------------------------------------------------------------
     def restarted(self, channel: str, thread_ts: str) -> None:

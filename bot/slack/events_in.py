@@ -1,5 +1,6 @@
 """Bolt listeners: Slack's payloads become the core's typed events (bot.core.events), here and nowhere else:
-messages for the dispatcher; `/claude`, reactions and button clicks for the commands.
+messages (and the request "Ask Claude" on a message makes) for the dispatcher; `/claude`, reactions and button
+clicks for the commands.
 
 Every subscribed event has a listener (an unmatched event is never acked and Slack retries it), and a
 middleware drops events already seen (Slack retries; the ack is still sent).
@@ -121,6 +122,47 @@ def incoming(event: dict[str, Any], body: dict[str, Any], *, bot_user_id: str, r
     )
 
 
+MESSAGE_SHORTCUT = "claude_message"  # manifest.yaml: the message shortcut "Ask Claude"
+
+
+def permalink(domain: str, channel: str, ts: str, thread_ts: str | None) -> str:
+    """A message's link as Slack's "Copy link" makes it (the context builder brings a linked message in as data)."""
+    link = f"https://{domain or 'app'}.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+    return f"{link}?thread_ts={thread_ts}" if thread_ts and thread_ts != ts else link
+
+
+def message_shortcut(body: Any, *, bot_user_id: str, received: float) -> tuple[IncomingMessage, IncomingMessage] | None:
+    """"Ask Claude" on a message (a message_action payload), typed: the message it was used on (recorded as
+    context, like any message) and the request it makes: from the person who used it, at the shortcut's own ts
+    (one shortcut is one request), in the message's thread, carrying the message's files and a link to it, so
+    its text comes into the prompt as data. None for a payload without a person, a channel or a message."""
+    body = _dict(body)
+    user = _str(_dict(body.get("user")).get("id"))
+    channel = _str(_dict(body.get("channel")).get("id"))
+    message = _dict(body.get("message"))
+    ts = _str(message.get("ts")) or _str(body.get("message_ts"))
+    action_ts = _str(body.get("action_ts")) or f"{time.time():.6f}"
+    if not user or not channel or not ts:
+        return None
+    target = incoming(message | {"channel": channel, "ts": ts}, {}, bot_user_id=bot_user_id, received=received)
+    author = f" by <@{target.user}>" if target.user else ""
+    link = permalink(_str(_dict(body.get("team")).get("domain")), channel, ts, target.thread_ts)
+    request = IncomingMessage(
+        channel=channel,
+        ts=action_ts,
+        text=f"Look at this message{author} and help with what it asks or shows (Ask Claude, on the message): "
+             f"<{link}>",
+        user=user,
+        thread_ts=target.reply_target,
+        mentions_bot=True,  # asked of the bot as explicitly as a mention
+        event_id=_str(body.get("trigger_id")) or None,
+        received=received,
+        files=target.files,
+        about_ts=ts,
+    )
+    return target, request
+
+
 def register(
     app: AsyncApp,
     *,
@@ -195,6 +237,17 @@ def register(
     @app.command("/claude")
     async def on_claude(ack: AsyncAck, command: dict[str, Any]) -> None:
         await on_slash(slash_command(command), reply_in_ack(ack))
+
+    @app.shortcut(MESSAGE_SHORTCUT)
+    async def on_message_shortcut(ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
+        await ack()
+        made = message_shortcut(body, bot_user_id=bot_user_id, received=context["received"])
+        if made is None:
+            log.info("events.shortcut_malformed", callback_id=body.get("callback_id"))
+            return
+        target, request = made
+        dispatcher.record(target)
+        dispatcher.on_message(request)
 
     @app.action(STOP_ACTION)
     async def stop_clicked(ack: AsyncAck, body: dict[str, Any]) -> None:

@@ -428,3 +428,15 @@ def test_every_prompt_has_a_new_random_id(store):
         assert f'<slack_context id="{ctx.nonce}" ' in ctx.prompt
         assert f'</slack_context id="{ctx.nonce}">' in ctx.prompt
         assert f"Request (id {ctx.nonce}) in #general from U1 (U1):" in ctx.prompt
+
+
+def test_a_linked_message_comes_as_data_without_the_request_that_links_it(store):
+    """"Ask Claude" on a message makes a request in that message's thread linking to it: the linked block holds
+    the message and its thread, not the request a second time."""
+    store.record_message(message(1, "the worker died: queue full"))
+    link = f"https://team.slack.com/archives/{C}/p{ts(1).replace('.', '')}"
+    request = message(2, f"Look at this message: <{link}>", user="U1", thread=1)
+    store.record_message(request)
+    prompt = builder(store).for_new_session(C, ts(1), request, LABEL).prompt
+    assert [line.split(": ", 1)[1] for line in block(prompt, "linked")] == ["the worker died: queue full"]
+    assert "Look at this message" not in "\n".join(block(prompt, "linked"))
