@@ -4,8 +4,12 @@ gets one sentence instead."""
 
 from __future__ import annotations
 
+import base64
+import mimetypes
+
 import pytest
 
+from tests.e2e.test_attachments import PNG
 from tests.e2e.test_reactive import answer_in
 
 pytestmark = pytest.mark.e2e
@@ -49,3 +53,26 @@ def test_a_file_outside_the_thread_or_too_big_is_refused_with_a_sentence(start_b
     told = [t for i in range(len(fake_model.requests)) for t in fake_model.user_texts(i)]
     assert any("was not uploaded: only files in this thread's folder" in t for t in told)
     assert fake_slack.files == []
+
+
+def test_an_image_claude_makes_goes_up_as_a_png_so_slack_shows_it_inline(start_bot, fake_slack, fake_model):
+    """Slack shows an uploaded image inline when it is one: a .png name, the PNG's own bytes (not masked as text)
+    and no snippet type (a snippet is shown as text)."""
+    start_bot(**BASH)
+    b64 = base64.b64encode(PNG).decode()
+    fake_model.enqueue_tool_use("Bash", {
+        "command": f"echo {b64} | base64 -d > \"$SLACKBUS_OUTBOX/plot.png\" && echo {b64} | base64 -d > chart.png",
+        "description": "draw two plots"})
+    fake_model.enqueue_tool_use("mcp__slackbus__upload", {"path": "chart.png", "title": "Latency by day"})
+    ts = fake_slack.user_says("C1", "U1", "plot the latency [[id:f3]]", mention=True)
+    answer_in(fake_slack, "C1", ts, "answer for f3")
+    fake_slack.wait_for(lambda: len(fake_slack.files) >= 2, what="two images in the thread")
+    by_name = {f["name"]: f for f in fake_slack.files}
+    assert set(by_name) == {"plot.png", "chart.png"}
+    for f in by_name.values():
+        assert mimetypes.guess_type(f["name"])[0] == "image/png"
+        assert f["content"] == PNG and f["snippet_type"] is None and f["completed"]
+        assert (f["channel"], f["thread_ts"]) == ("C1", ts)
+    assert by_name["chart.png"]["title"] == "Latency by day" and by_name["plot.png"]["title"] == "plot.png"
+    shared = [m for m in fake_slack.bot_messages("C1", ts) if m.get("files")]
+    assert sorted(f["name"] for m in shared for f in m["files"]) == ["chart.png", "plot.png"]
