@@ -25,6 +25,11 @@ from bot.bridge.blackboard import Blackboard
 from bot.bridge.mcp import MCP_SERVER, MCP_TOOLS, mcp_server
 from bot.bridge.server import SocketServer
 from bot.bridge.shim import install_shim
+from bot.cluster import jetstream
+from bot.cluster.nodes import Nodes
+from bot.cluster.record import Record
+from bot.cluster.threads import Threads
+from bot.cluster.work import Work
 from bot.config import Settings
 from bot.core import renderer
 from bot.core.approvals import Approvals
@@ -40,13 +45,14 @@ from bot.core.poster import Directory, Poster
 from bot.core.recovery import recover
 from bot.core.sessions import SessionManager
 from bot.core.signs import Signs
-from bot.core.store import Store
+from bot.core.store import Store, ThreadSession
 from bot.core.worktrees import Worktrees
 from bot.errors import StoreError, WorktreeError
 from bot.local.events_in import LOCAL_BOT, LocalDirectory, LocalEvents
 from bot.local.files import LocalFetcher
 from bot.local.poster import LocalPoster
 from bot.log import get_logger
+from bot.slack import cluster_intake
 from bot.slack import events_in as slack_events
 from bot.slack.backfill import Backfill
 from bot.slack.connection import SocketModeSource, identify
@@ -99,6 +105,29 @@ class Services:
     dispatcher: Dispatcher
     signs: Signs
     source: Source
+    cluster: ClusterParts | None = None
+
+
+@dataclass
+class ClusterParts:
+    """A node's share of the cluster (SLACKBUS_NATS_URL), started before events come in."""
+
+    link: jetstream.Link
+    nodes: Nodes
+    threads: Threads
+    record: Record
+    work: Work
+    intake: cluster_intake.SlackIntake
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        await tg.start(self.record.run)
+        await tg.start(self.nodes.run)
+        tg.start_soon(self.threads.mirror)
+        await self.intake.serve_control()
+        await tg.start(self.work.run)
+
+
+TAKEN_OVER = ":arrows_counterclockwise: The host running this stopped; resuming here."
 
 
 class Bot:
@@ -278,6 +307,8 @@ class Bot:
             approvals=self.approvals,
             worktrees=worktrees,
         )
+        cluster = await self._cluster(bot_user_id, bot_id, dispatcher, queue, pipeline, poster) \
+            if s.nats_url and not local else None
         source: Source
         if local:
             source = LocalEvents(
@@ -285,7 +316,7 @@ class Bot:
                 ephemeral=poster.post_ephemeral, spawn=self._spawn,
             )
         else:
-            source = SocketModeSource(self.client, s.slack_app_token, functools.partial(
+            events = functools.partial(
                 slack_events.register,
                 dispatcher=dispatcher,
                 store=self.store,
@@ -297,8 +328,59 @@ class Bot:
                 on_approval=commands.on_approval_button,
                 on_attach=commands.on_attach_button,
                 on_change=commands.on_change_button,
-            ))
-        return Services(bot_user_id, poster, backfill, socket, sessions, worktrees, queue, dispatcher, signs, source)
+            )
+
+            def register(app: Any) -> None:
+                if cluster is not None:
+                    cluster.intake.register(app)  # before everything: stores the event, or hands it to its node
+                events(app)
+
+            source = SocketModeSource(self.client, s.slack_app_token, register, ack_after_listeners=cluster is not None)
+        return Services(bot_user_id, poster, backfill, socket, sessions, worktrees, queue, dispatcher, signs, source,
+                        cluster)
+
+    async def _cluster(self, bot_user_id: str, bot_id: str | None, dispatcher: Dispatcher, queue: JobQueue,
+                       pipeline: TaskPipeline, poster: Poster) -> ClusterParts:
+        """Join the cluster: the record, who lives, the threads' owners and sessions, the shared work."""
+        s = self.settings
+        assert s.nats_url is not None
+        me = s.node_id
+        link = await jetstream.connect(s.nats_url, me, replicas=s.nats_replicas)
+        store = self.store
+
+        def report() -> dict[str, Any]:
+            return {"running": queue.running, "queued": queue.pending, "max_concurrent": s.max_concurrent,
+                    "processes": pipeline.process_counts(),
+                    "runs": [{"channel": h.channel, "thread_ts": h.thread_ts, "run_id": h.run_id,
+                              "requester": h.requester, "seconds": round(time.monotonic() - h.started)}
+                             for h in pipeline.runs()]}
+
+        nodes = Nodes(link, me, report)
+        home = Path(s.child_env.get("HOME") or Path.home())
+        threads = Threads(link, store, me, home / ".claude" / "projects")
+        record = Record(link, me, store, s.home, functools.partial(cluster_intake.apply, store,
+                                                                   bot_user_id=bot_user_id, bot_id=bot_id))
+
+        async def accept(job: Job, takeover: bool) -> None:
+            await record.wait_message(job.channel, job.trigger_ts)
+            try:
+                store.claim_request(job.channel, job.trigger_ts, job.thread_ts, job.user, "message")
+                if store.get_thread(*job.key) is None:
+                    store.save_thread(ThreadSession(job.channel, job.thread_ts, "", self.workdir_for(job.channel),
+                                                    False, "0", job.user))
+            except StoreError as exc:
+                log.error("store.write_failed", what="cluster_task", channel=job.channel, error=str(exc))
+            if takeover:
+                await poster.post(job.channel, job.thread_ts, renderer.render_notice(TAKEN_OVER))
+            dispatcher.submit_here(job)
+
+        work = Work(link, nodes, threads, me,
+                    capacity=lambda: s.max_concurrent - queue.running - queue.pending,
+                    accept=accept, workdir_for=self.workdir_for)
+        dispatcher.place = work.place
+        queue.on_done = work.done
+        return ClusterParts(link, nodes, threads, record, work,
+                            cluster_intake.SlackIntake(link, nodes, threads, work, record, store))
 
     # --- running -------------------------------------------------------------------------------------------------
     async def _run(self, sv: Services, ready: anyio.Event | None, signals: bool) -> None:
@@ -317,7 +399,10 @@ class Bot:
                 sv.queue.attach(tg)
                 if signals:
                     tg.start_soon(self._watch_signals, tg.cancel_scope, sv.source, sv.queue)
-                recover(self.store, sv.dispatcher, sv.signs)
+                if sv.cluster is not None:  # unfinished work is in JetStream: redelivered, not recovered here
+                    await sv.cluster.start(tg)
+                else:
+                    recover(self.store, sv.dispatcher, sv.signs)
                 await sv.source.start(tg)
                 log.info(
                     "bot.ready",
@@ -341,6 +426,8 @@ class Bot:
         finally:  # also when start-up fails: an open socket left to the garbage collector spills warnings
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 await sv.source.close()
+            if sv.cluster is not None:
+                await sv.cluster.link.close()
 
     async def _prepare_spares(self, worktrees: Worktrees, folder: Path) -> None:
         repo = await Worktrees.repo_of(folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -68,6 +69,8 @@ def _load_hardened(env_file: str | None, transport: str | None) -> Settings:
     settings = load_settings(env, env_file=env_file, transport=transport)
     redactor.add(settings.slack_bot_token, settings.slack_app_token)
     redactor.add(*secret_values(read_environment(env, env_file=env_file)))
+    if settings.nats_url:  # a password in the NATS address is masked like a token
+        redactor.add(*(m for m in re.findall(r"//[^:/@,]+:([^@/,]+)@", settings.nats_url) if len(m) >= 4))
     scrub_process_environment()
     hardening.private_state(settings.home, settings.db_path)
     return settings

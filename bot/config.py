@@ -32,6 +32,7 @@ SECRET_ENV_NAMES = frozenset(
         "SLACK_SIGNING_SECRET",
         "SLACK_CLIENT_SECRET",
         "SLACK_WEBHOOK_URL",
+        "SLACKBUS_NATS_URL",  # may carry a user and password (nats://user:pass@host)
     }
 )
 # The attachments a request may bring by default: images Claude can see, text, and common documents and archives.
@@ -91,6 +92,9 @@ class Settings:
 
     max_processes_why: str = ""  # where SLACKBUS_MAX_PROCESSES came from: set, or sized from the memory
     park_seconds: float = 5.0  # an idle claude process is stopped (SIGSTOP) after this long; 0: never
+    nats_url: str | None = field(default=None, repr=False)  # SLACKBUS_NATS_URL: join the cluster (bot.cluster)
+    nats_replicas: int = 1  # SLACKBUS_NATS_REPLICAS: copies of each stream and bucket (3 on a 3-server cluster)
+    node_id: str = ""  # SLACKBUS_NODE_ID: this node's name in the cluster (default: host name and home folder)
 
     @property
     def db_path(self) -> Path:
@@ -743,7 +747,43 @@ def load_settings(
         worktree_ttl=_duration(merged, "SLACKBUS_WORKTREE_TTL", 7 * 86400.0),
         pr_command=_pr_command(merged),
         channel_defaults=folders.channel_defaults,
+        nats_url=_nats_url(merged),
+        nats_replicas=_int(merged, "SLACKBUS_NATS_REPLICAS", 1, minimum=1),
+        node_id=_node_id(merged, home.resolve()),
     )
+
+
+def _nats_url(env: Mapping[str, str]) -> str | None:
+    """SLACKBUS_NATS_URL: one or more nats:// (or tls://) servers, comma-separated; unset: one host, no cluster."""
+    raw = env.get("SLACKBUS_NATS_URL", "").strip()
+    if not raw:
+        return None
+    for url in raw.split(","):
+        if not re.fullmatch(r"(nats|tls|ws|wss)://\S+", url.strip()):
+            raise ConfigError(
+                f"SLACKBUS_NATS_URL holds {redact_url(url.strip())!r}, which is not a NATS server address: give "
+                "nats://HOST:4222 (several comma-separated), or unset it to run on one host."
+            )
+    return raw
+
+
+def redact_url(url: str) -> str:
+    """A server address without its password, for logs and sentences."""
+    return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1[redacted]@", url)
+
+
+def _node_id(env: Mapping[str, str], home: Path) -> str:
+    """SLACKBUS_NODE_ID, else the host's name and a short hash of SLACKBUS_HOME (two nodes on one host differ)."""
+    raw = env.get("SLACKBUS_NODE_ID", "").strip()
+    if raw:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
+            raise ConfigError(f"SLACKBUS_NODE_ID is {raw!r}: use letters, digits, - and _ only (at most 64).")
+        return raw
+    import hashlib
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{hashlib.sha256(str(home).encode()).hexdigest()[:6]}"
 
 
 def scrub_process_environment() -> None:

@@ -61,8 +61,9 @@ Handler = Callable[[list[Job]], Awaitable[None]]
 class JobQueue:
     """FIFO under a global cap, one running batch per thread. Runs on the event loop; no locks needed."""
 
-    def __init__(self, handler: Handler, max_concurrent: int) -> None:
+    def __init__(self, handler: Handler, max_concurrent: int, on_done: Handler | None = None) -> None:
         self._handler = handler
+        self.on_done = on_done  # after each batch, and for jobs removed before they ran (the cluster acks them)
         self.max_concurrent = max_concurrent
         self._pending: deque[Job] = deque()
         self._busy: set[tuple[str, str]] = set()
@@ -117,8 +118,14 @@ class JobQueue:
         removed = [j for j in self._pending if j.key == key]
         for job in removed:
             self._pending.remove(job)
+        if removed and self.on_done is not None and self._tg is not None:
+            self._tg.start_soon(self._removed_done, removed)
         self._pump()
         return removed
+
+    async def _removed_done(self, removed: list[Job]) -> None:
+        if self.on_done is not None:
+            await self.on_done(removed)
 
     def _take_batch(self) -> list[Job] | None:
         for index, job in enumerate(self._pending):
@@ -160,6 +167,12 @@ class JobQueue:
         finally:
             self._busy.discard(batch[0].key)
             self.running -= 1
+            if self.on_done is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+                    try:
+                        await self.on_done(batch)
+                    except Exception:
+                        log.exception("dispatch.on_done_failed", channel=batch[0].channel)
             self._pump()
 
     async def wait_idle(self) -> None:
@@ -183,7 +196,9 @@ class Dispatcher:
         on_seen: Callable[[Job], None] | None = None,
         on_unrecorded: Callable[[IncomingMessage, StoreError], None] | None = None,
         max_input_chars: int | None = None,
+        place: Callable[[Job], None] | None = None,
     ) -> None:
+        self.place = place  # set (the cluster): a job goes there, and comes back through `submit_here` on a node
         self._on_seen = on_seen
         self._on_unrecorded = on_unrecorded
         self._unrecorded: set[tuple[str, str]] = set()  # (channel, ts) already told "could not record"
@@ -302,6 +317,14 @@ class Dispatcher:
             self._on_unrecorded(msg, exc)
 
     def submit(self, job: Job) -> Job:
+        if self.place is not None:
+            self.place(job)
+            log.info("dispatch.placed", channel=job.channel, thread_ts=job.thread_ts, ts=job.trigger_ts, user=job.user)
+            return job
+        return self.submit_here(job)
+
+    def submit_here(self, job: Job) -> Job:
+        """Into this node's own queue: the first sign, then the queue."""
         if self._on_seen is not None:
             self._on_seen(job)  # the first visible sign is scheduled before any of the job's own work
         position = self._queue.submit(job)

@@ -52,8 +52,12 @@ async def identify(client: AsyncWebClient, api_url: str) -> dict[str, Any]:
 class SocketModeSource:
     """Events in from Slack: a Bolt app (its listeners added by `register`) on a Socket Mode connection."""
 
-    def __init__(self, client: AsyncWebClient, app_token: str, register: Callable[[AsyncApp], None]) -> None:
-        app = AsyncApp(client=client, process_before_response=False, ignoring_self_events_enabled=False)
+    def __init__(self, client: AsyncWebClient, app_token: str, register: Callable[[AsyncApp], None], *,
+                 ack_after_listeners: bool = False) -> None:
+        # ack_after_listeners (the cluster): an event is acked once its listeners ran, so what they placed is
+        # stored in JetStream before Slack forgets the event
+        app = AsyncApp(client=client, process_before_response=ack_after_listeners,
+                       ignoring_self_events_enabled=False)
         register(app)
         self._handler = AsyncSocketModeHandler(app, app_token, ping_interval=SOCKET_PING_S)
 

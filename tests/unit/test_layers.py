@@ -1,12 +1,14 @@
 """The package's layers, read from the source: what each folder may import, and no import circles.
 
     top        bot.app, bot.cli, bot.console, bot.doctor, bot.__main__   may import anything
-    edges      bot.slack, bot.local, bot.bridge                          core and the foundation (and their own)
+    edges      bot.slack, bot.local, bot.bridge, bot.cluster             core and the foundation (and their own)
     core       bot.core                                                  the foundation and itself; no transport,
                                                                          no slack_bolt / slack_sdk / aiohttp
     foundation bot (the package), bot.errors, bot.redact, bot.envfile,  only itself
                bot.log, bot.config, bot.request_options, bot.hardening
 
+bot.cluster (several hosts on NATS JetStream) knows no Slack library; Slack's side of it (bot.slack.cluster_intake)
+may import it. Core and the foundation import neither NATS nor a Slack library.
 One sideways arrow is allowed: bot.bridge reads and writes local channels (bot.local.channel) when a hook runs on
 a host with no bot. Every import counts, also one inside a function or under TYPE_CHECKING.
 """
@@ -22,7 +24,7 @@ BOT = Path(__file__).resolve().parents[2] / "bot"
 TOP = {"bot.app", "bot.cli", "bot.console", "bot.doctor", "bot.__main__"}
 FOUNDATION = {"bot", "bot.errors", "bot.redact", "bot.envfile", "bot.log", "bot.config", "bot.request_options",
               "bot.hardening"}
-EDGES = ("bot.slack", "bot.local", "bot.bridge")
+EDGES = ("bot.slack", "bot.local", "bot.bridge", "bot.cluster")
 SIDEWAYS = {("bot.bridge", "bot.local.channel")}
 SLACK_LIBRARIES = ("slack_bolt", "slack_sdk", "aiohttp")
 
@@ -76,10 +78,11 @@ def layer(name: str) -> str:
 ALLOWED = {
     "foundation": {"foundation"},
     "core": {"foundation", "core"},
-    "bot.slack": {"foundation", "core", "bot.slack"},
+    "bot.slack": {"foundation", "core", "bot.slack", "bot.cluster"},
     "bot.local": {"foundation", "core", "bot.local"},
     "bot.bridge": {"foundation", "core", "bot.bridge"},
-    "top": {"top", "foundation", "core", "bot.slack", "bot.local", "bot.bridge"},
+    "bot.cluster": {"foundation", "core", "bot.cluster"},
+    "top": {"top", "foundation", "core", "bot.slack", "bot.local", "bot.bridge", "bot.cluster"},
 }
 
 
@@ -89,7 +92,9 @@ def test_each_module_imports_only_what_its_layer_may(name: str) -> None:
     assert own != "unknown", f"{name} belongs to no layer: add it to this test's map"
     wrong = []
     for target in imports(modules()[name]):
-        if target.split(".")[0] in SLACK_LIBRARIES and own in {"core", "foundation"}:
+        if target.split(".")[0] in SLACK_LIBRARIES and own in {"core", "foundation", "bot.cluster"}:
+            wrong.append(target)
+        if target.split(".")[0] == "nats" and own in {"core", "foundation"}:
             wrong.append(target)
         if not target.startswith("bot"):
             continue
@@ -136,6 +141,6 @@ def test_the_rules_catch_a_core_module_that_imports_a_transport(tmp_path: Path) 
 
 
 def test_every_folder_says_its_job_and_what_it_may_import() -> None:
-    for folder in ("core", "slack", "local", "bridge"):
+    for folder in ("core", "slack", "local", "bridge", "cluster"):
         doc = ast.get_docstring(ast.parse((BOT / folder / "__init__.py").read_text()))
         assert doc and "import" in doc, f"bot/{folder}/__init__.py needs a docstring: its job, what it may import"

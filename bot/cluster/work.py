@@ -1,0 +1,284 @@
+"""Tasks across nodes: the node that took an event in places the task, a node with room runs it.
+
+place   — a new thread's task goes to slackbus.work.any, where any node with room (its SLACKBUS_MAX_CONCURRENT)
+          pulls it; a task of a thread a living node holds goes to that node's own subject, so its warm process
+          keeps working. The message id is the request's, so the same task placed twice (two nodes got the mention
+          and the message event) is stored once.
+take    — a node that pulls a task claims the thread (compare-and-set; from nobody, or from a dead owner), or hands
+          the task to the owner; a later task of a thread whose first task nobody took yet waits for it, so a
+          thread's tasks run in order. Taking over from a dead owner restores its session's transcript and tells
+          the thread.
+running — the task is acked when its run ends; until then the node reports progress (in-progress acks), so a
+          long run is not redelivered. A node that dies stops reporting: its tasks go to another node after
+          ACK_WAIT_S, and the tasks waiting on its own subject are moved to slackbus.work.any by a living node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import anyio
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+
+from bot.cluster.jetstream import (
+    ACK_WAIT_S,
+    WORK,
+    WORK_ANY,
+    Link,
+    dumps,
+    ensure_consumer,
+    node_durable,
+    work_subject,
+)
+from bot.cluster.nodes import Nodes
+from bot.cluster.threads import ThreadEntry, Threads
+from bot.core.dispatcher import Job
+from bot.log import get_logger
+
+log = get_logger("slackbus.cluster")
+
+PROGRESS_S = ACK_WAIT_S / 3
+FIRST_WAIT_S = 0.1  # a later task of a thread whose first task is not taken yet comes back after this
+PUBLISH_TRIES_S = 20.0  # a placement retries this long through a NATS restart (same message id: no duplicate)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A job as it travels: the job's fields (received is this node's clock, so it is set again on arrival)."""
+
+    channel: str
+    thread_ts: str
+    trigger_ts: str
+    user: str
+    new_session: bool
+    is_dm: bool
+    placed_by: str
+    placed_at: float  # wall clock, for the figures
+
+    @property
+    def msg_id(self) -> str:
+        return f"task:{self.channel}:{self.trigger_ts}"
+
+
+Accept = Callable[[Job, bool], Awaitable[None]]  # (the job, taken over from a dead node)
+
+
+class Work:
+    def __init__(self, link: Link, nodes: Nodes, threads: Threads, me: str, *, capacity: Callable[[], int],
+                 accept: Accept, workdir_for: Callable[[str], str]) -> None:
+        self._workdir_for = workdir_for
+        self._link = link
+        self._nodes = nodes
+        self._threads = threads
+        self.me = me
+        self._capacity = capacity  # how many more tasks this node takes from the shared queue now
+        self._accept = accept  # hand a job to this node's own queue (the dispatcher's submit)
+        self._held: dict[tuple[str, str], Msg] = {}  # (channel, trigger ts) → the task message, acked at the end
+        self._order = anyio.create_memory_object_stream[Task](10_000)
+        self._room = anyio.Event()
+        self._placed = 0
+        self._stored = 0
+        self._stored_changed = anyio.Event()
+
+    # --- placing ---------------------------------------------------------------------------------------------
+    def place(self, job: Job) -> None:
+        """Called by the dispatcher instead of its own queue: stored in order, by one sender."""
+        task = Task(job.channel, job.thread_ts, job.trigger_ts, job.user, job.new_session, job.is_dm, self.me,
+                    time.time())
+        self._placed += 1
+        self._order[0].send_nowait(task)
+
+    async def flush(self) -> None:
+        """Wait until every task placed so far is stored (the event's ack waits for this)."""
+        target = self._placed
+        with anyio.move_on_after(PUBLISH_TRIES_S + 5.0):
+            while self._stored < target:
+                changed = self._stored_changed
+                await changed.wait()
+
+    async def _placer(self) -> None:
+        async for task in self._order[1]:
+            try:
+                await self._place(task)
+            except Exception as exc:
+                log.error("cluster.place_failed", channel=task.channel, ts=task.trigger_ts,
+                          error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._stored += 1
+                self._stored_changed.set()
+                self._stored_changed = anyio.Event()
+
+    async def _place(self, task: Task) -> None:
+        entry, _ = await self._threads.get(task.channel, task.thread_ts)
+        if entry is None and task.new_session:
+            await self._threads.create(task.channel, task.thread_ts, ThreadEntry(
+                first=task.trigger_ts, requester=task.user, workdir=self._workdir_for(task.channel)))
+            entry, _ = await self._threads.get(task.channel, task.thread_ts)
+        owner = entry.owner if entry is not None and entry.owner and self._nodes.alive(entry.owner) else None
+        await self._publish(work_subject(owner), task, task.msg_id)
+        log.info("cluster.placed", channel=task.channel, thread_ts=task.thread_ts, ts=task.trigger_ts,
+                 to=owner or "any")
+
+    async def _publish(self, subject: str, task: Task, msg_id: str) -> None:
+        deadline = time.monotonic() + PUBLISH_TRIES_S
+        while True:
+            try:
+                await self._link.js.publish(subject, dumps(asdict(task)), headers={"Nats-Msg-Id": msg_id},
+                                            timeout=2.0)
+                return
+            except Exception as exc:  # the server restarting: the client reconnects; the same id cannot duplicate
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cluster.publish_retry", subject=subject, error=type(exc).__name__)
+                await anyio.sleep(0.2)
+
+    # --- taking ----------------------------------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await ensure_consumer(self._link.js, node_durable(self.me), work_subject(self.me))
+        shared = await self._link.js.pull_subscribe_bind(durable="any", stream=WORK)
+        own = await self._link.js.pull_subscribe_bind(durable=node_durable(self.me), stream=WORK)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._placer)
+            tg.start_soon(self._pull, own, lambda: 64)
+            tg.start_soon(self._pull, shared, self._capacity)
+            tg.start_soon(self._progress)
+            tg.start_soon(self._rescue)
+            task_status.started()
+
+    def room(self) -> None:
+        """A run ended: the shared queue may be pulled again."""
+        self._room.set()
+
+    async def _pull(self, sub: Any, room: Callable[[], int]) -> None:
+        while True:
+            free = room()
+            if free <= 0:
+                self._room = anyio.Event()
+                with anyio.move_on_after(1.0):
+                    await self._room.wait()
+                continue
+            try:
+                msgs = await sub.fetch(batch=min(free, 8), timeout=1.0)
+            except NatsTimeout:
+                continue
+            except Exception as exc:  # reconnecting
+                log.warning("cluster.fetch_failed", error=f"{type(exc).__name__}: {exc}")
+                await anyio.sleep(0.2)
+                continue
+            for msg in msgs:
+                try:
+                    await self._take(msg)
+                except Exception as exc:
+                    log.error("cluster.take_failed", error=f"{type(exc).__name__}: {exc}")
+                    await msg.nak(delay=0.5)
+
+    async def _take(self, msg: Msg) -> None:
+        try:
+            task = Task(**json.loads(msg.data))
+        except (ValueError, TypeError):
+            log.warning("cluster.bad_task", data=msg.data[:200])
+            await msg.term()
+            return
+        redelivered = (msg.metadata.num_delivered or 1) > 1
+        for _ in range(8):
+            entry, revision = await self._threads.get(task.channel, task.thread_ts)
+            entry = entry or ThreadEntry(first=task.trigger_ts if task.new_session else "", requester=task.user)
+            if entry.owner == self.me:
+                await self._start(msg, task, entry, takeover=redelivered)
+                return
+            if entry.owner and self._nodes.alive(entry.owner):
+                await self._publish(work_subject(entry.owner), task, f"{task.msg_id}:to:{entry.owner}")
+                await msg.ack()
+                log.info("cluster.handed", channel=task.channel, ts=task.trigger_ts, to=entry.owner)
+                return
+            if entry.first and entry.first != task.trigger_ts and not entry.owner:
+                await msg.nak(delay=FIRST_WAIT_S)  # the thread's first task is still waiting for a node
+                return
+            takeover = bool(entry.owner) or redelivered
+            if await self._threads.swap(task.channel, task.thread_ts, replace(entry, owner=self.me, first=""),
+                                        revision):
+                if takeover:
+                    log.info("cluster.took_over", channel=task.channel, thread_ts=task.thread_ts,
+                             from_node=entry.owner or None)
+                await self._start(msg, task, replace(entry, owner=self.me, first=""), takeover=takeover)
+                return
+        await msg.nak(delay=FIRST_WAIT_S)
+
+    async def _start(self, msg: Msg, task: Task, entry: ThreadEntry, *, takeover: bool) -> None:
+        key = (task.channel, task.trigger_ts)
+        if key in self._held:  # this node has it already (redelivered while queued here)
+            await msg.in_progress()
+            return
+        self._held[key] = msg
+        if entry.session_id:
+            self._threads.to_store(task.channel, task.thread_ts, entry)
+            await self._threads.restore(entry)
+        job = Job(channel=task.channel, thread_ts=task.thread_ts, trigger_ts=task.trigger_ts, user=task.user,
+                  new_session=task.new_session and not entry.started, received=time.monotonic(), is_dm=task.is_dm)
+        log.info("cluster.taken", channel=task.channel, thread_ts=task.thread_ts, ts=task.trigger_ts,
+                 placed_by=task.placed_by, wait_ms=round((time.time() - task.placed_at) * 1000, 1))
+        await self._accept(job, takeover)
+
+    async def done(self, jobs: list[Job]) -> None:
+        """A run ended (answered, failed or cancelled): save the thread's session, then ack its tasks."""
+        first = jobs[0]
+        try:
+            await self._threads.after_turn(first.channel, first.thread_ts)
+        except Exception as exc:
+            log.warning("cluster.after_turn_failed", channel=first.channel, error=f"{type(exc).__name__}: {exc}")
+        for job in jobs:
+            msg = self._held.pop((job.channel, job.trigger_ts), None)
+            if msg is not None:
+                try:
+                    await msg.ack()
+                except Exception as exc:  # NATS away: redelivered later; the record shows it answered
+                    log.warning("cluster.ack_failed", ts=job.trigger_ts, error=type(exc).__name__)
+        self.room()
+
+    async def _progress(self) -> None:
+        """Every PROGRESS_S: the tasks this node holds are still being worked on."""
+        while True:
+            await anyio.sleep(PROGRESS_S)
+            for msg in list(self._held.values()):
+                try:
+                    await msg.in_progress()
+                except Exception as exc:
+                    log.warning("cluster.progress_failed", error=type(exc).__name__)
+
+    # --- a dead node's own tasks ---------------------------------------------------------------------------
+    async def _rescue(self) -> None:
+        """Tasks waiting on a dead node's subject (follow-ups of its threads) go back to the shared queue, where the
+        node that takes one takes over its thread. A message id per move: moving twice stores it once."""
+        subs: dict[str, Any] = {}
+        while True:
+            await anyio.sleep(1.0)
+            for node in self._nodes.dead():
+                try:
+                    sub = subs.get(node) or await self._link.js.pull_subscribe_bind(durable=node_durable(node),
+                                                                                     stream=WORK)
+                    subs[node] = sub
+                    msgs = await sub.fetch(batch=16, timeout=0.5)
+                except NatsTimeout:
+                    continue
+                except Exception as exc:
+                    log.warning("cluster.rescue_failed", node=node, error=f"{type(exc).__name__}: {exc}")
+                    subs.pop(node, None)
+                    continue
+                for msg in msgs:
+                    try:
+                        task = Task(**json.loads(msg.data))
+                        await self._publish(WORK_ANY, task, f"{task.msg_id}:from:{node}:{msg.metadata.sequence.stream}")
+                        log.info("cluster.moved", from_node=node, channel=task.channel, ts=task.trigger_ts)
+                    except (ValueError, TypeError):
+                        pass
+                    await msg.ack()
+            for node in [n for n in subs if self._nodes.alive(n)]:
+                sub = subs.pop(node)
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
