@@ -27,12 +27,13 @@ Behaviour copied from real Slack on purpose (a bot that works here should work t
   text above 3,000 characters or more than 12,000 characters of ``markdown`` block text (invalid_blocks);
 - events sent while no socket is connected are not buffered;
 - an app may hold several Socket Mode connections (Slack allows 10): each envelope goes to ONE open
-  connection chosen at random (``FakeSlack(seed=...)`` makes the choice repeatable), a socket that was sent a
-  ``disconnect`` message gets new envelopes only while no other socket is open, and an envelope counts as acked
-  only when the ack comes back on the socket it went out on. ``to="all"`` (send_envelope, send_event,
-  user_says) or duplicate_to_all() hands the same event (same event_id) to every socket, as Slack does when it
-  retries onto another connection; ``retry_unacked_after=seconds`` makes the fake retry, like Slack, an
-  events_api envelope nobody acked in time (retry_attempt + 1, same event_id, another socket when there is one).
+  connection chosen at random (``FakeSlack(seed=...)`` makes the choice repeatable), and a socket that was
+  sent a ``disconnect`` message gets new envelopes only while no other socket is open. An ack that comes back
+  on another socket than its envelope's is listed in ``misdirected_acks`` (and ignored with strict_acks).
+  ``to="all"`` (send_envelope, send_event, user_says) or duplicate_to_all() hands the same event (same
+  event_id) to every socket, as Slack does when it retries onto another connection;
+  ``retry_unacked_after=seconds`` makes the fake retry, like Slack, an events_api envelope nobody acked in
+  time (retry_attempt + 1, same event_id, another socket when there is one).
 """
 
 from __future__ import annotations
@@ -225,6 +226,7 @@ class FakeSlack:
         port: int = 0,
         seed: int | None = None,
         retry_unacked_after: float | None = None,
+        strict_acks: bool = False,
     ) -> None:
         """bot_token / app_token: when given, only that exact token is accepted (else any xoxb- / xapp-).
         echo_bot_messages: also send the bot's own chat.postMessage / chat.update / chat.delete back as
@@ -232,7 +234,10 @@ class FakeSlack:
         seed: seeds the choice of socket for each envelope (random.Random(seed)).
         retry_unacked_after: when set, an events_api envelope not acked within that many seconds is sent
         again (same payload and event_id, retry_attempt + 1, retry_reason "timeout", a new envelope id) to
-        another open socket (the same one when it is the only one open), up to 3 retries, as Slack does."""
+        another open socket (the same one when it is the only one open), up to 3 retries, as Slack does.
+        strict_acks: count an ack only when it comes back on the socket the envelope went out on. Off by
+        default: slack_sdk acks on its current socket, so an envelope received just before a reconnect is
+        acked on the new one. Acks on another socket are listed in misdirected_acks either way."""
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
         self.team_id = team_id
@@ -244,6 +249,7 @@ class FakeSlack:
         self._requested_port = port
         self.port: int | None = None
         self.retry_unacked_after = retry_unacked_after
+        self.strict_acks = strict_acks
         self._rng = random.Random(seed)
 
         self._cond = threading.Condition(threading.Lock())
@@ -1199,9 +1205,10 @@ class FakeSlack:
             if isinstance(msg, dict) and "envelope_id" in msg:
                 envelope_id = str(msg["envelope_id"])
                 sent_to = self._sent_to.get(envelope_id)
-                if sent_to is not None and sent_to != connection:  # Slack takes an ack only where it sent
+                misdirected = sent_to is not None and sent_to != connection
+                if misdirected:
                     self.misdirected_acks.append((envelope_id, connection))
-                elif envelope_id not in self._acks:
+                if not (misdirected and self.strict_acks) and envelope_id not in self._acks:
                     self._acks[envelope_id] = (t, msg.get("payload"))
             self._cond.notify_all()
 
