@@ -127,7 +127,7 @@ class ClusterParts:
         await tg.start(self.work.run)
 
 
-TAKEN_OVER = ":arrows_counterclockwise: The host running this stopped; resuming here."
+TAKEN_OVER = ":arrows_counterclockwise: The host that was running this thread stopped; resuming it here."
 
 
 class Bot:

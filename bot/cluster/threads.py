@@ -101,6 +101,8 @@ class Threads:
                           started=row.started, workdir=row.workdir, requester=row.requester or "",
                           transcript=transcript or (entry.transcript if entry else ""))
             if await self.swap(channel, thread_ts, new, revision):
+                log.info("cluster.thread_saved", channel=channel, thread_ts=thread_ts, session_id=row.session_id,
+                         transcript=bool(transcript))
                 return
 
     async def _save_transcript(self, session_id: str) -> str:

@@ -83,6 +83,7 @@ class Work:
         self._order = anyio.create_memory_object_stream[Task](10_000)
         self._room = anyio.Event()
         self._placed = 0
+        self._placed_here = 0  # new threads this node placed on itself, not taken yet (they count against its room)
         self._stored = 0
         self._stored_changed = anyio.Event()
 
@@ -117,8 +118,14 @@ class Work:
     async def _place(self, task: Task) -> None:
         entry, _ = await self._threads.get(task.channel, task.thread_ts)
         if entry is None and task.new_session:
-            await self._threads.create(task.channel, task.thread_ts, ThreadEntry(
-                first=task.trigger_ts, requester=task.user, workdir=self._workdir_for(task.channel)))
+            # a new thread: this node takes it when it has room (no hop through the shared queue), else it waits
+            # there for a node with room, and the thread's later tasks wait behind it
+            mine = self._capacity() - self._placed_here > 0
+            created = await self._threads.create(task.channel, task.thread_ts, ThreadEntry(
+                owner=self.me if mine else "", first="" if mine else task.trigger_ts, requester=task.user,
+                workdir=self._workdir_for(task.channel)))
+            if created and mine:
+                self._placed_here += 1
             entry, _ = await self._threads.get(task.channel, task.thread_ts)
         owner = entry.owner if entry is not None and entry.owner and self._nodes.alive(entry.owner) else None
         await self._publish(work_subject(owner), task, task.msg_id)
@@ -165,7 +172,7 @@ class Work:
                 continue
             try:
                 msgs = await sub.fetch(batch=min(free, 8), timeout=1.0)
-            except NatsTimeout:
+            except (NatsTimeout, TimeoutError):
                 continue
             except Exception as exc:  # reconnecting
                 log.warning("cluster.fetch_failed", error=f"{type(exc).__name__}: {exc}")
@@ -211,6 +218,8 @@ class Work:
         await msg.nak(delay=FIRST_WAIT_S)
 
     async def _start(self, msg: Msg, task: Task, entry: ThreadEntry, *, takeover: bool) -> None:
+        if task.placed_by == self.me and task.new_session and self._placed_here > 0:
+            self._placed_here -= 1
         key = (task.channel, task.trigger_ts)
         if key in self._held:  # this node has it already (redelivered while queued here)
             await msg.in_progress()
@@ -264,7 +273,7 @@ class Work:
                                                                                      stream=WORK)
                     subs[node] = sub
                     msgs = await sub.fetch(batch=16, timeout=0.5)
-                except NatsTimeout:
+                except (NatsTimeout, TimeoutError):
                     continue
                 except Exception as exc:
                     log.warning("cluster.rescue_failed", node=node, error=f"{type(exc).__name__}: {exc}")

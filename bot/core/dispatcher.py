@@ -139,6 +139,7 @@ class JobQueue:
                 for j in rest:
                     self._pending.remove(j)
                 batch.extend(rest)
+                batch.sort(key=lambda j: _ts_order(j.trigger_ts))  # arrived from several hosts: Slack's order
             return batch
         return None
 
@@ -339,6 +340,13 @@ class Dispatcher:
         )
         self._on_accepted(job, position)
         return job
+
+
+def _ts_order(ts: str) -> float:
+    try:
+        return float(ts)
+    except ValueError:
+        return 0.0
 
 
 def too_long(size: int, limit: int) -> str:

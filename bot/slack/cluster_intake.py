@@ -123,6 +123,7 @@ class SlackIntake:
             if stored.duplicate:
                 log.info("cluster.duplicate_event", event_id=body.get("event_id"))
                 return BoltResponse(status=200, body="")
+            await self._learn_thread(body)
         owner = await self._owner_of(body)
         if owner is not None:
             forwarded = await self._forward(owner, body)
@@ -135,6 +136,21 @@ class SlackIntake:
         response = await next()
         await self._work.flush()  # the tasks this event placed are stored before it is acked
         return response
+
+    async def _learn_thread(self, body: dict[str, Any]) -> None:
+        """A reply in a thread this node has not heard of yet may be in one another node just started: the map
+        is asked before the dispatcher decides it is only channel talk."""
+        event = body.get("event")
+        if not isinstance(event, dict) or event.get("type") != "message":
+            return
+        channel, thread_ts, ts = event.get("channel"), event.get("thread_ts"), event.get("ts")
+        if not (isinstance(channel, str) and isinstance(thread_ts, str)) or thread_ts == ts:
+            return
+        if self._store.get_thread(channel, thread_ts) is not None:
+            return
+        entry, _ = await self._threads.get(channel, thread_ts)
+        if entry is not None:
+            self._threads.to_store(channel, thread_ts, entry)
 
     async def _store_event(self, body: dict[str, Any]) -> Any:
         event_id = body.get("event_id")

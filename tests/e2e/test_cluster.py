@@ -1,0 +1,195 @@
+"""Several hosts (issue 18): three slackbus nodes on a real nats-server with JetStream, each with its own Socket Mode
+connection to the fake Slack, which hands every event to one of them at random, as Slack does."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_support import Cluster, cluster, marker_answers
+from tests.fakes.fake_model import MARKER_RE, all_texts, last_user_text
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+
+TAKEN_OVER = "stopped; resuming it here"
+
+
+def requests_with(c: Cluster, marker: str) -> list[dict]:
+    """The model requests that answered [[id:marker]]: the last marker of their last user text (a new thread's
+    prompt also quotes the channel's other requests, as context)."""
+    return [r for r in list(c.model.requests) if MARKER_RE.findall(last_user_text(r))[-1:] == [marker]]
+
+
+def wait_answer(c: Cluster, channel: str, thread_ts: str, marker: str, timeout: float = 90) -> dict:
+    found = c.slack.wait_for(lambda: marker_answers(c.slack, channel, thread_ts, f"answer for {marker}"),
+                             timeout=timeout, what=f"the answer for {marker}")
+    return found[0]
+
+
+def test_a_burst_across_nodes_is_answered_once_each_in_order_with_the_channels_context(tmp_path: Path) -> None:
+    threads, turns = 15, 4  # 60 tasks: 15 mentions and 3 follow-ups each
+    with cluster(tmp_path) as c:
+        c.slack.user_says("C1", "U2", "FYI the staging database is read-only until Friday (context-zeta)")
+        tops: dict[int, str] = {}
+        for i in range(threads):
+            tops[i] = c.slack.user_says("C1", "U1", f"task [[id:t{i}m0]]", mention=True)
+        sent = {i: 0 for i in range(threads)}
+        deadline = time.monotonic() + 300
+        while any(n < turns - 1 for n in sent.values()):
+            assert time.monotonic() < deadline, "the burst did not finish:\n" + c.logs()
+            for i in range(threads):
+                k = sent[i]
+                if k < turns - 1 and marker_answers(c.slack, "C1", tops[i], f"answer for t{i}m{k}"):
+                    sent[i] = k + 1
+                    c.slack.user_says("C1", "U1", f"more [[id:t{i}m{k + 1}]]", thread_ts=tops[i])
+            time.sleep(0.02)
+        for i in range(threads):
+            wait_answer(c, "C1", tops[i], f"t{i}m{turns - 1}")
+        c.nodes["n1"].wait_quiet(c.slack, quiet=1.0, timeout=60)
+
+        for i in range(threads):
+            answers = [m for m in c.slack.bot_messages("C1", thread_ts=tops[i]) if "answer for" in str(m.get("text"))]
+            order = [str(m["text"]).split("answer for ")[1].split()[0] for m in answers]
+            assert order == [f"t{i}m{k}" for k in range(turns)], f"thread {i}: {order}"  # once each, in order
+            first = requests_with(c, f"t{i}m0")
+            assert len(first) == 1 and "context-zeta" in "\n".join(all_texts(first[0]))
+        for k in range(turns):
+            for i in range(threads):
+                assert len(requests_with(c, f"t{i}m{k}")) == 1, f"t{i}m{k} was run more than once"
+        # the events reached every node, and more than one node ran tasks
+        sockets = {e.connection for e in c.slack.envelopes if e.type == "events_api"}
+        assert len(sockets) == 3
+        runners = {e["node"] for e in c.events("cluster.taken")}
+        assert len(runners) >= 2, runners
+
+
+def test_one_event_on_two_nodes_is_one_run(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        ts = c.slack.user_says("C1", "U1", "just once [[id:dup]]", mention=True)
+        for envelope in [e for e in c.slack.envelopes if e.payload.get("event", {}).get("ts") == ts]:
+            c.slack.duplicate_to_all(envelope.envelope_id, as_retry=True)
+        wait_answer(c, "C1", ts, "dup")
+        for bot in c.nodes.values():
+            bot.wait_quiet(c.slack, quiet=1.0)
+        assert len(marker_answers(c.slack, "C1", ts, "answer for dup")) == 1
+        assert len(requests_with(c, "dup")) == 1
+        assert c.events("cluster.duplicate_event"), "JetStream dropped the copies"
+
+
+def test_follow_ups_typed_while_the_first_turn_runs_are_answered_in_order(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        c.model.enqueue_text("first done [[id:slow]]", delay=3.0)
+        ts = c.slack.user_says("C1", "U1", "slow one [[id:f0]]", mention=True)
+        c.model.wait_for_requests(1, timeout=60)
+        for k in (1, 2, 3):  # each after the last was taken (acked), to a socket chosen at random
+            said = c.slack.user_says("C1", "U1", f"and [[id:f{k}]]", thread_ts=ts)
+            for envelope in [e for e in c.slack.envelopes if e.payload.get("event", {}).get("ts") == said]:
+                c.slack.wait_ack(envelope.envelope_id, timeout=30)
+        wait_answer(c, "C1", ts, "f3")
+        later = [last_user_text(r) for r in list(c.model.requests)[1:]]
+        joined = "\n".join(later)
+        assert joined.index("[[id:f1]]") < joined.index("[[id:f2]]") < joined.index("[[id:f3]]")
+
+
+def test_a_node_killed_mid_run_its_task_is_answered_once_by_another(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        c.model.enqueue_hang(120)  # the first run never ends on its node
+        ts = c.slack.user_says("C1", "U1", "long job [[id:k1]]", mention=True)
+        victim = c.runner_of("C1", ts)
+        c.model.wait_for_requests(1, timeout=60)
+        c.kill(victim)
+        told = c.slack.wait_for(lambda: [m for m in c.slack.bot_messages("C1", thread_ts=ts)
+                                         if TAKEN_OVER in str(m.get("text"))], timeout=60, what="the thread told")
+        assert len(told) == 1
+        wait_answer(c, "C1", ts, "k1")
+        heir = c.runner_of("C1", ts)
+        assert heir != victim or len({e["node"] for e in c.events("cluster.taken")}) > 1
+        # a follow-up there sees the earlier turn
+        c.slack.user_says("C1", "U1", "and then? [[id:k2]]", thread_ts=ts)
+        wait_answer(c, "C1", ts, "k2")
+        follow = requests_with(c, "k2")
+        assert len(follow) == 1 and "[[id:k1]]" in "\n".join(all_texts(follow[0]))
+        for name in c.alive():
+            c.nodes[name].wait_quiet(c.slack, quiet=1.0, timeout=60)
+        assert len(marker_answers(c.slack, "C1", ts, "answer for k1")) == 1
+
+
+def test_a_node_killed_between_turns_the_next_follow_up_resumes_its_session_elsewhere(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        ts = c.slack.user_says("C1", "U1", "remember the number 4711 [[id:b1]]", mention=True)
+        wait_answer(c, "C1", ts, "b1")
+        owner = c.runner_of("C1", ts)
+        c.nodes[owner].wait_event("cluster.thread_saved")  # its session and transcript are in JetStream
+        c.kill(owner)
+        c.slack.user_says("C1", "U1", "which number? [[id:b2]]", thread_ts=ts)
+        wait_answer(c, "C1", ts, "b2")
+        follow = requests_with(c, "b2")
+        assert len(follow) == 1
+        texts = "\n".join(all_texts(follow[0]))
+        assert "4711" in texts and "answer for b1" in texts  # the earlier turn, resumed (the CLI sent it back)
+        restored = c.events("cluster.transcript_restored")
+        assert restored and restored[0]["node"] != owner
+        assert not c.events("run.session_missing")
+
+
+def test_the_nats_server_restarting_mid_burst_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        tops = {}
+        for i in range(10):
+            if i == 5:
+                c.nats.restart()
+            tops[i] = c.slack.user_says("C1", "U1", f"burst [[id:r{i}]]", mention=True)
+        for i, ts in tops.items():
+            wait_answer(c, "C1", ts, f"r{i}", timeout=120)
+        for bot in c.nodes.values():
+            bot.wait_quiet(c.slack, quiet=1.0, timeout=60)
+        for i, ts in tops.items():
+            assert len(marker_answers(c.slack, "C1", ts, f"answer for r{i}")) == 1
+            assert len(requests_with(c, f"r{i}")) == 1
+        assert c.events("cluster.reconnected")
+
+
+def _other_socket(c: Cluster, runner: str) -> int:
+    return next(sock for node, sock in c.socket_of.items() if node != runner)
+
+
+def test_cancel_and_stop_reaction_reach_the_run_on_another_node(tmp_path: Path) -> None:
+    with cluster(tmp_path, SLACKBUS_ADMIN_USERS="U3") as c:
+        c.model.enqueue_hang(120)
+        ts = c.slack.user_says("C1", "U1", "long one [[id:c1]]", mention=True)
+        runner = c.runner_of("C1", ts)
+        c.model.wait_for_requests(1, timeout=60)
+        link = f"https://fake.slack.com/archives/C1/p{ts.replace('.', '')}"
+        c.slack.slash_command(text=f"cancel {link}", user="U1", channel="C1", to=_other_socket(c, runner))
+        c.slack.wait_for(lambda: [m for m in c.slack.bot_messages("C1", thread_ts=ts)
+                                  if "ancelled" in str(m.get("text"))], timeout=30, what="cancelled")
+        assert any(e["node"] != runner for e in c.events("cluster.forwarded"))
+
+        c.model.enqueue_hang(120)
+        ts2 = c.slack.user_says("C1", "U1", "another long one [[id:c2]]", mention=True)
+        runner2 = c.runner_of("C1", ts2)
+        c.model.wait_for_requests(2, timeout=60)
+        c.slack.reaction_added("U1", "C1", ts2, "octagonal_sign", to=_other_socket(c, runner2))
+        c.slack.wait_for(lambda: [m for m in c.slack.bot_messages("C1", thread_ts=ts2)
+                                  if "ancelled" in str(m.get("text"))], timeout=30, what="stopped by 🛑")
+
+
+def test_an_approval_clicked_on_another_node_answers_the_right_run(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        target = tmp_path / "work" / "made.txt"
+        c.model.enqueue_tool_use("Write", {"file_path": str(target), "content": "hello\n"})
+        c.model.enqueue_text("wrote it [[id:ap]]")
+        ts = c.slack.user_says("C1", "U1", "make a file", mention=True)
+        runner = c.runner_of("C1", ts)
+        question = c.slack.wait_for(lambda: [m for m in c.slack.bot_messages("C1", ts)
+                                             if "wants to use" in (m.get("text") or "")], timeout=60)[0]
+        request_id = question["blocks"][1]["elements"][0]["value"]
+        c.slack.block_action("U1", "C1", question["ts"], "slackbus_approve_once", value=request_id,
+                             to=_other_socket(c, runner))
+        c.slack.wait_for(lambda: target.exists(), timeout=30, what="the file")
+        wait_answer(c, "C1", ts, "ap")
+        forwarded = [e for e in c.events("cluster.forwarded") if e.get("kind") == "block_actions"]
+        assert forwarded and json.dumps(forwarded)
