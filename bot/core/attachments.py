@@ -16,7 +16,9 @@ Files are data like every other part of the channel: their text is framed as suc
 from __future__ import annotations
 
 import base64
+import ctypes
 import fnmatch
+import functools
 import os
 import pwd
 import re
@@ -118,6 +120,23 @@ def prompt_section(fetched: list[Fetched], limits: Limits) -> tuple[str, list[di
                 continue
         by_path = True
     return "\n".join(lines), images, by_path
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None)
+
+
+def give_back_memory() -> bool:
+    """After a run that fetched files: the heap pages its short-lived buffers were freed into (the download's 64 KB
+    pieces, an image's bytes, its base64 and the JSON line that carried it) go back to the OS (glibc malloc_trim);
+    glibc keeps them otherwise, and a bot that answers files all day grows by them. False where there is no
+    malloc_trim (not glibc)."""
+    try:
+        _libc().malloc_trim(0)
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def left_out_notes(fetched: list[Fetched]) -> list[str]:

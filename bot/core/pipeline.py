@@ -19,7 +19,15 @@ import anyio
 
 from bot.config import Settings
 from bot.core import handoff, renderer, signs
-from bot.core.attachments import Fetched, Fetcher, Limits, left_out_notes, prompt_section, thread_dir
+from bot.core.attachments import (
+    Fetched,
+    Fetcher,
+    Limits,
+    give_back_memory,
+    left_out_notes,
+    prompt_section,
+    thread_dir,
+)
 from bot.core.claude_runner import ClaudeSession
 from bot.core.context_builder import Context, ContextBuilder, links_in
 from bot.core.dispatcher import Job
@@ -70,6 +78,7 @@ class RunHandle:
     cli_s: float = 0.0  # time this run spent waiting for the CLI (its start, its turns): the rest is the bot's
     where: str = ""  # the repository, branch and model, for the status line and the footer
     worktree: Worktree | None = None
+    fetched: int = 0  # files this run fetched
 
     @property
     def key(self) -> tuple[str, str]:
@@ -197,6 +206,10 @@ class TaskPipeline:
             self.active.pop(handle.key, None)
         self._store.set_request_status(first.channel, list(handle.trigger_ts), status)
         await self._signs.finished(jobs, status)
+        if handle.fetched:  # the answer is out: the heap the files' buffers used goes back to the OS
+            trimmed_at = time.monotonic()
+            if give_back_memory():
+                bound.info("run.memory_trimmed", ms=round((time.monotonic() - trimmed_at) * 1000, 1))
         progress = handle.progress
         shown = progress.first_shown_at if progress else None
         bound.info(
@@ -419,6 +432,7 @@ class TaskPipeline:
             for ref in refs:
                 tg.start_soon(self._fetch_one, handle, fetched, ref, folder, limits)
         fetched.sort(key=lambda f: refs.index(f.ref))
+        handle.fetched = sum(1 for f in fetched if f.path is not None)
         notes = left_out_notes(fetched)
         if notes:
             await self._poster.post(handle.channel, handle.thread_ts,

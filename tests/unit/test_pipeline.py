@@ -20,8 +20,10 @@ from structlog.testing import capture_logs
 
 from bot.config import Settings, load_settings
 from bot.core import pipeline, signs
+from bot.core.attachments import Fetched, Fetcher, Limits
 from bot.core.context_builder import ContextBuilder
 from bot.core.dispatcher import Job
+from bot.core.events import FileRef
 from bot.core.pipeline import TaskPipeline
 from bot.core.sessions import SessionManager
 from bot.core.signs import Signs
@@ -163,7 +165,7 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(settings: Settings, store: Store, *scripts: Script) -> AsyncIterator[Rig]:
+async def rig(settings: Settings, store: Store, *scripts: Script, fetcher: Fetcher | None = None) -> AsyncIterator[Rig]:
     poster, sessions = FakePoster(), FakeSessions(list(scripts))
     contexts = ContextBuilder(store, bot_user_id=BOT, max_messages=20, max_chars=8000,
                               name_of=Directory().name_of, is_allowed=lambda user: user in {"U1", "U2"})
@@ -172,8 +174,8 @@ async def rig(settings: Settings, store: Store, *scripts: Script) -> AsyncIterat
             tg.start_soon(fn, *args)
 
         sign = Signs(poster, spawn, max_concurrent=2)
-        yield Rig(TaskPipeline(settings, store, poster, contexts, Directory(), cast(SessionManager, sessions), sign),
-                  poster, sessions, store, sign)
+        yield Rig(TaskPipeline(settings, store, poster, contexts, Directory(), cast(SessionManager, sessions), sign,
+                               fetcher=fetcher), poster, sessions, store, sign)
         tg.cancel_scope.cancel()
 
 
@@ -369,3 +371,29 @@ async def test_every_run_line_names_its_run_channel_and_thread(settings: Setting
     assert {"since_received_ms", "cli_ms"} <= set(fields["run.answered"])
     assert fields["run.spawning"]["origin"] == "cold" and fields["run.spawning"]["resume"] is False
     assert fields["run.answered"]["cli_ms"] == 250.0  # the turn's time, as the session measured it
+
+
+class DiskFetcher:
+    """The transport's edge: every file 'downloads' as a few bytes written into the thread's folder."""
+
+    async def fetch(self, ref: FileRef, folder: Path, limits: Limits) -> Fetched:
+        path = anyio.Path(folder) / ref.name
+        await path.parent.mkdir(parents=True, exist_ok=True)
+        await path.write_bytes(b"a line of a log\n")
+        return Fetched(ref, Path(path))
+
+
+@pytest.mark.anyio
+async def test_a_run_that_fetched_files_gives_their_memory_back_and_one_without_does_not(settings: Settings,
+                                                                                          store: Store) -> None:
+    with_file = ask(store, 1, "<@UBOT> what does this log say?")
+    store.record_files(C, with_file.trigger_ts, [FileRef("F1", "run.log", "text/plain", 16, "https://x/run.log").data()])
+    other = "1700000099.000100"
+    without = ask(store, 1, "<@UBOT> and without a file?", thread=other)
+    with capture_logs() as logs:
+        async with rig(settings, store, [finished()], [finished()], fetcher=DiskFetcher()) as r:
+            await r.pipeline([with_file])
+            await r.pipeline([without])
+    trimmed = [e for e in logs if e["event"] == "run.memory_trimmed"]
+    assert [e["thread_ts"] for e in trimmed] == ([THREAD] if sys.platform == "linux" else [])
+    assert "a line of a log" in r.sessions.made[0].prompts[0]  # the file did reach the prompt
