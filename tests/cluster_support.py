@@ -10,7 +10,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,8 @@ class Cluster:
     def kill(self, name: str) -> None:
         """kill -9 of the node and everything it started (a host that dies takes its processes with it)."""
         bot = self.nodes[name]
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(bot.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         bot.proc.wait(timeout=10)
         self.socket_of.pop(name, None)
 
@@ -73,12 +71,8 @@ class Cluster:
         return [n for n, b in self.nodes.items() if b.proc.poll() is None]
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        """Every node's (every start's) log events of that name, each with the node's name."""
-        out = []
-        for node, bot in self.nodes.items():
-            for e in bot.events(name):
-                out.append({**e, "node": e.get("node", node)})
-        return out
+        """Every node's log events of that name, each with the name of the node that logged it ("at")."""
+        return [{**e, "at": node} for node, bot in self.nodes.items() for e in bot.events(name)]
 
     def runner_of(self, channel: str, ts: str, timeout: float = 30.0) -> str:
         """The node that took the task of message `ts`."""

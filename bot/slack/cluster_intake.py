@@ -211,7 +211,7 @@ class SlackIntake:
         except Exception as exc:  # the owner just went: handled here
             log.warning("cluster.forward_failed", node=node, error=type(exc).__name__)
             return None
-        log.info("cluster.forwarded", node=node, kind=body.get("type") or "command")
+        log.info("cluster.forwarded", to=node, kind=body.get("type") or "command")
         return BoltResponse(status=int(data.get("status") or 200), body=str(data.get("body") or ""))
 
     async def _ask_everyone(self, body: dict[str, Any]) -> BoltResponse | None:

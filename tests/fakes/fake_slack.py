@@ -1583,9 +1583,10 @@ class FakeSlack:
         user_name: str | None = None,
         channel_name: str | None = None,
         wait: float = 5.0,
+        to: To = None,
     ) -> str:
         """Send a slash command (type slash_commands, accepts_response_payload true). Returns the envelope id.
-        POSTs to its response_url are recorded in fake.responses."""
+        POSTs to its response_url are recorded in fake.responses. to: which socket gets it (see send_envelope)."""
         payload = {
             "token": "fake-verification-token",
             "team_id": self.team_id,
@@ -1601,10 +1602,11 @@ class FakeSlack:
             "response_url": self._response_url(channel, user),
             "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:16]}",
         }
-        return self.send_envelope("slash_commands", payload, accepts_response_payload=True, wait=wait)
+        return self.send_envelope("slash_commands", payload, accepts_response_payload=True, wait=wait, to=to)
 
-    def reaction_added(self, user: str, channel: str, ts: str, name: str, *, wait: float = 5.0) -> str:
-        """A user adds a reaction to a message (recorded in the store). Returns the envelope id."""
+    def reaction_added(self, user: str, channel: str, ts: str, name: str, *, wait: float = 5.0, to: To = None) -> str:
+        """A user adds a reaction to a message (recorded in the store). Returns the envelope id. to: which socket
+        gets it (see send_envelope)."""
         with self._cond:
             users = self._reactions.setdefault((channel, ts), {}).setdefault(name, [])
             if user not in users:
@@ -1619,7 +1621,7 @@ class FakeSlack:
             "item_user": target.get("user") if target else None,
             "event_ts": event_ts,
         }
-        return self.send_event(event, store=False, wait=wait)
+        return self.send_event(event, store=False, wait=wait, to=to)
 
     def block_action(
         self,
@@ -1632,8 +1634,10 @@ class FakeSlack:
         block_id: str = "b1",
         action_type: str = "button",
         wait: float = 5.0,
+        to: To = None,
     ) -> str:
-        """A user clicks an interactive element in a message (type interactive, block_actions)."""
+        """A user clicks an interactive element in a message (type interactive, block_actions). to: which socket
+        gets it (see send_envelope)."""
         with self._cond:
             target = self._find(channel, message_ts)
             message = self._decorated(channel, target) if target else {"ts": message_ts, "type": "message"}
@@ -1666,7 +1670,7 @@ class FakeSlack:
             "response_url": self._response_url(channel, user, message_ts),
             "actions": [action],
         }
-        return self.send_envelope("interactive", payload, wait=wait)
+        return self.send_envelope("interactive", payload, wait=wait, to=to)
 
     def webhook_url(self, channel: str = "C1") -> str:
         """An Incoming Webhook URL that posts into `channel` (as the app, subtype bot_message)."""
