@@ -27,6 +27,7 @@ from bot.bridge.server import SocketServer
 from bot.bridge.shim import install_shim
 from bot.cluster import jetstream
 from bot.cluster.nodes import Nodes
+from bot.cluster.outbox import SharedOutbox
 from bot.cluster.record import Record
 from bot.cluster.threads import Threads
 from bot.cluster.work import Work
@@ -118,10 +119,12 @@ class ClusterParts:
     record: Record
     work: Work
     intake: cluster_intake.SlackIntake
+    outbox: SharedOutbox
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         await tg.start(self.record.run)
         await tg.start(self.nodes.run)
+        await tg.start(self.outbox.run)
         tg.start_soon(self.threads.mirror)
         await self.intake.serve_control()
         await tg.start(self.work.run)
@@ -379,8 +382,11 @@ class Bot:
                     accept=accept, workdir_for=self.workdir_for)
         dispatcher.place = work.place
         queue.on_done = work.done
+        outbox = SharedOutbox(link, store, nodes)
+        if isinstance(poster, SlackPoster):
+            poster.use_outbox(outbox)
         return ClusterParts(link, nodes, threads, record, work,
-                            cluster_intake.SlackIntake(link, nodes, threads, work, record, store))
+                            cluster_intake.SlackIntake(link, nodes, threads, work, record, store), outbox)
 
     # --- running -------------------------------------------------------------------------------------------------
     async def _run(self, sv: Services, ready: anyio.Event | None, signals: bool) -> None:

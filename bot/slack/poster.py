@@ -11,7 +11,7 @@ import contextlib
 import json
 import random
 import sqlite3
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from aiohttp import ClientError, ClientOSError, ServerConnectionError, ServerDisconnectedError
@@ -165,6 +165,14 @@ def make_client(token: str, base_url: str) -> AsyncWebClient:
     return client
 
 
+class Outbox(Protocol):
+    def outbox_add(self, channel: str, thread_ts: str, payload: str) -> int: ...
+
+    def outbox_update(self, item_id: int, payload: str | None, error: str | None) -> None: ...
+
+    def outbox_pending(self) -> list[tuple[int, str, str, str]]: ...
+
+
 class SlackPoster:
     def __init__(self, client: AsyncWebClient, store: Store, *, bot_user_id: str, bot_id: str | None) -> None:
         self.client = client
@@ -172,6 +180,11 @@ class SlackPoster:
         self._bot_user_id = bot_user_id
         self._bot_id = bot_id
         self._inflight: set[int] = set()
+        self._outbox: Outbox = store  # answers kept until Slack has them (the cluster shares them: use_outbox)
+
+    def use_outbox(self, outbox: Outbox) -> None:
+        """Keep answers in another outbox (bot.cluster.outbox: this node's store, mirrored in JetStream)."""
+        self._outbox = outbox
 
     async def post(self, channel: str, thread_ts: str | None, message: SlackMessage) -> str:
         """Post in a thread (or the channel when thread_ts is None); returns the new message's ts.
@@ -237,7 +250,7 @@ class SlackPoster:
         }
         item: int | None
         try:
-            item = self._store.outbox_add(channel, thread_ts, json.dumps(payload))
+            item = self._outbox.outbox_add(channel, thread_ts, json.dumps(payload))
         except StoreError as exc:
             log.error("store.write_failed", what="outbox", channel=channel, thread_ts=thread_ts, error=str(exc))
             item = None
@@ -259,7 +272,7 @@ class SlackPoster:
         if item is None:
             return
         try:
-            self._store.outbox_update(item, payload, error)
+            self._outbox.outbox_update(item, payload, error)
         except StoreError as exc:  # this process goes on from what it holds in memory
             log.error("store.write_failed", what="outbox", item=item, error=str(exc))
 
@@ -295,7 +308,7 @@ class SlackPoster:
         """Background: deliver what earlier attempts (or an earlier process) could not."""
         while True:
             try:
-                pending = self._store.outbox_pending()
+                pending = self._outbox.outbox_pending()
             except sqlite3.Error as exc:
                 log.error("store.read_failed", what="outbox", error=str(exc))
                 pending = []

@@ -196,3 +196,21 @@ def test_an_approval_clicked_on_another_node_answers_the_right_run(tmp_path: Pat
         c.slack.wait_for(lambda: marker_answers(c.slack, "C1", ts, "wrote it"), timeout=60, what="the answer")
         forwarded = [e for e in c.events("cluster.forwarded") if e.get("kind") == "block_actions"]
         assert [e["to"] for e in forwarded] == [runner] and forwarded[0]["at"] != runner
+
+
+def test_an_answer_a_dead_node_could_not_post_is_posted_once_by_another(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        c.model.enqueue_text("kept for later [[id:ob]]")
+        c.slack.fail_next("chat.postMessage", error="fake_error", count=10_000)  # Slack refuses every post
+        ts = c.slack.user_says("C1", "U1", "answer me", mention=True)
+        runner = c.runner_of("C1", ts)
+        c.nodes[runner].wait_event("slack.deliver_failed", timeout=60)
+        c.kill(runner)
+        c.slack.clear_failures("chat.postMessage")
+        c.slack.wait_for(lambda: marker_answers(c.slack, "C1", ts, "kept for later"), timeout=60,
+                         what="the answer, posted by another node")
+        adopted = c.events("cluster.outbox_adopted")
+        assert adopted and all(e["at"] != runner for e in adopted)
+        for name in c.alive():
+            c.nodes[name].wait_quiet(c.slack, quiet=1.0, timeout=60)
+        assert len(marker_answers(c.slack, "C1", ts, "kept for later")) == 1
