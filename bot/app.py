@@ -302,6 +302,8 @@ class Bot:
             on_unrecorded=on_unrecorded,
             max_input_chars=s.max_input_chars,
         )
+        cluster = await self._cluster(bot_user_id, bot_id, dispatcher, queue, pipeline, poster) \
+            if s.nats_url and not local else None
         commands = Commands(
             s, self.store, queue, pipeline, poster, dispatcher, signs,
             workspace_url=str(auth.get("url") or ""),
@@ -309,9 +311,8 @@ class Bot:
             spawn=self._spawn,
             approvals=self.approvals,
             worktrees=worktrees,
+            cluster_view=cluster.nodes.view if cluster is not None else None,
         )
-        cluster = await self._cluster(bot_user_id, bot_id, dispatcher, queue, pipeline, poster) \
-            if s.nats_url and not local else None
         source: Source
         if local:
             source = LocalEvents(

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from bot.cluster.jetstream import Link, dumps
+from bot.core.commands import NodeState
 from bot.log import get_logger
 
 log = get_logger("slackbus.cluster")
@@ -40,6 +41,25 @@ class Nodes:
     def dead(self) -> list[str]:
         """Nodes this node has seen that stopped beating (they may come back)."""
         return [n for n in self._seen if n != self.me and not self.alive(n)]
+
+    def view(self) -> list[NodeState]:
+        """Every node this node has seen, for `/claude status`: this one first, then by name."""
+        now = time.monotonic()
+        out = []
+        for node in sorted({*self.states, self.me}, key=lambda n: (n != self.me, n)):
+            state = {**self.states.get(node, {}), **(self._report() if node == self.me else {})}
+            runs = tuple((str(r.get("channel")), str(r.get("thread_ts")), str(r.get("requester")),
+                          str(r.get("run_id")), float(r.get("seconds") or 0))
+                         for r in state.get("runs") or [] if isinstance(r, dict))
+            processes = state.get("processes")
+            out.append(NodeState(
+                node=node, me=node == self.me, alive=self.alive(node),
+                age_s=0.0 if node == self.me else now - self._seen.get(node, now),
+                running=int(state.get("running") or 0), queued=int(state.get("queued") or 0),
+                max_concurrent=int(state.get("max_concurrent") or 0),
+                processes=int(processes.get("live") or 0) if isinstance(processes, dict) else 0,
+                runs=runs))
+        return out
 
     def living(self) -> list[str]:
         return sorted(n for n in {*self._seen, self.me} if self.alive(n))

@@ -88,6 +88,21 @@ def _ago(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds // 60 % 60:02d}m"
 
 
+@dataclass(frozen=True)
+class NodeState:
+    """One node of the cluster as `/claude status` shows it (bot.cluster.nodes makes these)."""
+
+    node: str
+    me: bool
+    alive: bool
+    age_s: float  # since its last heartbeat
+    running: int
+    queued: int
+    max_concurrent: int
+    processes: int
+    runs: tuple[tuple[str, str, str, str, float], ...]  # (channel, thread_ts, requester, run id, seconds)
+
+
 class Commands:
     def __init__(
         self,
@@ -104,7 +119,9 @@ class Commands:
         workdir_for: Callable[[str], str],
         approvals: Approvals | None = None,
         worktrees: Worktrees | None = None,
+        cluster_view: Callable[[], list[NodeState]] | None = None,
     ) -> None:
+        self._cluster_view = cluster_view  # the cluster's nodes (SLACKBUS_NATS_URL); None on one host
         self._signs = signs
         self._worktrees = worktrees
         self._workdir_for = workdir_for
@@ -242,7 +259,34 @@ class Commands:
                 size = await self._worktrees.disk_use()
                 lines.append(f"*Worktrees*: {len(kept)} kept, {size / 1e6:,.1f} MB (removed after "
                              f"{self._settings.worktree_ttl / 86400:g} days quiet, unless they hold unpushed work)")
+        if self._cluster_view is not None:
+            lines.extend(self._nodes_lines(user, channel))
         return "\n".join(lines)
+
+    def _nodes_lines(self, user: str, channel: str) -> list[str]:
+        """The cluster: each node's runs, queue and processes (this node's runs are listed above)."""
+        assert self._cluster_view is not None
+        nodes = self._cluster_view()
+        lines = [f"*Nodes* ({sum(n.alive for n in nodes)} alive of {len(nodes)}):"]
+        for n in nodes:
+            name = f"`{n.node}`" + (" (this one)" if n.me else "")
+            if not n.alive:
+                lines.append(f"• {name}: stopped {_ago(n.age_s)} ago; its threads go on on the others")
+                continue
+            lines.append(f"• {name}: {n.running} of {n.max_concurrent} running, {n.queued} queued, "
+                         f"{n.processes} Claude processes")
+            if n.me:
+                continue
+            hidden = 0
+            for run_channel, thread_ts, requester, run_id, seconds in n.runs:
+                if not self._may_see(user, channel, run_channel, requester):
+                    hidden += 1
+                    continue
+                lines.append(f"    ◦ <@{requester}> in <#{run_channel}>, {self.link(run_channel, thread_ts)}: for "
+                             f"{_ago(seconds)} (run `{run_id}`)")
+            if hidden:
+                lines.append(f"    ◦ and {hidden} elsewhere")
+        return lines
 
     async def _sessions(self, user: str, channel: str, rest: str) -> str:
         threads = self._store.recent_threads(channel, limit=10)

@@ -165,6 +165,12 @@ def test_cancel_and_stop_reaction_reach_the_run_on_another_node(tmp_path: Path) 
         ts = c.slack.user_says("C1", "U1", "long one [[id:c1]]", mention=True)
         runner = c.runner_of("C1", ts)
         c.model.wait_for_requests(1, timeout=60)
+        # /claude status on another node lists every node, and the run on the node running it
+        envelope = c.slack.slash_command(text="status", user="U1", channel="C1", to=_other_socket(c, runner))
+        status = str(c.slack.wait_ack(envelope, timeout=10)[1])
+        run_id = c.events("run.start")[0]["run_id"]
+        assert "Nodes* (3 alive of 3)" in status and f"`{runner}`: 1 of 4 running" in status, status
+        assert run_id in status and "(this one)" in status
         link = f"https://fake.slack.com/archives/C1/p{ts.replace('.', '')}"
         c.slack.slash_command(text=f"cancel {link}", user="U1", channel="C1", to=_other_socket(c, runner))
         c.slack.wait_for(lambda: [m for m in c.slack.bot_messages("C1", thread_ts=ts)
