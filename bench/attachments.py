@@ -8,7 +8,12 @@ call that carried the answer:
 - a 1 MB image: downloaded and sent to the model as an image block: the pool's process will do.
 Memory: the bot's RSS before the attachments and after them, less what as many runs without a file add (each run
 is a new thread: its record, its warm process), per attachment (files are streamed to disk in 64 KB pieces; an
-image is held only while its turn is sent).
+image is held only while its turn is sent). It is measured in a bot of its own with SLACKBUS_MAX_PROCESSES=CAP,
+which the runs before the first measure fill: every later run, with a file or without, then replaces an idle warm
+process instead of adding one (the answer times come from a bot with the defaults, as before). Without it the cap
+(sized from the machine's memory, at most 64) was reached during the last runs without a file, so they added no
+process while each run with a file had: the bookkeeping of a `claude` process (its pipes, its child-watcher
+thread, ~100-150 KB) was counted as memory the attachment kept.
 """
 
 from __future__ import annotations
@@ -39,37 +44,40 @@ def _png_of(size: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+CAP = 8  # SLACKBUS_MAX_PROCESSES for the memory rig: the floor for 4 concurrent runs and a pool of 1
+
+
+def _mentions(slack: Any, bot: Any, kind: str, n: int, file: Any = None) -> list[float]:
+    """`n` mentions one after another (each answered and quiet before the next): their answer times in ms."""
+    times = []
+    for i in range(n):
+        files = None if file is None else [file(i)]
+        ts = slack.user_says("C1", "U1", f"{kind} {i} [[id:{kind}{i}]]", mention=True, files=files)
+        times.append((answered_at(slack, "C1", ts, f"answer for {kind}{i}") - sent_at(slack, ts)) * 1000)
+        wait_done(slack, "C1", ts)
+        bot.wait_quiet(slack)
+    return times
+
+
 def run(n: int = 20) -> dict[str, Any]:
-    plain, with_log, with_image = [], [], []
     mb = 1024 * 1024
-    with rig() as (slack, _model, bot, _root):
+    log_line = b"2026-12-02 03:00:01 worker-7 disk usage 97% on /var, retrying the upload\n"
+    log_bytes = (log_line * (mb // len(log_line) + 1))[:mb]
+    image_bytes = _png_of(mb)
+    with rig() as (slack, _model, bot, _root):  # answer times, with the defaults
         bot.wait_event("sessions.pooled", timeout=60)
-        for i in range(n):  # the same path without a file, first
-            ts = slack.user_says("C1", "U1", f"plain {i} [[id:p{i}]]", mention=True)
-            plain.append((answered_at(slack, "C1", ts, f"answer for p{i}") - sent_at(slack, ts)) * 1000)
-            wait_done(slack, "C1", ts)
-            bot.wait_quiet(slack)
+        plain = _mentions(slack, bot, "p", n)  # the same path without a file, first
+        with_log = _mentions(slack, bot, "l", n, lambda i: slack.add_file(f"run{i}.log", log_bytes, "text/plain"))
+        with_image = _mentions(slack, bot, "i", n, lambda i: slack.add_file(f"shot{i}.png", image_bytes, "image/png"))
+    with rig(SLACKBUS_MAX_PROCESSES=str(CAP)) as (slack, _model, bot, _root):  # memory, at the process cap
+        bot.wait_event("sessions.pooled", timeout=60)
+        _mentions(slack, bot, "w", n)  # fills the cap: from here every run replaces an idle warm process
         rss_before = rss_kb(bot.proc.pid)
-        log_line = b"2026-12-02 03:00:01 worker-7 disk usage 97% on /var, retrying the upload\n"
-        for i in range(n):
-            log = slack.add_file(f"run{i}.log", (log_line * (mb // len(log_line) + 1))[:mb], "text/plain")
-            ts = slack.user_says("C1", "U1", f"log {i} [[id:l{i}]]", mention=True, files=[log])
-            with_log.append((answered_at(slack, "C1", ts, f"answer for l{i}") - sent_at(slack, ts)) * 1000)
-            wait_done(slack, "C1", ts)
-            bot.wait_quiet(slack)
-        for i in range(n):
-            image = slack.add_file(f"shot{i}.png", _png_of(mb), "image/png")
-            ts = slack.user_says("C1", "U1", f"image {i} [[id:i{i}]]", mention=True, files=[image])
-            with_image.append((answered_at(slack, "C1", ts, f"answer for i{i}") - sent_at(slack, ts)) * 1000)
-            wait_done(slack, "C1", ts)
-            bot.wait_quiet(slack)
+        _mentions(slack, bot, "l", n, lambda i: slack.add_file(f"run{i}.log", log_bytes, "text/plain"))
+        _mentions(slack, bot, "i", n, lambda i: slack.add_file(f"shot{i}.png", image_bytes, "image/png"))
         rss_after = rss_kb(bot.proc.pid)
         downloads = len([d for d in slack.downloads if d[1]])
-        for i in range(n):  # what a run without a file adds to the bot's RSS, for comparison
-            ts = slack.user_says("C1", "U1", f"plain again {i} [[id:q{i}]]", mention=True)
-            answered_at(slack, "C1", ts, f"answer for q{i}")
-            wait_done(slack, "C1", ts)
-            bot.wait_quiet(slack)
+        _mentions(slack, bot, "q", n)  # what a run without a file adds to the bot's RSS, for comparison
         plain_growth = (rss_kb(bot.proc.pid) - rss_after) / n
     p50 = summary(plain)["p50"]
     return {
