@@ -54,7 +54,7 @@ CONTROL = "slackbus.ctl"
 EVENTS_PER_CHANNEL = 20_000  # the record keeps this many events per channel (context needs the recent ones)
 DUPLICATE_WINDOW_S = 120.0  # Slack retries within a minute or so
 ACK_WAIT_S = 10.0  # a task a node took but stopped reporting on goes to another node after this long
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
 
 
 def subject_part(text: str) -> str:
@@ -94,8 +94,14 @@ async def connect(url: str, node: str, *, replicas: int = 1) -> Link:
     A ConfigError with a sentence when no server answers or JetStream is off."""
     servers = [u.strip() for u in url.split(",") if u.strip()]
 
-    async def quiet(_exc: Exception) -> None:  # nats-py prints tracebacks unless told where errors go
-        log.warning("cluster.nats_error", error=f"{type(_exc).__name__}: {_exc}")
+    connected = False
+    last_error: list[str] = []
+
+    async def quiet(exc: Exception) -> None:  # nats-py prints tracebacks unless told where errors go
+        if connected:
+            log.warning("cluster.nats_error", error=f"{type(exc).__name__}: {exc}")
+        else:
+            last_error[:] = [type(exc).__name__]
 
     async def disconnected() -> None:
         log.warning("cluster.disconnected", node=node)
@@ -104,18 +110,22 @@ async def connect(url: str, node: str, *, replicas: int = 1) -> Link:
         log.info("cluster.reconnected", node=node)
 
     try:
-        nc = await nats.connect(
-            servers=servers, name=f"slackbus-{node}", connect_timeout=3, max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25, allow_reconnect=True, error_cb=quiet, disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-        )
+        with anyio.fail_after(CONNECT_TIMEOUT_S):  # the client retries (reconnects forever once connected)
+            nc = await nats.connect(
+                servers=servers, name=f"slackbus-{node}", connect_timeout=2, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25, allow_reconnect=True, error_cb=quiet, disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+            )
     except Exception as exc:  # nats-py raises several kinds (NoServersError, OSError, TimeoutError)
         from bot.config import redact_url
 
+        why = last_error[0] if last_error else type(exc).__name__
         raise ConfigError(
-            f"No NATS server answered at SLACKBUS_NATS_URL={redact_url(url)} ({type(exc).__name__}): start "
-            "nats-server with JetStream (-js), check the address, or unset SLACKBUS_NATS_URL to run on one host."
+            f"No NATS server answered at SLACKBUS_NATS_URL={redact_url(url)} within {CONNECT_TIMEOUT_S:g} s "
+            f"({why}): start nats-server with JetStream (-js), check the address, or unset SLACKBUS_NATS_URL to "
+            "run on one host."
         ) from None
+    connected = True
     js = nc.jetstream(timeout=5.0)
     try:
         await ensure(js, replicas)

@@ -220,3 +220,19 @@ def test_an_answer_a_dead_node_could_not_post_is_posted_once_by_another(tmp_path
         for name in c.alive():
             c.nodes[name].wait_quiet(c.slack, quiet=1.0, timeout=60)
         assert len(marker_answers(c.slack, "C1", ts, "kept for later")) == 1
+
+
+def test_a_node_with_no_nats_server_stops_with_a_sentence(tmp_path: Path, fake_slack, fake_model) -> None:
+    from tests.nats_server import _free_port
+    from tests.support import BotProcess, fake_environment
+
+    env = {**fake_environment(tmp_path, fake_slack, fake_model),
+           "SLACKBUS_NATS_URL": f"nats://slackbus:s3cret-pass@127.0.0.1:{_free_port()}"}
+    bot = BotProcess(env, tmp_path / "bot.log")
+    try:
+        assert bot.proc.wait(timeout=60) != 0
+        out = "\n".join(bot.lines())
+        assert "No NATS server answered at SLACKBUS_NATS_URL" in out and "nats-server" in out, out
+        assert "s3cret-pass" not in out and "Traceback" not in out
+    finally:
+        bot.close_log()
