@@ -1,15 +1,18 @@
 """`slackbus doctor`: check what a new operator gets wrong, one line per check with the fix.
 
 It never opens a Socket Mode connection (that would take events away from a running bot): it only asks
-apps.connections.open for a URL.
+apps.connections.open for a URL. With SLACKBUS_NATS_URL it looks at the cluster read-only (bot.cluster.inspect):
+the server that answered, JetStream, the streams and buckets, and the nodes' heartbeats; it creates nothing.
 """
 
 from __future__ import annotations
 
 import pwd
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from slack_sdk.errors import SlackApiError
@@ -17,6 +20,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings, load_settings, read_environment, resolve_cli, user_can
 from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bot.cluster.inspect import View
 
 REQUIRED_SCOPES = (
     "app_mentions:read", "channels:history", "groups:history", "im:history", "chat:write", "commands",
@@ -120,6 +126,99 @@ async def _slack_checks(settings: Settings) -> list[Check]:
     return checks
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _n(count: int, word: str, plural: str = "") -> str:
+    return f"{count:,} {word if count == 1 else plural or word + 's'}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "at an unknown time"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago" if seconds >= 10 else f"{seconds:.1f} s ago"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _cluster_lines(settings: Settings, view: View) -> list[Check]:
+    from bot.cluster.inspect import Resource
+    from bot.cluster.jetstream import EVENTS, NODES, SESSIONS, THREADS
+    from bot.cluster.outbox import OUTBOX
+
+    checks = [Check(True, f"NATS: {view.server} answered (nats-server {view.version}); this "
+                          f"host's node id: {settings.node_id}")]
+    limit = "no limit" if view.max_storage < 0 else f"of {_size(view.max_storage)} allowed"
+    checks.append(Check(True, f"JetStream: on, {_n(view.streams, 'stream')} in the account, {_size(view.storage)} on "
+                              f"disk ({limit})"))
+
+    def counts(r: Resource) -> str:
+        if r.name == EVENTS:
+            return f"{_n(r.messages, 'event')} in {_n(r.subjects, 'channel')}, {_size(r.bytes)}"
+        if r.name == SESSIONS:
+            return f"{_n(r.subjects, 'transcript')}, {_size(r.bytes)}"
+        if r.name in (THREADS, NODES):
+            return _n(r.messages, "thread" if r.name == THREADS else "node")
+        if r.name == OUTBOX:
+            return f"{_n(r.keys or 0, 'answer')} not posted yet"
+        return f"{_n(r.messages, 'task')} waiting"
+
+    for r in view.resources:
+        if not r.exists:
+            checks.append(Check(None, f"{r.kind} {r.name}: not there yet; the first node to start creates it"))
+            continue
+        where = _n(r.replicas, "replica") + (f", leader {r.leader}" if r.leader else "")
+        checks.append(Check(True, f"{r.kind} {r.name}: {counts(r)} ({where})"))
+        if r.lagging:
+            checks.append(Check(None, f"{r.kind} {r.name}: replica{'s' if len(r.lagging) > 1 else ''} "
+                                      f"{', '.join(r.lagging)} not current", "start that server, or read its log"))
+        if r.replicas < settings.nats_replicas:
+            checks.append(Check(None, f"{r.kind} {r.name}: {_n(r.replicas, 'replica')}, SLACKBUS_NATS_REPLICAS is "
+                                      f"{settings.nats_replicas}",
+                                f"it was made before the setting: nats stream edit {r.stream} --replicas "
+                                f"{settings.nats_replicas} (the nats CLI)"))
+    host = socket.gethostname()
+    for b in view.nodes:
+        who = f"node {b.node} on {b.host}" + (f" (pid {b.pid})" if b.pid else "")
+        if b.alive:
+            load = f"running {b.running}" + (f" of {b.max_concurrent}" if b.max_concurrent else "")
+            load += f", queued {b.queued}"
+            if b.processes is not None:
+                load += f", {_n(b.processes, 'claude process', 'claude processes')}"
+            if b.node == settings.node_id and b.host != host:
+                checks.append(Check(False, f"{who}: alive, and this host's node id is {b.node} too",
+                                    "give each node its own SLACKBUS_NODE_ID"))
+            else:
+                checks.append(Check(True, f"{who}: alive (beat {_ago(b.age_s)}); {load}"
+                                          + (" (this host's node id)" if b.node == settings.node_id else "")))
+        else:
+            checks.append(Check(None, f"{who}: stopped {_ago(b.age_s)} (its threads go to the living nodes)"))
+    if any(r.name == NODES and r.exists for r in view.resources) and not any(b.alive for b in view.nodes):
+        checks.append(Check(None, "nodes alive: none yet", "start `slackbus run` with SLACKBUS_NATS_URL set"))
+    return checks
+
+
+async def _cluster_checks(settings: Settings) -> list[Check]:
+    """The cluster as this host sees it (read-only), or one line saying it runs on one host."""
+    if not settings.nats_url:
+        return [Check(True, "one host (SLACKBUS_NATS_URL not set)")]
+    from bot.cluster.inspect import Unusable, look
+
+    try:
+        view = await look(settings.nats_url)
+    except Unusable as exc:
+        return [Check(False, exc.what, exc.fix)]
+    return _cluster_lines(settings, view)
+
+
 def run(env_file: str | None = None, *, cli_only: bool = False) -> int:
     from bot.config import check_cli
 
@@ -145,6 +244,7 @@ def run(env_file: str | None = None, *, cli_only: bool = False) -> int:
                                       f"{settings.max_processes_why or 'SLACKBUS_MAX_PROCESSES'}); running tasks "
                                       f"at once: {settings.max_concurrent}"))
             checks.extend(anyio.run(_slack_checks, settings))
+            checks.extend(anyio.run(_cluster_checks, settings))
     for check in checks:
         print(check.line())
     failed = sum(1 for c in checks if c.ok is False)
