@@ -60,6 +60,7 @@ class Task:
     is_dm: bool
     placed_by: str
     placed_at: float  # wall clock, for the figures
+    about_ts: str | None = None  # a shortcut's request: the message it is about
 
     @property
     def msg_id(self) -> str:
@@ -91,7 +92,7 @@ class Work:
     def place(self, job: Job) -> None:
         """Called by the dispatcher instead of its own queue: stored in order, by one sender."""
         task = Task(job.channel, job.thread_ts, job.trigger_ts, job.user, job.new_session, job.is_dm, self.me,
-                    time.time())
+                    time.time(), job.about_ts)
         self._placed += 1
         self._order[0].send_nowait(task)
 
@@ -229,7 +230,8 @@ class Work:
             self._threads.to_store(task.channel, task.thread_ts, entry)
             await self._threads.restore(entry)
         job = Job(channel=task.channel, thread_ts=task.thread_ts, trigger_ts=task.trigger_ts, user=task.user,
-                  new_session=task.new_session and not entry.started, received=time.monotonic(), is_dm=task.is_dm)
+                  new_session=task.new_session and not entry.started, received=time.monotonic(), is_dm=task.is_dm,
+                  about_ts=task.about_ts)
         log.info("cluster.taken", channel=task.channel, thread_ts=task.thread_ts, ts=task.trigger_ts,
                  placed_by=task.placed_by, wait_ms=round((time.time() - task.placed_at) * 1000, 1))
         await self._accept(job, takeover)
