@@ -16,6 +16,7 @@ running — the task is acked when its run ends; until then the node reports pro
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -154,7 +155,7 @@ class Work:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._placer)
             tg.start_soon(self._pull, own, lambda: 64)
-            tg.start_soon(self._pull, shared, self._capacity)
+            tg.start_soon(functools.partial(self._pull, shared, self._capacity, shared=True))
             tg.start_soon(self._progress)
             tg.start_soon(self._rescue)
             task_status.started()
@@ -163,7 +164,7 @@ class Work:
         """A run ended: the shared queue may be pulled again."""
         self._room.set()
 
-    async def _pull(self, sub: Any, room: Callable[[], int]) -> None:
+    async def _pull(self, sub: Any, room: Callable[[], int], *, shared: bool = False) -> None:
         while True:
             free = room()
             if free <= 0:
@@ -180,6 +181,10 @@ class Work:
                 await anyio.sleep(0.2)
                 continue
             for msg in msgs:
+                if shared and room() <= 0:
+                    # fetched while this node had room (a fetch waits up to a second): another node takes it
+                    await msg.nak()
+                    continue
                 try:
                     await self._take(msg)
                 except Exception as exc:

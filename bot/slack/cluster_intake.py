@@ -27,10 +27,11 @@ from bot.cluster.record import Record
 from bot.cluster.threads import Threads
 from bot.cluster.work import Work
 from bot.core.dispatcher import IGNORED_SUBTYPES
+from bot.core.events import IncomingMessage
 from bot.core.handoff import parse_thread_ref
 from bot.core.store import Store, StoredMessage
 from bot.log import get_logger
-from bot.slack.events_in import click, edit, incoming, store_edit
+from bot.slack.events_in import click, edit, incoming, message_shortcut, store_edit
 
 log = get_logger("slackbus.cluster")
 
@@ -41,8 +42,22 @@ THREAD_COMMANDS = frozenset({"cancel", "stop", "approve", "deny", "attach", "dif
 NOTHING = "Nothing of yours is running or queued."
 
 
+def _record(store: Store, msg: IncomingMessage, *, from_self: bool = False) -> None:
+    store.record_message(StoredMessage(channel=msg.channel, ts=msg.ts, thread_ts=msg.thread_ts, user=msg.user,
+                                       bot_id=msg.bot_id, text=msg.text, from_self=from_self, subtype=msg.subtype))
+    if msg.files:
+        store.record_files(msg.channel, msg.ts, [f.data() for f in msg.files])
+
+
 def apply(store: Store, body: dict[str, Any], *, bot_user_id: str, bot_id: str | None) -> None:
-    """One recorded event into this node's store; anything that is not a message is left to its listeners."""
+    """One recorded payload into this node's store: a message event (new, edited, deleted), or "Ask Claude" on a
+    message (the message and the request it makes); anything else is left to the listeners."""
+    if body.get("type") == "message_action":
+        made = message_shortcut(body, bot_user_id=bot_user_id, received=time.monotonic())
+        if made is not None:
+            for msg in made:
+                _record(store, msg)
+        return
     event = body.get("event")
     if not isinstance(event, dict) or event.get("type") not in ("message", "app_mention"):
         return
@@ -63,10 +78,7 @@ def apply(store: Store, body: dict[str, Any], *, bot_user_id: str, bot_id: str |
     from_self = msg.user == bot_user_id or (bot_id is not None and msg.bot_id == bot_id)
     if from_self and store.get_message(msg.channel, msg.ts) is not None:
         return  # the answer's own record (with its full text) is kept
-    store.record_message(StoredMessage(channel=msg.channel, ts=msg.ts, thread_ts=msg.thread_ts, user=msg.user,
-                                       bot_id=msg.bot_id, text=msg.text, from_self=from_self, subtype=msg.subtype))
-    if msg.files:
-        store.record_files(msg.channel, msg.ts, [f.data() for f in msg.files])
+    _record(store, msg, from_self=from_self)
 
 
 def _channel_of(body: dict[str, Any]) -> str:
@@ -74,7 +86,9 @@ def _channel_of(body: dict[str, Any]) -> str:
     assert isinstance(event, dict)
     item = event.get("item") if isinstance(event.get("item"), dict) else {}
     assert isinstance(item, dict)
-    for value in (event.get("channel"), item.get("channel"), body.get("channel_id")):
+    channel = body.get("channel") if isinstance(body.get("channel"), dict) else {}
+    assert isinstance(channel, dict)
+    for value in (event.get("channel"), item.get("channel"), body.get("channel_id"), channel.get("id")):
         if isinstance(value, str) and value:
             return value
     return "_"
@@ -116,7 +130,7 @@ class SlackIntake:
     async def _middleware(self, body: dict[str, Any], next: Callable[[], Awaitable[Any]]) -> Any:
         if FORWARDED.get():
             return await next()
-        if body.get("type") == "event_callback":
+        if body.get("type") in ("event_callback", "message_action"):  # what becomes part of the record
             stored = await self._store_event(body)
             if stored is None:
                 return BoltResponse(status=503, body="")  # not acked: Slack sends it again
@@ -153,7 +167,7 @@ class SlackIntake:
             self._threads.to_store(channel, thread_ts, entry)
 
     async def _store_event(self, body: dict[str, Any]) -> Any:
-        event_id = body.get("event_id")
+        event_id = body.get("event_id") or body.get("trigger_id")  # one id per event, one per shortcut use
         deadline = time.monotonic() + PUBLISH_TRIES_S
         while True:
             try:

@@ -236,3 +236,25 @@ def test_a_node_with_no_nats_server_stops_with_a_sentence(tmp_path: Path, fake_s
         assert "s3cret-pass" not in out and "Traceback" not in out
     finally:
         bot.close_log()
+
+
+def test_ask_claude_taken_in_by_a_busy_node_runs_on_another_with_the_message(tmp_path: Path) -> None:
+    from tests.e2e.test_message_shortcut import shortcut_payload
+
+    with cluster(tmp_path, SLACKBUS_MAX_CONCURRENT="1") as c:
+        busy = "n1"
+        c.model.enqueue_hang(120)  # n1's one run slot stays taken
+        hold = c.slack.user_says("C1", "U1", "keep n1 busy", mention=True, to=c.socket_of[busy])
+        c.model.wait_for_requests(1, timeout=60)
+        assert c.runner_of("C1", hold) == busy
+        ts = c.slack.user_says("C1", "U2", "the nightly build fails with exit 137 (marker-oom)")
+        envelope = c.slack.send_envelope("interactive", shortcut_payload(c.slack, "U1", "C1", ts), to=c.socket_of[busy])
+        c.slack.wait_ack(envelope, timeout=30)
+        request = c.slack.wait_for(lambda: [r for r in list(c.model.requests)[1:]
+                                            if "Ask Claude" in last_user_text(r)], timeout=60, what="the request")[0]
+        assert "marker-oom" in "\n".join(all_texts(request))  # the message, from the record, on another node
+        answers = c.slack.wait_for(lambda: [m for m in c.slack.bot_messages("C1", thread_ts=ts)
+                                            if "echo:" in str(m.get("text"))], timeout=60, what="the answer")
+        assert len(answers) == 1
+        taken = [e for e in c.events("cluster.taken") if e["thread_ts"] == ts]
+        assert [e["at"] for e in taken] != [busy] and len(taken) == 1
