@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -55,6 +56,7 @@ EVENTS_PER_CHANNEL = 20_000  # the record keeps this many events per channel (co
 DUPLICATE_WINDOW_S = 120.0  # Slack retries within a minute or so
 ACK_WAIT_S = 10.0  # a task a node took but stopped reporting on goes to another node after this long
 CONNECT_TIMEOUT_S = 5.0
+SESSION_TTL_S = 30 * 86400.0  # a transcript is kept this long after its last turn (the CLI keeps its own 30 days)
 
 
 def subject_part(text: str) -> str:
@@ -74,6 +76,25 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+class Reconnects:
+    """Each reconnection to the server, for the watchers that must start again after one (a KV watch does not
+    survive a server restart)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.at = float("-inf")  # time.monotonic() of the last one
+        self._event = anyio.Event()
+
+    def happened(self) -> None:
+        self.count += 1
+        self.at = time.monotonic()
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def next(self) -> None:
+        await self._event.wait()
+
+
 @dataclass
 class Link:
     """An open connection and the shared resources on it."""
@@ -83,6 +104,8 @@ class Link:
     threads: KeyValue
     nodes: KeyValue
     sessions: ObjectStore
+    replicas: int = 1
+    reconnects: Reconnects = field(default_factory=Reconnects)
 
     async def close(self) -> None:
         with anyio.move_on_after(2.0, shield=True):
@@ -96,6 +119,7 @@ async def connect(url: str, node: str, *, replicas: int = 1) -> Link:
 
     connected = False
     last_error: list[str] = []
+    reconnects = Reconnects()
 
     async def quiet(exc: Exception) -> None:  # nats-py prints tracebacks unless told where errors go
         if connected:
@@ -108,6 +132,7 @@ async def connect(url: str, node: str, *, replicas: int = 1) -> Link:
 
     async def reconnected() -> None:
         log.info("cluster.reconnected", node=node)
+        reconnects.happened()
 
     try:
         with anyio.fail_after(CONNECT_TIMEOUT_S):  # the client retries (reconnects forever once connected)
@@ -133,17 +158,18 @@ async def connect(url: str, node: str, *, replicas: int = 1) -> Link:
         nodes = await _kv(js, NODES, replicas, ttl=24 * 3600.0)
         try:
             sessions = await js.object_store(SESSIONS)
-        except (NotFoundError, BadRequestError):
+        except (NotFoundError, BadRequestError):  # a transcript not touched for SESSION_TTL_S goes
             sessions = await js.create_object_store(SESSIONS, config=ObjectStoreConfig(
-                bucket=SESSIONS, replicas=replicas, storage=StorageType.FILE))
+                bucket=SESSIONS, replicas=replicas, storage=StorageType.FILE, ttl=SESSION_TTL_S))
     except Exception as exc:
         await nc.close()
         raise ConfigError(
             f"The NATS server at SLACKBUS_NATS_URL has no usable JetStream ({type(exc).__name__}: {exc}): start it "
             "with -js (and a store folder, -sd), or give an account with JetStream enabled."
         ) from None
-    log.info("cluster.connected", node=node, server=nc.connected_url.netloc if nc.connected_url else None)
-    return Link(nc, js, threads, nodes, sessions)
+    where = nc.connected_url
+    log.info("cluster.connected", node=node, server=f"{where.hostname}:{where.port}" if where else None)
+    return Link(nc, js, threads, nodes, sessions, replicas, reconnects)
 
 
 async def ensure(js: JetStreamContext, replicas: int) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from bot.cluster.jetstream import Link, dumps
 from bot.core.commands import NodeState
@@ -28,7 +29,8 @@ class Nodes:
         self._link = link
         self.me = me
         self._report = report  # what this node runs now (for `/claude status` on any node)
-        self._seen: dict[str, float] = {}  # node → monotonic time its key last changed, by this node's clock
+        self._seen: dict[str, float] = {}
+        self._revision: dict[str, int] = {}  # node → monotonic time its key last changed, by this node's clock
         self.states: dict[str, dict[str, Any]] = {}
         self._started = time.monotonic()
 
@@ -36,7 +38,10 @@ class Nodes:
         if node == self.me:
             return True
         seen = self._seen.get(node)
-        return seen is not None and time.monotonic() - seen < DEAD_AFTER_S
+        if seen is None:
+            return False
+        # no node beat while this one was away from the server: none is judged on that gap
+        return time.monotonic() - max(seen, self._link.reconnects.at) < DEAD_AFTER_S
 
     def dead(self) -> list[str]:
         """Nodes this node has seen that stopped beating (they may come back)."""
@@ -66,40 +71,50 @@ class Nodes:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self.beat()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch)
-            task_status.started()
-            while True:
-                await anyio.sleep(BEAT_S)
-                try:
-                    await self.beat()
-                except Exception as exc:  # NATS away: the client reconnects; the next beat tries again
-                    log.warning("cluster.beat_failed", error=f"{type(exc).__name__}: {exc}")
+        await self.look()
+        task_status.started()
+        while True:
+            await anyio.sleep(BEAT_S)
+            try:
+                await self.beat()
+                await self.look()
+            except Exception as exc:  # NATS away: the client reconnects; the next beat tries again
+                log.warning("cluster.beat_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def beat(self) -> None:
         state = {"node": self.me, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time(),
                  **self._report()}
         await self._link.nodes.put(self.me, dumps(state))
 
-    async def _watch(self) -> None:
-        while True:
+    async def look(self) -> None:
+        """Every node's key: one whose revision changed since the last look is alive now, by this node's clock.
+        (Read, not watched: a watch does not survive a server restart, and a missed beat must not make a living
+        node look dead.)"""
+        try:
+            keys = await self._link.nodes.keys()
+        except NoKeysError:
+            keys = []
+        now = time.monotonic()
+        for key in keys:
             try:
-                watcher = await self._link.nodes.watchall()
-                async for entry in watcher:
-                    if entry is None or entry.key is None:
-                        continue  # the end of the initial values
-                    if entry.value:
-                        try:
-                            self.states[entry.key] = json.loads(entry.value)
-                        except ValueError:
-                            continue
-                        # a key not renewed since before this node looked counts its age (clocks roughly agree)
-                        at = self.states[entry.key].get("at")
-                        age = time.time() - at if isinstance(at, (int, float)) and entry.key not in self._seen else 0.0
-                        self._seen[entry.key] = time.monotonic() - min(max(age, 0.0), DEAD_AFTER_S)
-                    else:  # deleted: gone for good
-                        self._seen.pop(entry.key, None)
-                        self.states.pop(entry.key, None)
-            except Exception as exc:
-                log.warning("cluster.watch_failed", what="nodes", error=f"{type(exc).__name__}: {exc}")
-                await anyio.sleep(0.5)
+                entry = await self._link.nodes.get(key)
+            except KeyNotFoundError:
+                continue
+            if not entry.value or entry.revision == self._revision.get(key):
+                continue
+            try:
+                state = json.loads(entry.value)
+            except ValueError:
+                continue
+            if not isinstance(state, dict):
+                continue
+            first = key not in self._seen
+            self._revision[key] = entry.revision or 0
+            self.states[key] = state
+            # a key first read that was not renewed lately counts its age (hosts' clocks roughly agree)
+            at = state.get("at")
+            age = time.time() - at if first and isinstance(at, (int, float)) else 0.0
+            self._seen[key] = now - min(max(age, 0.0), DEAD_AFTER_S)
+        for gone in set(self._seen) - set(keys):
+            self._seen.pop(gone, None)
+            self.states.pop(gone, None)

@@ -51,8 +51,8 @@ class SharedOutbox:
         try:
             kv = await self._link.js.key_value(OUTBOX)
         except Exception:
-            kv = await self._link.js.create_key_value(config=KeyValueConfig(bucket=OUTBOX, history=1,
-                                                                            storage=StorageType.FILE))
+            kv = await self._link.js.create_key_value(config=KeyValueConfig(
+                bucket=OUTBOX, history=1, storage=StorageType.FILE, replicas=self._link.replicas))
         me = self._nodes.me
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._adopt, kv)

@@ -54,32 +54,51 @@ class Record:
             return 0
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        start = self._saved()
-        self.applied = start
+        """Apply the stream from where this node stopped; after a reconnection, again from there (the consumer
+        is made anew, so a server restart cannot leave it stalled)."""
+        self.applied = self._saved()
+        started = False
+        while True:
+            async with anyio.create_task_group() as tg:
+                sub = await self._subscribe()
+                tg.start_soon(self._follow, sub)
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._link.reconnects.next()
+                tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0), contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _subscribe(self) -> Any:
+        start = self.applied
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start + 1) if start \
             else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-        sub = await self._link.js.subscribe(f"{EVENTS_SUBJECT}.>", stream=EVENTS, ordered_consumer=True,
-                                            config=config)
-        task_status.started()
-        try:
-            async for msg in sub.messages:
-                seq = msg.metadata.sequence.stream
-                if seq <= self.applied:
-                    continue
-                try:
-                    body = json.loads(msg.data)
-                    if isinstance(body, dict):
-                        self._apply(body)
-                except Exception as exc:  # a malformed or unexpected event: logged and skipped
-                    log.warning("cluster.record_skipped", seq=seq, error=f"{type(exc).__name__}: {exc}")
-                self.applied = seq
-                with contextlib.suppress(OSError):
-                    self._position.write_text(str(seq))
-                self._changed.set()
-                self._changed = anyio.Event()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                await sub.unsubscribe()
+        for _ in range(100):
+            try:
+                return await self._link.js.subscribe(f"{EVENTS_SUBJECT}.>", stream=EVENTS, ordered_consumer=True,
+                                                     config=config)
+            except Exception as exc:  # the server coming back
+                log.warning("cluster.record_subscribe_retry", error=type(exc).__name__)
+                await anyio.sleep(0.2)
+        raise RuntimeError("the record's consumer could not be made")
+
+    async def _follow(self, sub: Any) -> None:
+        async for msg in sub.messages:
+            seq = msg.metadata.sequence.stream
+            if seq <= self.applied:
+                continue
+            try:
+                body = json.loads(msg.data)
+                if isinstance(body, dict):
+                    self._apply(body)
+            except Exception as exc:  # a malformed or unexpected event: logged and skipped
+                log.warning("cluster.record_skipped", seq=seq, error=f"{type(exc).__name__}: {exc}")
+            self.applied = seq
+            with contextlib.suppress(OSError):
+                self._position.write_text(str(seq))
+            self._changed.set()
+            self._changed = anyio.Event()
 
     async def wait_message(self, channel: str, ts: str) -> bool:
         """Until this node's store has the message (its event applied), at most WAIT_MESSAGE_S."""

@@ -52,6 +52,7 @@ def _decode(raw: bytes | None) -> ThreadEntry | None:
 
 class Threads:
     def __init__(self, link: Link, store: Store, me: str, projects: Path) -> None:
+        self._link = link
         self._kv = link.threads
         self._objects = link.sessions
         self._store = store
@@ -162,7 +163,15 @@ class Threads:
             log.error("store.write_failed", what="cluster_thread", channel=channel, error=str(exc))
 
     async def mirror(self) -> None:
-        """Keep this node's store knowing every thread of the cluster (a reply there is a follow-up)."""
+        """Keep this node's store knowing every thread of the cluster (a reply there is a follow-up). A watch does
+        not survive a server restart: it starts again after each reconnection."""
+        while True:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch)
+                await self._link.reconnects.next()
+                tg.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
         while True:
             try:
                 watcher = await self._kv.watchall()

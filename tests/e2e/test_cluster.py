@@ -137,6 +137,8 @@ def test_a_node_killed_between_turns_the_next_follow_up_resumes_its_session_else
 
 def test_the_nats_server_restarting_mid_burst_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     with cluster(tmp_path) as c:
+        early = c.slack.user_says("C1", "U1", "before the restart [[id:r-early]]", mention=True)
+        wait_answer(c, "C1", early, "r-early")
         tops = {}
         restart = threading.Thread(target=c.nats.restart)
         for i in range(12):
@@ -153,6 +155,11 @@ def test_the_nats_server_restarting_mid_burst_loses_and_duplicates_nothing(tmp_p
             assert len(marker_answers(c.slack, "C1", ts, f"answer for r{i}")) == 1
             assert len(requests_with(c, f"r{i}")) == 1
         assert c.events("cluster.reconnected")
+        # the nodes judged none of them dead for the gap: a thread from before stays on its node
+        c.slack.user_says("C1", "U1", "still there? [[id:r-later]]", thread_ts=early)
+        wait_answer(c, "C1", early, "r-later")
+        assert not c.events("cluster.took_over") and not c.events("cluster.moved")
+        assert not c.events("cluster.message_not_in_record")
 
 
 def _other_socket(c: Cluster, runner: str) -> int:

@@ -4,7 +4,7 @@ the queue's hooks the cluster uses (placing a job elsewhere, acking a finished b
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anyio
@@ -13,10 +13,11 @@ import pytest
 from bot.cluster.jetstream import subject_part
 from bot.cluster.threads import ThreadEntry, _decode
 from bot.cluster.work import Task
-from bot.config import ConfigError, _nats_url, _node_id, redact_url
+from bot.config import _nats_url, _node_id, redact_url
 from bot.core.dispatcher import Dispatcher, Job, JobQueue
 from bot.core.events import IncomingMessage
-from bot.core.store import Store
+from bot.core.store import Store, StoredMessage
+from bot.errors import ConfigError
 from bot.slack.cluster_intake import SlackIntake, apply
 
 
@@ -63,19 +64,25 @@ def test_a_task_is_stored_once_per_request_and_a_broken_thread_entry_is_skipped(
 
 
 # --- the record: an event into this node's store --------------------------------------------------------------------
-def body(event: dict[str, object]) -> dict[str, object]:
+def body(event: Mapping[str, object]) -> dict[str, object]:
     return {"type": "event_callback", "event_id": "Ev1", "event": event}
+
+
+def stored(store: Store, ts: str) -> StoredMessage:
+    msg = store.get_message("C1", ts)
+    assert msg is not None
+    return msg
 
 
 def test_the_record_applies_messages_edits_deletions_and_files(store: Store) -> None:
     apply(store, body({"type": "message", "channel": "C1", "ts": "1.1", "user": "U1", "text": "hi",
                        "files": [{"id": "F1", "name": "a.log", "mimetype": "text/plain", "size": 3}]}),
           bot_user_id="UBOT", bot_id="BBOT")
-    assert store.get_message("C1", "1.1").text.startswith("hi")
+    assert stored(store, "1.1").text.startswith("hi")
     assert store.files_of("C1", "1.1")[0]["name"] == "a.log"
     apply(store, body({"type": "message", "subtype": "message_changed", "channel": "C1",
                        "message": {"ts": "1.1", "text": "hello"}}), bot_user_id="UBOT", bot_id=None)
-    assert store.get_message("C1", "1.1").text == "hello"
+    assert stored(store, "1.1").text == "hello"
     apply(store, body({"type": "message", "subtype": "message_deleted", "channel": "C1", "deleted_ts": "1.1"}),
           bot_user_id="UBOT", bot_id=None)
     assert store.get_message("C1", "1.1") is None
@@ -84,7 +91,7 @@ def test_the_record_applies_messages_edits_deletions_and_files(store: Store) -> 
 def test_the_record_keeps_the_bots_own_answer_and_skips_what_is_not_a_message(store: Store) -> None:
     apply(store, body({"type": "message", "channel": "C1", "ts": "2.1", "user": "UBOT", "bot_id": "BBOT",
                        "text": "the answer"}), bot_user_id="UBOT", bot_id="BBOT")
-    assert store.get_message("C1", "2.1").from_self
+    assert stored(store, "2.1").from_self
     for junk in ({"type": "reaction_added"}, {"type": "message", "channel": "C1"},
                  {"type": "message", "subtype": "channel_join", "channel": "C1", "ts": "3.1"}):
         apply(store, body(junk), bot_user_id="UBOT", bot_id=None)
