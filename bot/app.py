@@ -129,6 +129,17 @@ class ClusterParts:
         await self.intake.serve_control()
         await tg.start(self.work.run)
 
+    async def stop(self) -> None:
+        """Shutdown, before the runs are interrupted: they (and what waits here) go to other nodes."""
+        self.work.stopping = True
+
+    async def close(self) -> None:
+        """After the runs ended: what this node still held goes back, its heartbeat goes, the link closes."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(3.0):
+            await self.work.hand_back()
+            await self.nodes.leave()
+        await self.link.close()
+
 
 TAKEN_OVER = ":arrows_counterclockwise: The host that was running this thread stopped; resuming it here."
 
@@ -405,7 +416,7 @@ class Bot:
                 tg.start_soon(sv.poster.run_outbox)
                 sv.queue.attach(tg)
                 if signals:
-                    tg.start_soon(self._watch_signals, tg.cancel_scope, sv.source, sv.queue)
+                    tg.start_soon(self._watch_signals, tg.cancel_scope, sv.source, sv.queue, sv.cluster)
                 if sv.cluster is not None:  # unfinished work is in JetStream: redelivered, not recovered here
                     await sv.cluster.start(tg)
                 else:
@@ -434,7 +445,7 @@ class Bot:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 await sv.source.close()
             if sv.cluster is not None:
-                await sv.cluster.link.close()
+                await sv.cluster.close()
 
     async def _prepare_spares(self, worktrees: Worktrees, folder: Path) -> None:
         repo = await Worktrees.repo_of(folder)
@@ -485,13 +496,16 @@ class Bot:
 
         return handle
 
-    async def _watch_signals(self, scope: anyio.CancelScope, source: Source, queue: JobQueue) -> None:
+    async def _watch_signals(self, scope: anyio.CancelScope, source: Source, queue: JobQueue,
+                             cluster: ClusterParts | None = None) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 started = time.monotonic()
                 log.info("bot.stopping", signal=signal.Signals(signum).name, running=queue.running,
                          queued=queue.pending)
                 queue.close()
+                if cluster is not None:
+                    await cluster.stop()
                 with anyio.move_on_after(2.0):
                     await source.close()
                 log.info("bot.disconnected", ms=round((time.monotonic() - started) * 1000))

@@ -4,6 +4,7 @@ The heartbeat is every lease the node holds: its threads are its while it beats.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -47,8 +48,10 @@ class Nodes:
         """Nodes this node has seen that stopped beating (they may come back)."""
         return [n for n in self._seen if n != self.me and not self.alive(n)]
 
-    def view(self) -> list[NodeState]:
-        """Every node this node has seen, for `/claude status`: this one first, then by name."""
+    async def view(self) -> list[NodeState]:
+        """Every node, as each last reported (read now), for `/claude status`: this one first, then by name."""
+        with anyio.move_on_after(1.0), contextlib.suppress(Exception):
+            await self.look()
         now = time.monotonic()
         out = []
         for node in sorted({*self.states, self.me}, key=lambda n: (n != self.me, n)):
@@ -86,6 +89,11 @@ class Nodes:
                  **self._report()}
         await self._link.nodes.put(self.me, dumps(state))
 
+    async def leave(self) -> None:
+        """Shutdown: this node's key goes, so the others see at once that its threads are free."""
+        with contextlib.suppress(Exception):
+            await self._link.nodes.delete(self.me)
+
     async def look(self) -> None:
         """Every node's key: one whose revision changed since the last look is alive now, by this node's clock.
         (Read, not watched: a watch does not survive a server restart, and a missed beat must not make a living
@@ -115,6 +123,5 @@ class Nodes:
             at = state.get("at")
             age = time.time() - at if first and isinstance(at, (int, float)) else 0.0
             self._seen[key] = now - min(max(age, 0.0), DEAD_AFTER_S)
-        for gone in set(self._seen) - set(keys):
-            self._seen.pop(gone, None)
-            self.states.pop(gone, None)
+        for gone in set(self._seen) - set(keys):  # left (its key deleted at shutdown): dead from now on
+            self._seen[gone] = float("-inf")

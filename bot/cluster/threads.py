@@ -85,6 +85,15 @@ class Threads:
             return False
         return True
 
+    async def release(self, channel: str, thread_ts: str) -> None:
+        """This node lets the thread go (it is shutting down): the next node to take one of its tasks holds it."""
+        for _ in range(5):
+            entry, revision = await self.get(channel, thread_ts)
+            if entry is None or entry.owner != self.me:
+                return
+            if await self.swap(channel, thread_ts, replace(entry, owner=""), revision):
+                return
+
     async def after_turn(self, channel: str, thread_ts: str) -> None:
         """The owner, after a turn: the thread's session (from this node's store) and its transcript, for a node
         that may take it over."""

@@ -62,6 +62,7 @@ class Task:
     placed_by: str
     placed_at: float  # wall clock, for the figures
     about_ts: str | None = None  # a shortcut's request: the message it is about
+    handed_from: str = ""  # the node that gave it back when it shut down (the next node says so in the thread)
 
     @property
     def msg_id(self) -> str:
@@ -85,6 +86,7 @@ class Work:
         self._order = anyio.create_memory_object_stream[Task](10_000)
         self._room = anyio.Event()
         self._placed = 0
+        self.stopping = False  # this node is shutting down: what it was running goes back to the queue
         self._placed_here = 0  # new threads this node placed on itself, not taken yet (they count against its room)
         self._stored = 0
         self._stored_changed = anyio.Event()
@@ -213,7 +215,7 @@ class Work:
             if entry.first and entry.first != task.trigger_ts and not entry.owner:
                 await msg.nak(delay=FIRST_WAIT_S)  # the thread's first task is still waiting for a node
                 return
-            takeover = bool(entry.owner) or redelivered
+            takeover = bool(entry.owner) or redelivered or bool(task.handed_from)
             if await self._threads.swap(task.channel, task.thread_ts, replace(entry, owner=self.me, first=""),
                                         revision):
                 if takeover:
@@ -252,10 +254,31 @@ class Work:
             msg = self._held.pop((job.channel, job.trigger_ts), None)
             if msg is not None:
                 try:
-                    await msg.ack()
+                    if self.stopping:  # interrupted by this node's shutdown: another node goes on with it
+                        await self._give_back(msg)
+                    else:
+                        await msg.ack()
                 except Exception as exc:  # NATS away: redelivered later; the record shows it answered
                     log.warning("cluster.ack_failed", ts=job.trigger_ts, error=type(exc).__name__)
         self.room()
+
+    async def hand_back(self) -> None:
+        """Shutdown: the tasks this node took and did not finish (queued here, never started) go back to the
+        queue at once, for another node, instead of after ACK_WAIT_S."""
+        self.stopping = True
+        for key, msg in list(self._held.items()):
+            self._held.pop(key, None)
+            with contextlib.suppress(Exception):
+                await self._give_back(msg)
+
+    async def _give_back(self, msg: Msg) -> None:
+        """To the shared queue (a task from this node's own subject too, which no other node reads), then acked
+        here: a message id per give-back, so doing it twice stores it once."""
+        task = replace(Task(**json.loads(msg.data)), handed_from=self.me)
+        await self._threads.release(task.channel, task.thread_ts)  # whoever takes it holds the thread
+        await self._publish(WORK_ANY, task, f"{task.msg_id}:back:{self.me}:{msg.metadata.sequence.stream}")
+        await msg.ack()
+        log.info("cluster.handed_back", channel=task.channel, ts=task.trigger_ts)
 
     async def _progress(self) -> None:
         """Every PROGRESS_S: the tasks this node holds are still being worked on."""
@@ -276,6 +299,9 @@ class Work:
             await anyio.sleep(1.0)
             for node in self._nodes.dead():
                 try:
+                    info = await self._link.js.consumer_info(WORK, node_durable(node))
+                    if not info.num_pending and not info.num_ack_pending:
+                        continue  # nothing waits there
                     sub = subs.get(node) or await self._link.js.pull_subscribe_bind(durable=node_durable(node),
                                                                                      stream=WORK)
                     subs[node] = sub

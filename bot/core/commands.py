@@ -119,7 +119,7 @@ class Commands:
         workdir_for: Callable[[str], str],
         approvals: Approvals | None = None,
         worktrees: Worktrees | None = None,
-        cluster_view: Callable[[], list[NodeState]] | None = None,
+        cluster_view: Callable[[], Awaitable[list[NodeState]]] | None = None,
     ) -> None:
         self._cluster_view = cluster_view  # the cluster's nodes (SLACKBUS_NATS_URL); None on one host
         self._signs = signs
@@ -260,13 +260,11 @@ class Commands:
                 lines.append(f"*Worktrees*: {len(kept)} kept, {size / 1e6:,.1f} MB (removed after "
                              f"{self._settings.worktree_ttl / 86400:g} days quiet, unless they hold unpushed work)")
         if self._cluster_view is not None:
-            lines.extend(self._nodes_lines(user, channel))
+            lines.extend(self._nodes_lines(user, channel, await self._cluster_view()))
         return "\n".join(lines)
 
-    def _nodes_lines(self, user: str, channel: str) -> list[str]:
+    def _nodes_lines(self, user: str, channel: str, nodes: list[NodeState]) -> list[str]:
         """The cluster: each node's runs, queue and processes (this node's runs are listed above)."""
-        assert self._cluster_view is not None
-        nodes = self._cluster_view()
         lines = [f"*Nodes* ({sum(n.alive for n in nodes)} alive of {len(nodes)}):"]
         for n in nodes:
             name = f"`{n.node}`" + (" (this one)" if n.me else "")

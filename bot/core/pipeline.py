@@ -197,7 +197,8 @@ class TaskPipeline:
             with anyio.CancelScope(shield=True), anyio.move_on_after(3.0):
                 self._store.set_request_status(first.channel, list(handle.trigger_ts), "interrupted")
                 self._store.finish_run(handle.run_id, "interrupted", error="the bot stopped")
-                await self._finish(handle, signs.SHUTTING_DOWN)
+                # in a cluster another node takes the task over (bot.cluster.work hands it back)
+                await self._finish(handle, signs.HANDED_ON if self._settings.nats_url else signs.SHUTTING_DOWN)
             raise
         except Exception as exc:
             bound.exception("run.crashed")

@@ -30,6 +30,8 @@ FINAL = {"done": DONE, "cancelled": STOPPED}  # a run's status → its reaction;
 RESTARTED = (":warning: slackbus restarted while working on this, so the run stopped. Reply here to continue.")
 SHUTTING_DOWN = (":warning: slackbus is shutting down, so this run stopped. Reply here to continue once it is "
                  "back.")
+HANDED_ON = (":warning: This host of slackbus is shutting down, so this run stopped here; another host picks it up "
+             "and goes on in this thread.")
 STARTED = ":arrow_forward: Started."
 STARTED_TOGETHER = ":arrow_forward: Started, together with the messages before it in this thread."
 

@@ -173,8 +173,14 @@ def test_cancel_and_stop_reaction_reach_the_run_on_another_node(tmp_path: Path) 
         runner = c.runner_of("C1", ts)
         c.model.wait_for_requests(1, timeout=60)
         # /claude status on another node lists every node, and the run on the node running it
-        envelope = c.slack.slash_command(text="status", user="U1", channel="C1", to=_other_socket(c, runner))
-        status = str(c.slack.wait_ack(envelope, timeout=10)[1])
+        def status() -> str:
+            envelope = c.slack.slash_command(text="status", user="U1", channel="C1", to=_other_socket(c, runner))
+            return str(c.slack.wait_ack(envelope, timeout=10)[1])
+
+        deadline = time.monotonic() + 10
+        while f"`{runner}`: 1 of 4 running" not in (said := status()) and time.monotonic() < deadline:
+            pass  # each node reports with its heartbeat, every second
+        status = said  # type: ignore[assignment]
         run_id = c.events("run.start")[0]["run_id"]
         assert "Nodes* (3 alive of 3)" in status and f"`{runner}`: 1 of 4 running" in status, status
         assert run_id in status and "(this one)" in status
@@ -265,3 +271,22 @@ def test_ask_claude_taken_in_by_a_busy_node_runs_on_another_with_the_message(tmp
         assert len(answers) == 1
         taken = [e for e in c.events("cluster.taken") if e["thread_ts"] == ts]
         assert [e["at"] for e in taken] != [busy] and len(taken) == 1
+
+
+def test_a_node_stopped_for_an_upgrade_hands_its_run_to_another_at_once(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        c.model.enqueue_hang(120)
+        ts = c.slack.user_says("C1", "U1", "long job [[id:u1]]", mention=True)
+        leaving = c.runner_of("C1", ts)
+        c.model.wait_for_requests(1, timeout=60)
+        stopped = time.monotonic()
+        c.nodes[leaving].stop()  # SIGTERM, as a process manager sends it
+        wait_answer(c, "C1", ts, "u1", timeout=60)
+        took = time.monotonic() - stopped
+        texts = [str(m.get("text")) for m in c.slack.bot_messages("C1", thread_ts=ts)]
+        assert any("another host picks it up" in t for t in texts) and any(TAKEN_OVER in t for t in texts)
+        assert took < 10, f"{took:.1f} s: handed back at once, not after the ack wait"  # ACK_WAIT_S is 10 s
+        assert {e["at"] for e in c.events("cluster.took_over")} - {leaving}
+        for name in c.alive():
+            c.nodes[name].wait_quiet(c.slack, quiet=1.0, timeout=60)
+        assert len(marker_answers(c.slack, "C1", ts, "answer for u1")) == 1
