@@ -290,3 +290,16 @@ def test_a_node_stopped_for_an_upgrade_hands_its_run_to_another_at_once(tmp_path
         for name in c.alive():
             c.nodes[name].wait_quiet(c.slack, quiet=1.0, timeout=60)
         assert len(marker_answers(c.slack, "C1", ts, "answer for u1")) == 1
+
+
+def test_a_run_longer_than_the_ack_wait_is_not_redelivered(tmp_path: Path) -> None:
+    from bot.cluster.jetstream import ACK_WAIT_S
+
+    with cluster(tmp_path) as c:
+        c.model.enqueue_text("slow but sure [[id:long]]", delay=ACK_WAIT_S * 1.5)
+        ts = c.slack.user_says("C1", "U1", "take your time", mention=True)
+        c.slack.wait_for(lambda: marker_answers(c.slack, "C1", ts, "slow but sure"), timeout=90, what="the answer")
+        for name in c.alive():
+            c.nodes[name].wait_quiet(c.slack, quiet=1.0, timeout=60)
+        assert len(c.model.requests) == 1 and len(c.events("cluster.taken")) == 1  # reported in progress
+        assert not c.events("cluster.took_over")
