@@ -387,7 +387,7 @@ class Bot:
                 log.error("store.write_failed", what="cluster_task", channel=job.channel, error=str(exc))
             if takeover:
                 await poster.post(job.channel, job.thread_ts, renderer.render_notice(TAKEN_OVER))
-            dispatcher.submit_here(job)
+            dispatcher.submit_here(job, seen=True)
 
         work = Work(link, nodes, threads, me,
                     capacity=lambda: s.max_concurrent - queue.running - queue.pending,

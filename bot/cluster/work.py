@@ -125,12 +125,13 @@ class Work:
             # a new thread: this node takes it when it has room (no hop through the shared queue), else it waits
             # there for a node with room, and the thread's later tasks wait behind it
             mine = self._capacity() - self._placed_here > 0
-            created = await self._threads.create(task.channel, task.thread_ts, ThreadEntry(
-                owner=self.me if mine else "", first="" if mine else task.trigger_ts, requester=task.user,
-                workdir=self._workdir_for(task.channel)))
-            if created and mine:
-                self._placed_here += 1
-            entry, _ = await self._threads.get(task.channel, task.thread_ts)
+            new = ThreadEntry(owner=self.me if mine else "", first="" if mine else task.trigger_ts,
+                              requester=task.user, workdir=self._workdir_for(task.channel))
+            if await self._threads.create(task.channel, task.thread_ts, new):
+                entry = new
+                self._placed_here += 1 if mine else 0
+            else:  # another node made it a moment ago
+                entry, _ = await self._threads.get(task.channel, task.thread_ts)
         owner = entry.owner if entry is not None and entry.owner and self._nodes.alive(entry.owner) else None
         await self._publish(work_subject(owner), task, task.msg_id)
         log.info("cluster.placed", channel=task.channel, thread_ts=task.thread_ts, ts=task.trigger_ts,

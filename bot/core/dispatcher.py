@@ -319,14 +319,16 @@ class Dispatcher:
 
     def submit(self, job: Job) -> Job:
         if self.place is not None:
+            if self._on_seen is not None:
+                self._on_seen(job)  # 👀 from the node that took the request in, before the hop to the one that runs it
             self.place(job)
             log.info("dispatch.placed", channel=job.channel, thread_ts=job.thread_ts, ts=job.trigger_ts, user=job.user)
             return job
         return self.submit_here(job)
 
-    def submit_here(self, job: Job) -> Job:
-        """Into this node's own queue: the first sign, then the queue."""
-        if self._on_seen is not None:
+    def submit_here(self, job: Job, *, seen: bool = False) -> Job:
+        """Into this node's own queue: the first sign (unless the node that took it in gave it), then the queue."""
+        if self._on_seen is not None and not seen:
             self._on_seen(job)  # the first visible sign is scheduled before any of the job's own work
         position = self._queue.submit(job)
         log.info(

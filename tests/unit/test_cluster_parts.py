@@ -176,7 +176,7 @@ async def test_a_job_removed_before_it_ran_is_reported_done() -> None:
     assert done[0] == ["2.0"]
 
 
-def test_with_a_place_a_job_leaves_the_node_and_comes_back_through_submit_here(store: Store) -> None:
+def test_with_a_place_a_job_is_seen_here_leaves_the_node_and_comes_back_through_submit_here(store: Store) -> None:
     placed: list[Job] = []
     seen: list[Job] = []
 
@@ -190,6 +190,7 @@ def test_with_a_place_a_job_leaves_the_node_and_comes_back_through_submit_here(s
     msg = IncomingMessage(channel="C1", ts="1.0", text="<@UBOT> hi", user="U1", thread_ts=None, channel_type="channel",
                           bot_id=None, subtype=None, mentions_bot=True, event_id="Ev1", received=time.monotonic())
     dispatcher.on_message(msg)
-    assert [j.trigger_ts for j in placed] == ["1.0"] and not seen and queue.pending == 0
-    dispatcher.submit_here(placed[0])
-    assert seen and queue.pending == 1
+    # 👀 from the node that took it in, at once; the job itself goes to the cluster
+    assert [j.trigger_ts for j in placed] == ["1.0"] and len(seen) == 1 and queue.pending == 0
+    dispatcher.submit_here(placed[0], seen=True)  # the node that runs it gives no second 👀
+    assert len(seen) == 1 and queue.pending == 1
