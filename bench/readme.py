@@ -132,6 +132,17 @@ TARGETS: list[tuple[str, str, str, str, Callable[[Any], bool]]] = [
      "attachments.bot_rss_kb_per_attachment", "_plain_kb", "≤ 64 KB (one read's buffer)", lambda v: v <= 64),
     ("local channel: 8 writers × 1,000 appends at once (a file each)", "local.eight_writers", "_writers",
      "whole lines, in order", lambda v: v["whole_lines"] == v["appends"] and v.get("in_order") is True),
+    ("several hosts: mention → first sign (👀), 3 nodes on NATS vs one host", "cluster.latency.first_sign",
+     "_added", "≤ 10 ms p50 extra", lambda v: v["added_p50_ms"] <= 10),
+    ("several hosts: mention → answer, the bot's own share (less the CLI's turn, by run id), 3 nodes vs one host",
+     "cluster.latency.answer_bot_share", "_added", "≤ 10 ms p50 extra", lambda v: v["added_p50_ms"] <= 10),
+    ("… the same answers end to end (the CLI's own turn varies far more than 10 ms)", "cluster.latency.answer",
+     "_added", "(reported)", lambda v: True),
+    ("several hosts: follow-up in a warm thread → answer, the bot's own share, 3 nodes vs one host",
+     "cluster.latency.follow_up_bot_share", "_added", "≤ 10 ms p50 extra", lambda v: v["added_p50_ms"] <= 10),
+    ("… the same follow-ups end to end", "cluster.latency.follow_up", "_added", "(reported)", lambda v: True),
+    ("several hosts: 30 mentions in new threads at once, on this one machine → tasks answered per minute",
+     "cluster.burst", "_per_minute", "(reported: see below)", lambda v: True),
 ]
 
 
@@ -162,9 +173,32 @@ def _format(kind: str, value: Any) -> str:
         return f"{value['claude_children_peak']:g} of {cap} (each ~{value.get('claude_rss_mb_each', '?')} MB)"
     if kind == "_writers":
         return f"{value['appends_per_second']:g} appends/s, {value['whole_lines']:g} of {value['appends']:g} whole"
+    if kind == "_added":
+        return added_text(value)
+    if kind == "_per_minute":
+        return per_minute_text(value)
     if kind == "_bool":
         return "yes" if value else "no"
     return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
+def added_text(row: dict[str, Any]) -> str:
+    """A cluster latency row: what the cluster adds (p50, p95), then both sides' p50 / p95."""
+    a, b = row.get("single_host_ms") or {}, row.get("cluster_ms") or {}
+    if "added_p50_ms" not in row or "p50" not in a or "p50" not in b:
+        return "not measured"
+    return (f"{row['added_p50_ms']:+.1f} ms p50, {row['added_p95_ms']:+.1f} ms p95 (3 nodes {_num(b['p50'])} / "
+            f"{_num(b['p95'])} ms, one host {_num(a['p50'])} / {_num(a['p95'])} ms; n = {b['n']:g} each)")
+
+
+def per_minute_text(burst: dict[str, Any]) -> str:
+    """Tasks per minute with 1, 2 and 3 nodes, then one host without NATS."""
+    parts = [f"{n} node{'s' if n > 1 else ''}: {burst[f'nodes_{n}']['tasks_per_min']:g}/min "
+             f"({burst[f'nodes_{n}']['s']:g} s)" for n in (1, 2, 3) if f"nodes_{n}" in burst]
+    if "single_host" in burst:
+        parts.append(f"one host without NATS: {burst['single_host']['tasks_per_min']:g}/min "
+                     f"({burst['single_host']['s']:g} s)")
+    return "; ".join(parts) if parts else "not measured"
 
 
 SITTING_S = 45 * 60  # rows measured within this span count as one sitting (a whole `python -m bench` takes ~30 min)
@@ -271,6 +305,49 @@ def notes(results: dict[str, Any]) -> str:
         "covers Socket Mode, the queue, the context, taking a process, the bookkeeping, the reactions and the post. "
         "Slack calls per answered mention are in the table (👀, the answer, 👀 off, ✅); a run with tool calls adds a "
         "status post and its edits.",
+        *(["", cluster_note(results)] if results.get("cluster") else []),
+    ])
+
+
+def cluster_note(results: dict[str, Any]) -> str:
+    """What the several-hosts rows measure, where the cluster's time goes and what limits the burst on this
+    machine, from the results file."""
+    f = lambda path, scale=1.0, digits=0: _fig(results, path, scale, digits)  # noqa: E731
+    cpus = _get(results, "machine.cpus") or 2
+    per_task = _get(results, "cluster.burst.nodes_3.cpu_s_per_task")
+    ceiling = f"{cpus * 60 / per_task:.0f}" if isinstance(per_task, int | float) and per_task else "(not measured)"
+    steps = "cluster.latency.steps_ms_p50.cluster.new."
+    return "\n".join([
+        "Several hosts: the latency rows run the same bot with the same settings alone and as "
+        f"{f('cluster.latency.nodes')} nodes on a nats-server, both rigs up at once and sampled in turns, one "
+        "message at a time, each from the first envelope of the message; the fake Slack hands each event to one "
+        "node's socket at random. An answer's end-to-end time is mostly the `claude` CLI's own turn, whose spread "
+        "dwarfs a few milliseconds, so the target is judged on the bot's own share (the CLI's turn taken out, run "
+        "by run, as in the rows above). Where a new thread's time goes in the cluster (p50, from the nodes' logs): "
+        f"{f(steps + 'sent_to_dispatched_ms', 1, 1)} ms until the dispatcher has it (the event is stored in "
+        "JetStream first; one host: "
+        f"{f('cluster.latency.steps_ms_p50.single.new.sent_to_accepted_ms', 1, 1)} ms to its queue), and the node "
+        f"that took it in sends the 👀 {f(steps + 'dispatched_to_first_sign_ms', 1, 1)} ms later; placing the task "
+        f"takes {f(steps + 'dispatched_to_queued_ms', 1, 1)} ms (the thread's KV entry read and made, the task "
+        f"published to the work queue), a node pulls it {f(steps + 'queued_to_taken_ms', 1, 1)} ms later, and from "
+        "there the path is the one host's.",
+        "",
+        f"The burst row sends {f('cluster.burst.tasks')} mentions in new threads at once, with "
+        f"SLACKBUS_MAX_CONCURRENT={_get(results, 'cluster.burst.settings_per_node.SLACKBUS_MAX_CONCURRENT') or '?'} "
+        f"and SLACKBUS_MAX_PROCESSES={_get(results, 'cluster.burst.settings_per_node.SLACKBUS_MAX_PROCESSES') or '?'}"
+        " per node, and times the first envelope to the call that carried the last answer (the median of "
+        f"{f('cluster.burst.rounds')} rounds). Every node runs on this one machine, so more nodes add room (runs "
+        "and processes) but not CPU: each task cost "
+        f"{f('cluster.burst.nodes_3.cpu_s_per_task', 1, 2)} s of CPU with three nodes, "
+        f"{f('cluster.burst.nodes_1.cpu_s_per_task', 1, 2)} s with one and "
+        f"{f('cluster.burst.single_host.cpu_s_per_task', 1, 2)} s on one host without NATS (the nodes and their "
+        f"`claude` processes; one `claude` start alone is {f('sessions.cli_start.cpu_ms.p50', 1 / 1000, 2)} s; "
+        "every more node adds its own process, its own pre-started `claude` and its own copy of the shared "
+        f"record; nats-server used {f('cluster.burst.nodes_3.cpu_s_nats', 1, 1)} s in all), so {cpus} CPUs cannot "
+        f"answer much more than {ceiling} such tasks per minute however many nodes share them. On separate hosts "
+        "each node brings its "
+        "own CPUs and memory, so the rate grows with the nodes until the NATS server or Slack's posting rate per "
+        "channel bounds it.",
     ])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from bench import readme
 
@@ -142,3 +143,31 @@ def test_an_answer_time_is_the_call_that_carried_that_answer_not_one_whose_marke
     slack = SimpleNamespace(calls=calls, wait_for=lambda predicate, timeout: predicate() or None,
                             bot_messages=lambda channel, ts: [{"text": "answer for f1"}])
     assert answered_at(slack, "C1", "1.000001", "answer for f1") == 3.0
+
+
+def test_the_cluster_rows_show_what_three_nodes_add_and_meet_the_target_only_within_10_ms_p50() -> None:
+    from bench.cluster import added, nest
+
+    assert nest({"cluster": {"new.sent_to_dispatched_ms": 3.3}}) == {"cluster": {"new": {"sent_to_dispatched_ms": 3.3}}}
+
+    fast = added([10.0, 12.0, 14.0], [15.0, 19.0, 30.0])  # p50 12 → 19, p95 14 → 30
+    assert fast["added_p50_ms"] == 7.0 and fast["added_p95_ms"] == 16.0
+    slow = added([100.0] * 3, [111.0] * 3)
+    assert added([], [1.0]).keys() == {"single_host_ms", "cluster_ms"}  # one side unmeasured: no difference
+    burst: dict[str, Any] = {"tasks": 30, "nodes_1": {"tasks_per_min": 90.5, "s": 19.9},
+                             "nodes_3": {"tasks_per_min": 99.0, "s": 18.2},
+                             "single_host": {"tasks_per_min": 95.0, "s": 18.9}}
+    results = {"cluster": {"latency": {"first_sign": fast, "answer_bot_share": slow}, "burst": burst}}
+    rows = {line.split(" | ")[0].strip("| "): line for line in readme.performance(results).splitlines()
+            if line.startswith("| several hosts")}
+    first, answer, follow = (next(line for what, line in rows.items() if what.startswith(f"several hosts: {w}"))
+                             for w in ("mention → first", "mention → answer", "follow-up"))
+    assert "+7.0 ms p50, +16.0 ms p95 (3 nodes 19.0 / 30.0 ms, one host 12.0 / 14.0 ms; n = 3 each)" in first
+    assert first.endswith("| ✅ | unknown |") and answer.endswith("| ❌ | unknown |")
+    assert "| not measured |" in follow
+    per_minute = next(line for what, line in rows.items() if "per minute" in what)
+    assert "1 node: 90.5/min (19.9 s); 3 nodes: 99/min (18.2 s); one host without NATS: 95/min (18.9 s)" in per_minute
+    burst["nodes_3"] |= {"cpu_s_per_task": 0.61, "cpu_s_nats": 0.4}
+    note = readme.notes({"machine": {"cpus": 2}, **results})
+    assert "Several hosts" in note and "0.61 s of CPU with three nodes" in note
+    assert "nats-server used 0.4 s" in note and "much more than 197 such tasks per minute" in note
