@@ -90,6 +90,25 @@ class Cluster:
                 bot.stop()
             bot.close_log()
 
+    def work_left(self) -> dict[str, tuple[int, int]]:
+        """Each work consumer's (waiting, taken but not acked) tasks: all (0, 0) once every task is done."""
+        import asyncio
+
+        import nats
+
+        async def read() -> dict[str, tuple[int, int]]:
+            nc = await nats.connect(self.nats.url)
+            try:
+                js = nc.jetstream()
+                out = {}
+                for info in await js.consumers_info("SLACKBUS_WORK"):
+                    out[info.name] = (info.num_pending or 0, info.num_ack_pending or 0)
+                return out
+            finally:
+                await nc.close()
+
+        return asyncio.run(read())
+
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{b.tail()}" for n, b in self.nodes.items())
 

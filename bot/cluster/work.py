@@ -83,6 +83,9 @@ class Work:
         self._capacity = capacity  # how many more tasks this node takes from the shared queue now
         self._accept = accept  # hand a job to this node's own queue (the dispatcher's submit)
         self._held: dict[tuple[str, str], Msg] = {}  # (channel, trigger ts) → the task message, acked at the end
+        # tasks this node placed on itself and started at once, until their message comes back on its subject:
+        # "placing", "running", or "done" (finished before the message came: acked on arrival)
+        self._local: dict[tuple[str, str], str] = {}
         self._order = anyio.create_memory_object_stream[Task](10_000)
         self._room = anyio.Event()
         self._placed = 0
@@ -120,8 +123,8 @@ class Work:
                 self._stored_changed = anyio.Event()
 
     async def _place(self, task: Task) -> None:
-        entry, _ = await self._threads.get(task.channel, task.thread_ts)
-        if entry is None and task.new_session:
+        entry: ThreadEntry | None = None
+        if task.new_session:
             # a new thread: this node takes it when it has room (no hop through the shared queue), else it waits
             # there for a node with room, and the thread's later tasks wait behind it
             mine = self._capacity() - self._placed_here > 0
@@ -130,20 +133,35 @@ class Work:
             if await self._threads.create(task.channel, task.thread_ts, new):
                 entry = new
                 self._placed_here += 1 if mine else 0
-            else:  # another node made it a moment ago
-                entry, _ = await self._threads.get(task.channel, task.thread_ts)
+        if entry is None:  # a follow-up, or a thread another node made a moment ago
+            entry, _ = await self._threads.get(task.channel, task.thread_ts)
         owner = entry.owner if entry is not None and entry.owner and self._nodes.alive(entry.owner) else None
-        await self._publish(work_subject(owner), task, task.msg_id)
+        key = (task.channel, task.trigger_ts)
+        if owner == self.me:
+            self._local.setdefault(key, "placing")  # its message, when this node's consumer brings it, is held
+        stored = await self._publish(work_subject(owner), task, task.msg_id)
         log.info("cluster.placed", channel=task.channel, thread_ts=task.thread_ts, ts=task.trigger_ts,
                  to=owner or "any")
+        state = self._local.get(key)
+        if owner != self.me or entry is None or state is None:
+            return
+        if stored.duplicate and state == "placing":  # placed by another node first: its message comes as usual
+            del self._local[key]
+            return
+        # this node holds the thread: it runs the task now, not when its own consumer brings the message back;
+        # the stored message is what another node runs if this one dies first
+        if state == "arrived":
+            del self._local[key]  # the message is in hand already
+        else:
+            self._local[key] = "running"
+        await self._begin(task, entry, takeover=False)
 
-    async def _publish(self, subject: str, task: Task, msg_id: str) -> None:
+    async def _publish(self, subject: str, task: Task, msg_id: str) -> Any:
         deadline = time.monotonic() + PUBLISH_TRIES_S
         while True:
             try:
-                await self._link.js.publish(subject, dumps(asdict(task)), headers={"Nats-Msg-Id": msg_id},
-                                            timeout=2.0)
-                return
+                return await self._link.js.publish(subject, dumps(asdict(task)), headers={"Nats-Msg-Id": msg_id},
+                                                   timeout=2.0)
             except Exception as exc:  # the server restarting: the client reconnects; the same id cannot duplicate
                 if time.monotonic() > deadline:
                     raise
@@ -226,14 +244,33 @@ class Work:
                 return
         await msg.nak(delay=FIRST_WAIT_S)
 
-    async def _start(self, msg: Msg, task: Task, entry: ThreadEntry, *, takeover: bool) -> None:
+    async def _start(self, msg: Msg | None, task: Task, entry: ThreadEntry, *, takeover: bool) -> None:
+        """Hand the task to this node's queue (msg None: placed here, its message is held when it comes)."""
+        key = (task.channel, task.trigger_ts)
+        local = self._local.get(key)
+        if msg is not None and local in ("placing", "running"):  # placed here: its message, to ack at the end
+            self._held[key] = msg
+            if local == "placing":
+                self._local[key] = "arrived"  # the placer starts it
+            else:
+                del self._local[key]
+            return
+        if msg is not None and local == "done":  # placed here and finished before its message came
+            del self._local[key]
+            await msg.ack()
+            return
+        if key in self._held:  # this node has it already (redelivered while queued here)
+            if msg is not None:
+                await msg.in_progress()
+            return
+        if msg is not None:
+            self._held[key] = msg
+        await self._begin(task, entry, takeover=takeover)
+
+    async def _begin(self, task: Task, entry: ThreadEntry, *, takeover: bool) -> None:
+        """The job into this node's queue, with the thread's session restored if it was made elsewhere."""
         if task.placed_by == self.me and task.new_session and self._placed_here > 0:
             self._placed_here -= 1
-        key = (task.channel, task.trigger_ts)
-        if key in self._held:  # this node has it already (redelivered while queued here)
-            await msg.in_progress()
-            return
-        self._held[key] = msg
         if entry.session_id:
             self._threads.to_store(task.channel, task.thread_ts, entry)
             await self._threads.restore(entry)
@@ -252,7 +289,10 @@ class Work:
         except Exception as exc:
             log.warning("cluster.after_turn_failed", channel=first.channel, error=f"{type(exc).__name__}: {exc}")
         for job in jobs:
-            msg = self._held.pop((job.channel, job.trigger_ts), None)
+            key = (job.channel, job.trigger_ts)
+            msg = self._held.pop(key, None)
+            if msg is None and key in self._local:
+                self._local[key] = "done"  # its message has not come yet: acked when it does
             if msg is not None:
                 try:
                     if self.stopping:  # interrupted by this node's shutdown: another node goes on with it

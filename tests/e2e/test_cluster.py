@@ -64,6 +64,8 @@ def test_a_burst_across_nodes_is_answered_once_each_in_order_with_the_channels_c
         assert len(sockets) == 3
         runners = {e["at"] for e in c.events("cluster.taken")}
         assert len(runners) >= 2, runners
+        left = c.work_left()  # every task acked: none waits, none will come back
+        assert set(left) >= {"any", "node-n1", "node-n2", "node-n3"} and set(left.values()) == {(0, 0)}, left
 
 
 def test_one_event_on_two_nodes_is_one_run(tmp_path: Path) -> None:
@@ -173,14 +175,13 @@ def test_cancel_and_stop_reaction_reach_the_run_on_another_node(tmp_path: Path) 
         runner = c.runner_of("C1", ts)
         c.model.wait_for_requests(1, timeout=60)
         # /claude status on another node lists every node, and the run on the node running it
-        def status() -> str:
+        def ask_status() -> str:
             envelope = c.slack.slash_command(text="status", user="U1", channel="C1", to=_other_socket(c, runner))
             return str(c.slack.wait_ack(envelope, timeout=10)[1])
 
         deadline = time.monotonic() + 10
-        while f"`{runner}`: 1 of 4 running" not in (said := status()) and time.monotonic() < deadline:
+        while f"`{runner}`: 1 of 4 running" not in (status := ask_status()) and time.monotonic() < deadline:
             pass  # each node reports with its heartbeat, every second
-        status = said  # type: ignore[assignment]
         run_id = c.events("run.start")[0]["run_id"]
         assert "Nodes* (3 alive of 3)" in status and f"`{runner}`: 1 of 4 running" in status, status
         assert run_id in status and "(this one)" in status
@@ -303,3 +304,4 @@ def test_a_run_longer_than_the_ack_wait_is_not_redelivered(tmp_path: Path) -> No
             c.nodes[name].wait_quiet(c.slack, quiet=1.0, timeout=60)
         assert len(c.model.requests) == 1 and len(c.events("cluster.taken")) == 1  # reported in progress
         assert not c.events("cluster.took_over")
+        assert set(c.work_left().values()) == {(0, 0)}
