@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +120,9 @@ class Commands:
         approvals: Approvals | None = None,
         worktrees: Worktrees | None = None,
         cluster_view: Callable[[], Awaitable[list[NodeState]]] | None = None,
+        more: Mapping[str, Callable[[SlashCommand], Awaitable[str]]] | None = None,
     ) -> None:
+        self._more = dict(more or {})  # more subcommands (usage, triggers, schedule…): name → answer
         self._cluster_view = cluster_view  # the cluster's nodes (SLACKBUS_NATS_URL); None on one host
         self._signs = signs
         self._worktrees = worktrees
@@ -175,6 +177,9 @@ class Commands:
         }
         if not text or sub in {"help", "?", "-h", "--help"}:
             await reply(HELP)
+            return
+        if sub in self._more:
+            await reply(await self._more[sub](command))
             return
         if sub in handlers:
             await reply(await handlers[sub](user, channel, rest.strip()))

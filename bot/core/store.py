@@ -174,9 +174,21 @@ def _m8_message_files(db: sqlite3.Connection) -> None:
                " PRIMARY KEY (channel, ts)) WITHOUT ROWID")
 
 
+def _m9_usage(db: sqlite3.Connection) -> None:
+    """What each run cost (tokens in and out, cache reads, model) and spending limits lifted (issue 19)."""
+
+
+def _m10_triggers(db: sqlite3.Connection) -> None:
+    """Triggers: each rule's matches and pauses (issue 19)."""
+
+
+def _m11_schedules(db: sqlite3.Connection) -> None:
+    """Schedules: cron routines and their last runs (issue 19)."""
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m1, _m2_outbox, _m3_channel_workdir, _m4_run_lookups, _m5_handoffs, _m6_worktrees, _m7_thread_options,
-    _m8_message_files,
+    _m8_message_files, _m9_usage, _m10_triggers, _m11_schedules,
 ]
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before it fails
