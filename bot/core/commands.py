@@ -194,27 +194,31 @@ class Commands:
             log.info("commands.too_long", user=user, channel=channel, chars=len(text))
             return
         await reply("Got it: starting in a thread here.")
-        await self._start_task(user, channel, text)
+        await self.start_task(user, channel, text)
 
-    async def _start_task(self, user: str, channel: str, text: str) -> None:
+    async def start_task(self, user: str, channel: str, text: str, *, heading: str | None = None,
+                         kind: str = "command") -> str | None:
+        """Post the request in the channel (`heading`, else "<@user> asked: …") and run it in that message's thread
+        as `user`'s request (a schedule's owner's too): the parent's ts, or None when it could not be posted."""
         try:
-            parent_ts = await self._poster.post(channel, None,
-                                                renderer.render_notice(f"<@{user}> asked: {_shortened(text)}"))
+            parent_ts = await self._poster.post(channel, None, renderer.render_notice(
+                heading or f"<@{user}> asked: {_shortened(text)}"))
         except PostRefusedError as exc:
             await self._poster.post_ephemeral(
                 channel, user, f"I could not post in this channel ({exc.reason}): invite me with "
                 "`/invite @slackbus` first."
             )
-            return
+            return None
         # The parent stands for the user's request: record it as theirs, so context and follow-ups work.
         self._store.record_message(StoredMessage(channel, parent_ts, None, user, None, text))
-        if not self._store.claim_request(channel, parent_ts, parent_ts, user, "command"):
-            return
+        if not self._store.claim_request(channel, parent_ts, parent_ts, user, kind):
+            return None
         self._store.save_thread(ThreadSession(channel, parent_ts, "", self._workdir_for(channel), False, "0", user))
         self._dispatcher.submit(
             Job(channel=channel, thread_ts=parent_ts, trigger_ts=parent_ts, user=user, new_session=True,
                 received=time.monotonic(), is_dm=channel.startswith("D"))
         )
+        return parent_ts
 
     def _may_see(self, user: str, channel: str, where: str, requester: str | None) -> bool:
         """Runs in this channel and the user's own; admins see every channel's and DM's."""
