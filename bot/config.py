@@ -12,7 +12,7 @@ import pwd
 import re
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from bot.envfile import DEFAULT_SLACK_API_URL, read_environment
@@ -42,6 +42,24 @@ ATTACHMENT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "text/
                     "application/x-sh", "application/octet-stream")
 # Set by a parent Claude Code session; a `claude` started with them thinks it is nested and may hang.
 NESTING_ENV_NAMES = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """USD per UTC day / month; None: no limit."""
+
+    user_day: float | None = None
+    user_month: float | None = None
+    channel_day: float | None = None
+    channel_month: float | None = None
+    day: float | None = None
+    month: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    def of(self, scope: str, period: str) -> float | None:
+        return getattr(self, period if scope == "all" else f"{scope}_{period}")  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,7 @@ class Settings:
     nats_url: str | None = field(default=None, repr=False)  # SLACKBUS_NATS_URL: join the cluster (bot.cluster)
     nats_replicas: int = 1  # SLACKBUS_NATS_REPLICAS: copies of each stream and bucket (3 on a 3-server cluster)
     node_id: str = ""  # SLACKBUS_NODE_ID: this node's name in the cluster (default: host name and home folder)
+    budget: Limits = field(default_factory=Limits)  # SLACKBUS_BUDGET_* / [budget]: spending limits (bot.core.budget)
 
     @property
     def db_path(self) -> Path:
@@ -750,7 +769,45 @@ def load_settings(
         nats_url=_nats_url(merged),
         nats_replicas=_int(merged, "SLACKBUS_NATS_REPLICAS", 1, minimum=1),
         node_id=_node_id(merged, home.resolve()),
+        budget=_budget(merged, _table(_config_file(merged), "budget")),
     )
+
+
+# --- spending limits (bot.core.budget checks them) ------------------------------------------------------------
+def budget_setting(key: str) -> str:
+    return f"SLACKBUS_BUDGET_{key.upper()}"
+
+
+def _amount(raw: object, where: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ConfigError(f"{where} must be an amount in USD (like 5 or 2.50), got {raw!r}.")
+    text = str(raw).strip().removeprefix("$")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{where} must be an amount in USD (like 5 or 2.50), got {raw!r}.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where} must be more than 0 USD (leave it unset for no limit), got {raw!r}.")
+    return value
+
+
+def _budget(env: Mapping[str, str], table: Mapping[str, object]) -> Limits:
+    """The limits from SLACKBUS_BUDGET_* over SLACKBUS_CONFIG's [budget]; a ConfigError sentence naming a bad one."""
+    keys = [f.name for f in fields(Limits)]
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ConfigError(f"SLACKBUS_CONFIG's [budget] has an unknown key {unknown[0]!r}: use "
+                          f"{', '.join(keys)} (USD per UTC day or month).")
+    values: dict[str, float | None] = {}
+    for key in keys:
+        raw_env = env.get(budget_setting(key), "").strip()
+        if raw_env:
+            values[key] = _amount(raw_env, budget_setting(key))
+        elif key in table:
+            values[key] = _amount(table[key], f"SLACKBUS_CONFIG's [budget] {key}")
+        else:
+            values[key] = None
+    return Limits(**values)
 
 
 def _nats_url(env: Mapping[str, str]) -> str | None:

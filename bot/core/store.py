@@ -25,6 +25,7 @@ from bot.core.store_readonly import ReadOnlyStore as ReadOnlyStore  # the read-o
 from bot.errors import StoreError
 
 if TYPE_CHECKING:
+    from bot.core.stream_parser import Usage
     from bot.core.worktrees import Worktree
 
 
@@ -176,6 +177,13 @@ def _m8_message_files(db: sqlite3.Connection) -> None:
 
 def _m9_usage(db: sqlite3.Connection) -> None:
     """What each run cost (tokens in and out, cache reads, model) and spending limits lifted (issue 19)."""
+    for column in ("input_tokens INTEGER", "output_tokens INTEGER", "cache_read_tokens INTEGER",
+                   "cache_creation_tokens INTEGER", "model TEXT"):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    db.execute("CREATE INDEX runs_user ON runs(user, started_at)")
+    db.execute("CREATE INDEX runs_started ON runs(started_at)")
+    db.execute("CREATE TABLE budget_lifts (channel TEXT NOT NULL, thread_ts TEXT NOT NULL, by TEXT NOT NULL,"
+               " at REAL NOT NULL, PRIMARY KEY (channel, thread_ts)) WITHOUT ROWID")
 
 
 def _m10_triggers(db: sqlite3.Connection) -> None:
@@ -520,13 +528,47 @@ class Store:
         num_turns: int | None = None,
         cost_usd: float | None = None,
         duration_ms: int | None = None,
+        usage: Usage | None = None,
     ) -> None:
+        counts = (None, None, None, None) if usage is None else (
+            usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_creation_tokens)
         with self._tx() as db:
             db.execute(
-                "UPDATE runs SET status=?, finished_at=?, error=?, num_turns=?, cost_usd=?, duration_ms=?"
+                "UPDATE runs SET status=?, finished_at=?, error=?, num_turns=?, cost_usd=?, duration_ms=?,"
+                " input_tokens=?, output_tokens=?, cache_read_tokens=?, cache_creation_tokens=?, model=?"
                 " WHERE run_id=?",
-                (status, time.time(), error, num_turns, cost_usd, duration_ms, run_id),
+                (status, time.time(), error, num_turns, cost_usd, duration_ms, *counts,
+                 usage.model if usage is not None else None, run_id),
             )
+
+    # --- spending (bot.core.budget, bot.core.usage) -----------------------------------------------------------
+    def spent(self, since: float, *, user: str | None = None, channel: str | None = None) -> float:
+        """The cost (USD, as the CLI reported it) of the runs started since `since`: a user's, a channel's, or all."""
+        row = self._db.execute(
+            "SELECT coalesce(sum(cost_usd), 0) FROM runs WHERE started_at >= :since"
+            " AND (:user IS NULL OR user=:user) AND (:channel IS NULL OR channel=:channel)",
+            {"since": since, "user": user, "channel": channel}).fetchone()
+        return float(row[0])
+
+    def usage_rows(self, since: float, until: float | None = None) -> list[reads.UsageRow]:
+        return reads.usage_rows(self._db, since, until)
+
+    def lift_budget(self, channel: str, thread_ts: str, by: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO budget_lifts (channel, thread_ts, by, at) VALUES (?, ?, ?, ?)"
+                       " ON CONFLICT(channel, thread_ts) DO UPDATE SET by=excluded.by, at=excluded.at",
+                       (channel, thread_ts, by, time.time()))
+
+    def restore_budget(self, channel: str, thread_ts: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM budget_lifts WHERE channel=? AND thread_ts=?",
+                              (channel, thread_ts)).rowcount > 0
+
+    def budget_lifted(self, channel: str, thread_ts: str) -> str | None:
+        """Who lifted the spending limits for this thread, if someone did."""
+        row = self._db.execute("SELECT by FROM budget_lifts WHERE channel=? AND thread_ts=?",
+                               (channel, thread_ts)).fetchone()
+        return str(row[0]) if row else None
 
     def thread_of_session(self, session_id: str) -> tuple[str, str] | None:
         """The thread a session the bot runs (or ran last) serves."""

@@ -50,6 +50,28 @@ class ThreadRow(NamedTuple):
     requester: str | None
 
 
+USAGE_SCHEMA = 9  # the runs table's tokens and model (migration _m9_usage)
+
+
+class UsageRow(NamedTuple):
+    """One run as `/claude usage` and `slackbus usage --csv` count it."""
+
+    run_id: str
+    started_at: float
+    user: str | None
+    channel: str
+    thread_ts: str
+    status: str
+    num_turns: int
+    cost_usd: float
+    duration_ms: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+    model: str | None
+
+
 # --- the queries both the writer and the read-only view run ----------------------------------------------------
 def message_row(row: tuple[Any, ...]) -> MessageRow:
     channel, ts, thread_ts, user, bot_id, text, from_self, subtype = row
@@ -93,6 +115,20 @@ def thread(db: sqlite3.Connection, channel: str, thread_ts: str) -> ThreadRow | 
     if row is None:
         return None
     return ThreadRow(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+
+def usage_rows(db: sqlite3.Connection, since: float, until: float | None = None) -> list[UsageRow]:
+    """The runs started in [since, until), oldest first; what a run did not report counts as 0."""
+    rows = db.execute(
+        "SELECT run_id, started_at, user, channel, thread_ts, status, coalesce(num_turns, 0), coalesce(cost_usd, 0),"
+        " coalesce(duration_ms, 0), coalesce(input_tokens, 0), coalesce(output_tokens, 0),"
+        " coalesce(cache_read_tokens, 0), coalesce(cache_creation_tokens, 0), model FROM runs"
+        " WHERE started_at >= ? AND (? IS NULL OR started_at < ?) ORDER BY started_at, run_id",
+        (since, until, until),
+    ).fetchall()
+    return [UsageRow(str(r[0]), float(r[1]), None if r[2] is None else str(r[2]), str(r[3]), str(r[4]), str(r[5]),
+                     int(r[6]), float(r[7]), int(r[8]), int(r[9]), int(r[10]), int(r[11]), int(r[12]),
+                     None if r[13] is None else str(r[13])) for r in rows]
 
 
 # --- the read-only view ----------------------------------------------------------------------------------------
@@ -173,6 +209,14 @@ class ReadOnlyStore:
 
     def thread(self, channel: str, thread_ts: str) -> ThreadRow | None:
         return self._read(lambda db: thread(db, channel, thread_ts))
+
+    def usage_rows(self, since: float, until: float | None = None) -> list[UsageRow]:
+        """The runs started in [since, until) with what they cost; StoreError when the record predates usage."""
+        if self.schema_version < USAGE_SCHEMA:
+            raise StoreError(f"The slackbus record {self.path} has no usage columns yet (schema version "
+                             f"{self.schema_version}, usage needs {USAGE_SCHEMA}): start the bot once (`slackbus run`) "
+                             "to bring it up to date.")
+        return self._read(lambda db: usage_rows(db, since, until))
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         try:

@@ -55,6 +55,18 @@ class ApiRetry:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What a turn used, as the result line reports it: tokens in and out (summed over the turn's model calls),
+    cache reads and writes, and the model that answered (the one that cost most, when several did)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    model: str | None = None
+
+
+@dataclass(frozen=True)
 class Finished:
     """The CLI's result line. `is_error` is the truth; `subtype` alone is not (API errors say success)."""
 
@@ -69,6 +81,7 @@ class Finished:
     terminal_reason: str | None
     permission_denials: tuple[str, ...]
     errors: tuple[str, ...]
+    usage: Usage = field(default_factory=Usage)
 
 
 RunEvent = SessionStarted | AssistantText | ToolCall | ToolOutput | ApiRetry | Finished
@@ -92,6 +105,23 @@ def _denied_tool(denial: Any) -> str:
     if isinstance(denial, dict):
         return str(denial.get("tool_name") or denial.get("name") or "a tool")
     return str(getattr(denial, "tool_name", None) or denial)
+
+
+def _count(data: Any, key: str) -> int:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _usage(usage: Any, model_usage: Any) -> Usage:
+    model = None
+    if isinstance(model_usage, dict) and model_usage:
+        def cost(item: tuple[Any, Any]) -> float:
+            value = item[1].get("costUSD") if isinstance(item[1], dict) else None
+            return float(value) if isinstance(value, int | float) else 0.0
+
+        model = str(max(model_usage.items(), key=cost)[0])
+    return Usage(_count(usage, "input_tokens"), _count(usage, "output_tokens"),
+                 _count(usage, "cache_read_input_tokens"), _count(usage, "cache_creation_input_tokens"), model)
 
 
 def parse(message: Any) -> list[RunEvent]:
@@ -141,6 +171,7 @@ def parse(message: Any) -> list[RunEvent]:
                 terminal_reason=getattr(message, "terminal_reason", None),
                 permission_denials=tuple(_denied_tool(d) for d in (message.permission_denials or [])),
                 errors=tuple(str(e) for e in (getattr(message, "errors", None) or [])),
+                usage=_usage(message.usage, getattr(message, "model_usage", None)),
             )
         ]
     return []
