@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from bot.config import Settings
-from bot.core import handoff, renderer, signs
+from bot.core import budget, handoff, renderer, signs
 from bot.core.attachments import (
     Fetched,
     Fetcher,
@@ -253,8 +253,23 @@ class TaskPipeline:
             await self._poster.deliver(handle.channel, handle.thread_ts, messages, replace_ts=replace_ts,
                                        attachment=attachment)
 
+    def over_budget(self, job: Job, now: float | None = None) -> str | None:
+        """The sentence refusing a job whose user, channel or the bot is over a spending limit (SLACKBUS_BUDGET_*),
+        unless an admin lifted the limits for its thread; None when it may run. Keyed on the job's user and channel:
+        a trigger's or a schedule's job is its owner's, in its channel."""
+        limits = self._settings.budget
+        if not limits or self._store.budget_lifted(job.channel, job.thread_ts):
+            return None
+        found = budget.over(limits, self._store.spent, job.user, job.channel, time.time() if now is None else now)
+        return None if found is None else found.sentence(job.user, job.channel)
+
     async def _run(self, jobs: list[Job], handle: RunHandle) -> str:
         first, last = jobs[0], jobs[-1]
+        refusal = self.over_budget(first)
+        if refusal is not None:  # one sentence, and no claude turn
+            _run_log(handle).info("run.over_budget", user=first.user)
+            await self._finish(handle, refusal)
+            return "refused"
         with anyio.move_on_after(5.0):
             await self._backfill.ensure(first.channel)
         row = self._store.get_thread(first.channel, first.thread_ts) or ThreadSession(
@@ -306,6 +321,7 @@ class TaskPipeline:
                 num_turns=finished.num_turns,
                 cost_usd=finished.cost_usd,
                 duration_ms=finished.duration_ms,
+                usage=finished.usage,
             )
         except StoreError as exc:
             _run_log(handle).error("run.record_failed", error=str(exc))
