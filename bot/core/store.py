@@ -188,6 +188,13 @@ def _m9_usage(db: sqlite3.Connection) -> None:
 
 def _m10_triggers(db: sqlite3.Connection) -> None:
     """Triggers: each rule's matches and pauses (issue 19)."""
+    _script(db, """
+        CREATE TABLE trigger_matches (rule TEXT NOT NULL, channel TEXT NOT NULL, ts TEXT NOT NULL,
+            thread_ts TEXT NOT NULL, at REAL NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (rule, channel, ts));
+        CREATE INDEX trigger_matches_thread ON trigger_matches (channel, thread_ts, at);
+        CREATE INDEX trigger_matches_rule ON trigger_matches (rule, at);
+        CREATE TABLE trigger_paused (rule TEXT PRIMARY KEY, by TEXT NOT NULL, at REAL NOT NULL);
+    """)
 
 
 def _m11_schedules(db: sqlite3.Connection) -> None:
@@ -391,6 +398,50 @@ class Store:
     def forget_old_events(self, older_than_s: float = 86400.0) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM events_seen WHERE seen_at < ?", (time.time() - older_than_s,))
+
+    # --- triggers (bot.core.triggers) --------------------------------------------------------------
+    def record_trigger(self, rule: str, channel: str, ts: str, thread_ts: str, at: float, outcome: str) -> bool:
+        """A rule's match, once per message (False: already recorded); outcome: started, paused, cooldown, capped."""
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO trigger_matches (rule, channel, ts, thread_ts, at, outcome)"
+                             " VALUES (?, ?, ?, ?, ?, ?)", (rule, channel, ts, thread_ts, at, outcome))
+            return cur.rowcount == 1
+
+    def thread_triggered_since(self, channel: str, thread_ts: str, since: float) -> bool:
+        return self._db.execute("SELECT 1 FROM trigger_matches WHERE channel=? AND thread_ts=? AND at>=?"
+                                " AND outcome='started' LIMIT 1", (channel, thread_ts, since)).fetchone() is not None
+
+    def trigger_runs_since(self, rule: str, since: float) -> int:
+        row = self._db.execute("SELECT count(*) FROM trigger_matches WHERE rule=? AND at>=? AND outcome='started'",
+                               (rule, since)).fetchone()
+        return int(row[0])
+
+    def oldest_trigger_run_since(self, rule: str, since: float) -> float | None:
+        row = self._db.execute("SELECT min(at) FROM trigger_matches WHERE rule=? AND at>=? AND outcome='started'",
+                               (rule, since)).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def trigger_of(self, channel: str, ts: str) -> str | None:
+        """The rule a message started a run by, if it did."""
+        row = self._db.execute("SELECT rule FROM trigger_matches WHERE channel=? AND ts=? AND outcome='started'",
+                               (channel, ts)).fetchone()
+        return str(row[0]) if row else None
+
+    def trigger_stats(self) -> dict[str, tuple[int, float | None]]:
+        """rule → (runs it started, when it last matched)."""
+        rows = self._db.execute("SELECT rule, sum(outcome='started'), max(at) FROM trigger_matches GROUP BY rule")
+        return {str(r[0]): (int(r[1] or 0), float(r[2]) if r[2] is not None else None) for r in rows}
+
+    def paused_triggers(self) -> set[str]:
+        return {str(r[0]) for r in self._db.execute("SELECT rule FROM trigger_paused")}
+
+    def set_trigger_paused(self, rule: str, by: str | None, at: float) -> None:
+        """Pause a rule (`by` the admin), or resume it (None)."""
+        with self._tx() as db:
+            if by is None:
+                db.execute("DELETE FROM trigger_paused WHERE rule=?", (rule,))
+            else:
+                db.execute("INSERT OR REPLACE INTO trigger_paused (rule, by, at) VALUES (?, ?, ?)", (rule, by, at))
 
     # --- requests ----------------------------------------------------------------------------------
     def claim_request(self, channel: str, ts: str, thread_ts: str, user: str, kind: str) -> bool:
