@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from bot.cron import CRON_HELP, ScheduleSpec, cron_problem, host_zone, zone_problem
 from bot.envfile import DEFAULT_SLACK_API_URL, read_environment
 from bot.errors import ConfigError
 from bot.redact import SECRET_NAME, secret_values
@@ -107,6 +108,9 @@ class Settings:
     worktree_ttl: float = 7 * 86400.0  # SLACKBUS_WORKTREE_TTL: an idle thread's pushed worktree is removed after this
     pr_command: str | None = None  # SLACKBUS_PR_COMMAND: opens a pull request for a thread's branch
     channel_defaults: Mapping[str, RequestOptions] = field(default_factory=dict)  # [channels.C…] repo/branch/model
+    schedules: tuple[ScheduleSpec, ...] = ()  # SLACKBUS_CONFIG's [[schedules]] (bot.core.schedules runs them)
+    schedules_by: str = "admins"  # SLACKBUS_SCHEDULES: who may add one with /claude schedule: admins, or users
+    schedule_grace: float = 3600.0  # SLACKBUS_SCHEDULE_GRACE: a time missed while down runs at start if this recent
 
     max_processes_why: str = ""  # where SLACKBUS_MAX_PROCESSES came from: set, or sized from the memory
     park_seconds: float = 5.0  # an idle claude process is stopped (SIGSTOP) after this long; 0: never
@@ -766,6 +770,9 @@ def load_settings(
         worktree_ttl=_duration(merged, "SLACKBUS_WORKTREE_TTL", 7 * 86400.0),
         pr_command=_pr_command(merged),
         channel_defaults=folders.channel_defaults,
+        schedules=_schedules(_config_file(merged), allowed, admins, allowed_channels),
+        schedules_by=_schedules_by(merged),
+        schedule_grace=_duration(merged, "SLACKBUS_SCHEDULE_GRACE", 3600.0),
         nats_url=_nats_url(merged),
         nats_replicas=_int(merged, "SLACKBUS_NATS_REPLICAS", 1, minimum=1),
         node_id=_node_id(merged, home.resolve()),
@@ -841,6 +848,55 @@ def _node_id(env: Mapping[str, str], home: Path) -> str:
 
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
     return f"{host}-{hashlib.sha256(str(home).encode()).hexdigest()[:6]}"
+
+
+_SCHEDULE_KEYS = ("channel", "cron", "prompt", "owner", "tz")
+
+
+def _schedules(data: Mapping[str, object], allowed: frozenset[str], admins: frozenset[str],
+               channels: frozenset[str] | None) -> tuple[ScheduleSpec, ...]:
+    """SLACKBUS_CONFIG's [[schedules]]: channel, cron, prompt, owner (an allowed user) and tz (default: the host's),
+    each checked, so a cron expression or a time zone that cannot be read stops the start."""
+    entries = data.get("schedules") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("SLACKBUS_CONFIG's schedules must be tables ([[schedules]], one per schedule).")
+    specs = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"SLACKBUS_CONFIG's schedule #{number}"
+        unknown = sorted(set(map(str, entry)) - set(_SCHEDULE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where} holds {', '.join(unknown)}: a schedule has channel, cron, prompt, owner "
+                              "and tz (optional) only.")
+        for key in _SCHEDULE_KEYS:
+            value = entry.get(key)
+            if (value is None and key != "tz") or (value is not None and (not isinstance(value, str)
+                                                                          or not value.strip())):
+                raise ConfigError(f"{where} needs {key} as a non-empty string in quotes, got {value!r}.")
+        channel, cron, owner = entry["channel"].strip(), " ".join(entry["cron"].split()), entry["owner"].strip()
+        tz = str(entry.get("tz") or "").strip() or host_zone()
+        problem = cron_problem(cron)
+        if problem is not None:
+            raise ConfigError(f"{where} has cron = {cron!r}, which is not a cron expression ({problem}): write "
+                              f"{CRON_HELP}.")
+        problem = zone_problem(tz)
+        if problem is not None:
+            raise ConfigError(f"{where} has tz = {tz!r}, which is {problem}.")
+        if not ("*" in allowed or owner in allowed or owner in admins):
+            raise ConfigError(f"{where} has owner = {owner!r}, who is not in SLACKBUS_ALLOWED_USERS: its runs are "
+                              "that person's requests, so name an allowed user.")
+        if channels is not None and channel not in channels and not channel.startswith("D"):
+            raise ConfigError(f"{where} has channel = {channel!r}, which is not in SLACKBUS_ALLOWED_CHANNELS: add it "
+                              "there or choose another channel.")
+        specs.append(ScheduleSpec(channel, cron, tz, entry["prompt"].strip(), owner))
+    return tuple(specs)
+
+
+def _schedules_by(env: Mapping[str, str]) -> str:
+    raw = env.get("SLACKBUS_SCHEDULES", "").strip().lower() or "admins"
+    if raw not in ("admins", "users"):
+        raise ConfigError(f"SLACKBUS_SCHEDULES must be admins (only admins add schedules) or users (the channel's "
+                          f"allowed users too), got {raw!r}.")
+    return raw
 
 
 def scrub_process_environment() -> None:

@@ -66,6 +66,29 @@ class ThreadOptions:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A routine: `prompt` run in `channel` at the times `cron` names in zone `tz`, as `owner`'s request."""
+
+    id: str
+    channel: str
+    cron: str
+    tz: str
+    prompt: str
+    owner: str
+    created_by: str | None
+    created_at: float
+    source: str  # "command" (/claude schedule) or "config" (SLACKBUS_CONFIG's [[schedules]])
+    last_due_at: float | None = None  # the last due time taken (run, or skipped as too late)
+    last_run_at: float | None = None
+    last_thread_ts: str | None = None
+    runs: int = 0
+
+
+_SCHEDULE_COLUMNS = ("id, channel, cron, tz, prompt, owner, created_by, created_at, source, last_due_at, last_run_at,"
+                     " last_thread_ts, runs")
+
+
+@dataclass(frozen=True)
 class Request:
     channel: str
     ts: str
@@ -198,7 +221,13 @@ def _m10_triggers(db: sqlite3.Connection) -> None:
 
 
 def _m11_schedules(db: sqlite3.Connection) -> None:
-    """Schedules: cron routines and their last runs (issue 19)."""
+    """Schedules: cron routines and their last runs (issue 19). last_due_at is the time last taken (run or skipped):
+    a due time is taken once (claim_schedule), which is what keeps a restart from running it twice."""
+    db.execute(
+        "CREATE TABLE schedules (id TEXT PRIMARY KEY, channel TEXT NOT NULL, cron TEXT NOT NULL, tz TEXT NOT NULL,"
+        " prompt TEXT NOT NULL, owner TEXT NOT NULL, created_by TEXT, created_at REAL NOT NULL, source TEXT NOT NULL,"
+        " last_due_at REAL, last_run_at REAL, last_thread_ts TEXT, runs INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+    )
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -704,6 +733,43 @@ class Store:
     def forget_worktree(self, channel: str, thread_ts: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM worktrees WHERE channel=? AND thread_ts=?", (channel, thread_ts))
+
+    # --- schedules (bot.core.schedules) -----------------------------------------------------------------------
+    def add_schedule(self, schedule: Schedule) -> None:
+        with self._tx() as db:
+            db.execute(f"INSERT INTO schedules ({_SCHEDULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       tuple(getattr(schedule, c.strip()) for c in _SCHEDULE_COLUMNS.split(",")))
+
+    def schedules(self) -> list[Schedule]:
+        rows = self._db.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY created_at, id").fetchall()
+        return [Schedule(*r) for r in rows]
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM schedules WHERE id=?", (schedule_id,)).rowcount > 0
+
+    def sync_config_schedules(self, schedules: list[Schedule]) -> None:
+        """The config file's schedules: new ones added (their history kept when unchanged), gone ones removed."""
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT OR IGNORE INTO schedules ({_SCHEDULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [tuple(getattr(s, c.strip()) for c in _SCHEDULE_COLUMNS.split(",")) for s in schedules])
+            keep = [s.id for s in schedules]
+            db.execute(f"DELETE FROM schedules WHERE source='config' AND id NOT IN ({','.join('?' * len(keep))})",
+                       keep)
+
+    def claim_schedule(self, schedule_id: str, due: float) -> bool:
+        """Take the due time `due` of a schedule: True once, for a time after its creation and after the last one
+        taken; False for every later try (another pass, a restart)."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE schedules SET last_due_at=? WHERE id=? AND coalesce(last_due_at, created_at) < ?",
+                (due, schedule_id, due)).rowcount == 1
+
+    def schedule_ran(self, schedule_id: str, thread_ts: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE schedules SET last_run_at=?, last_thread_ts=?, runs=runs+1 WHERE id=?",
+                       (time.time(), thread_ts, schedule_id))
 
     def interrupted_runs(self) -> list[tuple[str, str, str]]:
         """(run_id, channel, thread_ts) of runs a previous process left 'running'."""

@@ -5,7 +5,8 @@
     core       bot.core                                                  the foundation and itself; no transport,
                                                                          no slack_bolt / slack_sdk / aiohttp
     foundation bot (the package), bot.errors, bot.redact, bot.envfile,  only itself
-               bot.log, bot.config, bot.request_options, bot.hardening
+               bot.log, bot.config, bot.request_options, bot.hardening,
+               bot.cron
 
 bot.cluster (several hosts on NATS JetStream) knows no Slack library; Slack's side of it (bot.slack.cluster_intake)
 may import it. Core and the foundation import neither NATS nor a Slack library.
@@ -23,7 +24,7 @@ import pytest
 BOT = Path(__file__).resolve().parents[2] / "bot"
 TOP = {"bot.app", "bot.cli", "bot.console", "bot.doctor", "bot.__main__"}
 FOUNDATION = {"bot", "bot.errors", "bot.redact", "bot.envfile", "bot.log", "bot.config", "bot.request_options",
-              "bot.hardening"}
+              "bot.hardening", "bot.cron"}
 EDGES = ("bot.slack", "bot.local", "bot.bridge", "bot.cluster")
 SIDEWAYS = {("bot.bridge", "bot.local.channel")}
 SLACK_LIBRARIES = ("slack_bolt", "slack_sdk", "aiohttp")
