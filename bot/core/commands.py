@@ -58,6 +58,8 @@ or the Stop button, does the same.
 terminal on my host (default: your latest thread here). `slackbus handoff` there hands a terminal session to Slack.
 • `/claude diff|push|pr [thread link]`: for a thread with its own git worktree: post its changes, push its \
 branch, or open a pull request (push and pr: who started it, or an admin; default: your latest such thread here).
+• `/claude usage [@someone|#channel] [today|7d|30d]`: what runs cost, by person and by channel; `/claude budget`: \
+the spending limits and what is used (admins: `/claude budget lift <thread link>` lets that thread run over them).
 • `/claude help`: this text."""
 
 ECHO_CHARS = 300  # how much of a `/claude <task>` the "asked:" message in the channel repeats
