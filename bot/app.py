@@ -47,6 +47,7 @@ from bot.core.recovery import recover
 from bot.core.sessions import SessionManager
 from bot.core.signs import Signs
 from bot.core.store import Store, ThreadSession
+from bot.core.usage import UsageCommands
 from bot.core.worktrees import Worktrees
 from bot.errors import StoreError, WorktreeError
 from bot.local.events_in import LOCAL_BOT, LocalDirectory, LocalEvents
@@ -315,6 +316,7 @@ class Bot:
         )
         cluster = await self._cluster(bot_user_id, bot_id, dispatcher, queue, pipeline, poster) \
             if s.nats_url and not local else None
+        more = UsageCommands(s, self.store).handlers()  # /claude usage, /claude budget (spending limits)
         commands = Commands(
             s, self.store, queue, pipeline, poster, dispatcher, signs,
             workspace_url=str(auth.get("url") or ""),
@@ -323,6 +325,7 @@ class Bot:
             approvals=self.approvals,
             worktrees=worktrees,
             cluster_view=cluster.nodes.view if cluster is not None else None,
+            more=more,
         )
         source: Source
         if local:
