@@ -58,6 +58,9 @@ class Threads:
         self._store = store
         self.me = me
         self._projects = projects  # $HOME/.claude/projects of the `claude` children
+        # threads this node holds, as far as it knows: a follow-up in one is placed without reading the map (the
+        # map's watch drops a thread another node took over, which it does only when it thinks this node dead)
+        self.mine: set[tuple[str, str]] = set()
 
     async def get(self, channel: str, thread_ts: str) -> tuple[ThreadEntry | None, int]:
         """The entry and its revision (0 when there is none)."""
@@ -89,6 +92,7 @@ class Threads:
         """This node lets the thread go (it is shutting down): the next node to take one of its tasks holds it."""
         for _ in range(5):
             entry, revision = await self.get(channel, thread_ts)
+            self.mine.discard((channel, thread_ts))
             if entry is None or entry.owner != self.me:
                 return
             if await self.swap(channel, thread_ts, replace(entry, owner=""), revision):
@@ -111,6 +115,7 @@ class Threads:
                           started=row.started, workdir=row.workdir, requester=row.requester or "",
                           transcript=transcript or (entry.transcript if entry else ""))
             if await self.swap(channel, thread_ts, new, revision):
+                self.mine.add((channel, thread_ts))
                 log.info("cluster.thread_saved", channel=channel, thread_ts=thread_ts, session_id=row.session_id,
                          transcript=bool(transcript))
                 return
@@ -157,6 +162,9 @@ class Threads:
         log.info("cluster.transcript_restored", session_id=entry.session_id, bytes=len(data))
         return True
 
+    def local(self, channel: str, thread_ts: str) -> ThreadSession | None:
+        return self._store.get_thread(channel, thread_ts)
+
     def to_store(self, channel: str, thread_ts: str, entry: ThreadEntry) -> None:
         """This node's copy of a thread another node holds (or that this node takes over)."""
         row = self._store.get_thread(channel, thread_ts)
@@ -190,6 +198,7 @@ class Threads:
                     entry = _decode(e.value)
                     channel, _, thread_ts = e.key.partition(".")
                     if entry is not None and entry.owner != self.me and thread_ts:
+                        self.mine.discard((channel, thread_ts))
                         self.to_store(channel, thread_ts, entry)
             except Exception as exc:
                 log.warning("cluster.watch_failed", what="threads", error=f"{type(exc).__name__}: {exc}")

@@ -132,7 +132,11 @@ class Work:
                               requester=task.user, workdir=self._workdir_for(task.channel))
             if await self._threads.create(task.channel, task.thread_ts, new):
                 entry = new
-                self._placed_here += 1 if mine else 0
+                if mine:
+                    self._placed_here += 1
+                    self._threads.mine.add((task.channel, task.thread_ts))
+        if entry is None and (task.channel, task.thread_ts) in self._threads.mine:
+            entry = self._own_entry(task)  # a follow-up in a thread this node holds: no read of the map
         if entry is None:  # a follow-up, or a thread another node made a moment ago
             entry, _ = await self._threads.get(task.channel, task.thread_ts)
         owner = entry.owner if entry is not None and entry.owner and self._nodes.alive(entry.owner) else None
@@ -155,6 +159,14 @@ class Work:
         else:
             self._local[key] = "running"
         await self._begin(task, entry, takeover=False)
+
+    def _own_entry(self, task: Task) -> ThreadEntry | None:
+        """A thread this node holds, as its own store has it (None if the store does not know it)."""
+        row = self._threads.local(task.channel, task.thread_ts)
+        if row is None:
+            return None
+        return ThreadEntry(owner=self.me, session_id=row.session_id, started=row.started, workdir=row.workdir,
+                           requester=row.requester or "")
 
     async def _publish(self, subject: str, task: Task, msg_id: str) -> Any:
         deadline = time.monotonic() + PUBLISH_TRIES_S
@@ -237,6 +249,7 @@ class Work:
             takeover = bool(entry.owner) or redelivered or bool(task.handed_from)
             if await self._threads.swap(task.channel, task.thread_ts, replace(entry, owner=self.me, first=""),
                                         revision):
+                self._threads.mine.add((task.channel, task.thread_ts))
                 if takeover:
                     log.info("cluster.took_over", channel=task.channel, thread_ts=task.thread_ts,
                              from_node=entry.owner or None)
