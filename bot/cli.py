@@ -250,6 +250,53 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return 0
 
 
+USAGE_COLUMNS = ("started_at", "run_id", "user", "channel", "thread_ts", "status", "turns", "cost_usd",
+                 "duration_ms", "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "model")
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """What runs cost, from this host's record (read-only; the bot may be running): CSV, one row per run, with
+    --csv; else the totals by person and by channel."""
+    import csv
+    import time
+    from datetime import UTC, datetime
+
+    from bot.bridge import protocol
+    from bot.core.store_readonly import ReadOnlyStore
+
+    settings = protocol.load(env_file=args.env_file)
+    try:
+        if (args.since or "").strip().lower() == "today":
+            since = float(int(time.time() // 86400 * 86400))  # UTC midnight
+        else:
+            since = float(protocol.parse_since(args.since) or 0.0)
+    except protocol.BusError as exc:
+        return _fail(str(exc).replace("10m, 2h, 1d", "today, 7d, 30d"), 2)
+    try:
+        with ReadOnlyStore.open(settings.db_path, timeout=5) as record:
+            rows = record.usage_rows(since)
+    except StoreError as exc:
+        return _fail(str(exc), 1)
+    if args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(USAGE_COLUMNS)
+        for r in rows:
+            out.writerow([datetime.fromtimestamp(r.started_at, UTC).isoformat(timespec="seconds"), r.run_id,
+                          r.user or "", r.channel, r.thread_ts, r.status, r.num_turns, repr(r.cost_usd), r.duration_ms,
+                          r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_creation_tokens, r.model or ""])
+        return 0
+    from bot.core.usage import Tally, tally
+
+    total = Tally()
+    for r in rows:
+        total.add(r)
+    print(f"total: {total.line()}")
+    for name, key in (("user", lambda r: r.user or "-"), ("channel", lambda r: r.channel)):
+        for k, t in sorted(tally(rows, key).items(), key=lambda kv: -kv[1].cost):
+            print(f"{name} {k}: {t.line()}")
+    return 0
+
+
 HANDOFF_MARK = "<!-- slackbus-hook -->"
 
 
@@ -380,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("link", nargs="?", help="the thread's link (⋮ → Copy link), or its ts with --channel")
     attach.add_argument("--channel", help="the channel, when giving a thread ts instead of a link")
     attach.set_defaults(func=cmd_attach)
+
+    usage = sub.add_parser("usage", help="what the runs cost, from this host's record (the bot may be running)")
+    usage.add_argument("--csv", action="store_true", help="CSV on stdout, one row per run (for the books)")
+    usage.add_argument("--since", help="only runs started since: today (UTC), 7d, 30d, 12h, epoch seconds or an ISO "
+                                       "time (default: every run)")
+    usage.set_defaults(func=cmd_usage)
 
     hooks = sub.add_parser("hooks", help="install slackbus's hooks into a Claude Code settings.json")
     hooks_sub = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
