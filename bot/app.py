@@ -44,6 +44,7 @@ from bot.core.files_out import FilesOut, forget_empty_outboxes, prepare_outbox
 from bot.core.pipeline import TaskPipeline, checked_workdir
 from bot.core.poster import Directory, Poster
 from bot.core.recovery import recover
+from bot.core.schedules import Schedules
 from bot.core.sessions import SessionManager
 from bot.core.signs import Signs
 from bot.core.store import Store, ThreadSession
@@ -153,6 +154,7 @@ class Bot:
         self._tg: Any = None
         self.approvals: Approvals | None = None
         self.blackboard: Blackboard | None = None
+        self.schedules: Schedules | None = None  # cron routines (bot.core.schedules), started in _run
 
     def workdir_for(self, channel: str) -> str:
         """An admin's `/claude cwd` for the channel, else the configured map, else SLACKBUS_WORKDIR."""
@@ -317,6 +319,8 @@ class Bot:
         cluster = await self._cluster(bot_user_id, bot_id, dispatcher, queue, pipeline, poster) \
             if s.nats_url and not local else None
         more = UsageCommands(s, self.store).handlers()  # /claude usage, /claude budget (spending limits)
+        self.schedules = Schedules(s, self.store)
+        more["schedule"] = self.schedules.command
         commands = Commands(
             s, self.store, queue, pipeline, poster, dispatcher, signs,
             workspace_url=str(auth.get("url") or ""),
@@ -327,6 +331,7 @@ class Bot:
             cluster_view=cluster.nodes.view if cluster is not None else None,
             more=more,
         )
+        self.schedules.start_task = commands.start_task  # a due schedule starts its run as `/claude <task>` does
         source: Source
         if local:
             source = LocalEvents(
@@ -425,6 +430,8 @@ class Bot:
                 else:
                     recover(self.store, sv.dispatcher, sv.signs)
                 await sv.source.start(tg)
+                if self.schedules is not None:  # after recovery and the queue: a missed time may run at once
+                    await tg.start(self.schedules.run)
                 log.info(
                     "bot.ready",
                     transport=s.transport,
