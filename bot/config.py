@@ -108,6 +108,8 @@ class Settings:
     worktree_ttl: float = 7 * 86400.0  # SLACKBUS_WORKTREE_TTL: an idle thread's pushed worktree is removed after this
     pr_command: str | None = None  # SLACKBUS_PR_COMMAND: opens a pull request for a thread's branch
     channel_defaults: Mapping[str, RequestOptions] = field(default_factory=dict)  # [channels.C…] repo/branch/model
+    triggers: tuple[TriggerRule, ...] = ()  # SLACKBUS_CONFIG's [[triggers]] (bot.core.triggers matches them)
+    trigger_cooldown: float = 600.0  # SLACKBUS_TRIGGER_COOLDOWN: a thread a trigger answered is not triggered again
     schedules: tuple[ScheduleSpec, ...] = ()  # SLACKBUS_CONFIG's [[schedules]] (bot.core.schedules runs them)
     schedules_by: str = "admins"  # SLACKBUS_SCHEDULES: who may add one with /claude schedule: admins, or users
     schedule_grace: float = 3600.0  # SLACKBUS_SCHEDULE_GRACE: a time missed while down runs at start if this recent
@@ -770,6 +772,8 @@ def load_settings(
         worktree_ttl=_duration(merged, "SLACKBUS_WORKTREE_TTL", 7 * 86400.0),
         pr_command=_pr_command(merged),
         channel_defaults=folders.channel_defaults,
+        triggers=_trigger_rules(_config_file(merged).get("triggers"), allowed, admins, allowed_channels),
+        trigger_cooldown=_duration(merged, "SLACKBUS_TRIGGER_COOLDOWN", 600.0),
         schedules=_schedules(_config_file(merged), allowed, admins, allowed_channels),
         schedules_by=_schedules_by(merged),
         schedule_grace=_duration(merged, "SLACKBUS_SCHEDULE_GRACE", 3600.0),
@@ -897,6 +901,118 @@ def _schedules_by(env: Mapping[str, str]) -> str:
         raise ConfigError(f"SLACKBUS_SCHEDULES must be admins (only admins add schedules) or users (the channel's "
                           f"allowed users too), got {raw!r}.")
     return raw
+
+
+# --- trigger rules (bot.core.triggers matches them) --------------------------------------------------------------
+TRIGGER_MAX_PER_HOUR = 10
+TRIGGER_FIELDS = frozenset({"text", "user", "link"})  # a rule's prompt may use these, and its pattern's named groups
+_TRIGGER_KEYS = frozenset({"name", "channel", "pattern", "prompt", "owner", "user", "bot_id", "app_id", "bots",
+                           "max_per_hour"})
+_IDS = {"user": (r"[UW][A-Z0-9]{2,}", "U012ABCDEF"), "bot_id": (r"B[A-Z0-9]{2,}", "B012ABCDEF"),
+        "app_id": (r"A[A-Z0-9]{2,}", "A012ABCDEF")}
+
+
+@dataclass(frozen=True)
+class TriggerRule:
+    """One [[triggers]] table: a message in `channel` whose text `pattern` finds (and whose poster is `user` /
+    `bot_id` / `app_id` when set; other bots' posts only with `bots`) starts a run as `owner`, asked `prompt`."""
+
+    name: str
+    channel: str
+    pattern: re.Pattern[str]
+    prompt: str
+    owner: str
+    user: str | None = None
+    bot_id: str | None = None
+    app_id: str | None = None
+    bots: bool = False
+    max_per_hour: int = TRIGGER_MAX_PER_HOUR
+
+
+def _trigger_rules(raw: object, allowed: frozenset[str], admins: frozenset[str],
+                   allowed_channels: frozenset[str] | None) -> tuple[TriggerRule, ...]:
+    """SLACKBUS_CONFIG's [[triggers]]; a ConfigError sentence naming the rule for anything wrong in one."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError("SLACKBUS_CONFIG's triggers must be a list of tables ([[triggers]] with name, channel, "
+                          "pattern, prompt and owner).")
+    rules: list[TriggerRule] = []
+    for index, table in enumerate(raw, start=1):
+        rule = _trigger_rule(table, index, allowed | admins, allowed_channels)
+        if any(r.name == rule.name for r in rules):
+            raise ConfigError(f"SLACKBUS_CONFIG has two trigger rules named {rule.name!r}: give each its own name.")
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _trigger_rule(table: Mapping[str, object], index: int, allowed: frozenset[str],
+                  allowed_channels: frozenset[str] | None) -> TriggerRule:
+    import string
+
+    name = table.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ConfigError(f"SLACKBUS_CONFIG's trigger rule #{index} needs a name (letters, digits, . _ -), got "
+                          f"{name!r}.")
+    where = f"SLACKBUS_CONFIG's trigger rule {name!r}"
+    unknown = sorted(set(table) - _TRIGGER_KEYS)
+    if unknown:
+        raise ConfigError(f"{where} has {', '.join(unknown)}, which a rule does not take (it takes "
+                          f"{', '.join(sorted(_TRIGGER_KEYS))}).")
+
+    def text(key: str, required: bool = True) -> str | None:
+        value = table.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where} needs {key} as text in quotes, got {value!r}.")
+        return value if key == "prompt" else value.strip()
+
+    channel = text("channel") or ""
+    if not re.fullmatch(r"[CG][A-Z0-9]{2,}", channel):
+        raise ConfigError(f"{where} has channel = {channel!r}, which is not a channel id (like C0123ABCDEF; in Slack: "
+                          "the channel's name, About, Channel ID).")
+    if allowed_channels is not None and channel not in allowed_channels:
+        raise ConfigError(f"{where} watches {channel}, which SLACKBUS_ALLOWED_CHANNELS leaves out: add it there, or "
+                          "remove the rule.")
+    source = text("pattern") or ""
+    try:
+        pattern = re.compile(source)
+    except re.error as exc:
+        raise ConfigError(f"{where} has pattern = {source!r}, which is not a valid regular expression ({exc}).") \
+            from None
+    owner = text("owner") or ""
+    if not re.fullmatch(_IDS["user"][0], owner):
+        raise ConfigError(f"{where} has owner = {owner!r}, which is not a Slack member id (like U012ABCDEF).")
+    if "*" not in allowed and owner not in allowed:
+        raise ConfigError(f"{where} has owner = {owner}, who is not on SLACKBUS_ALLOWED_USERS (or ADMIN_USERS): a "
+                          "rule runs as its owner, so the owner must be allowed to use the bot.")
+    poster = {key: text(key, required=False) for key in _IDS}
+    for key, value in poster.items():
+        if value is not None and not re.fullmatch(_IDS[key][0], value):
+            raise ConfigError(f"{where} has {key} = {value!r}, which is not a Slack id (like {_IDS[key][1]}).")
+    bots = table.get("bots", poster["bot_id"] is not None or poster["app_id"] is not None)
+    if not isinstance(bots, bool):
+        raise ConfigError(f"{where} has bots = {bots!r}: write true or false.")
+    if not bots and (poster["bot_id"] or poster["app_id"]):
+        raise ConfigError(f"{where} names a bot_id or app_id but sets bots = false, so no post could match it.")
+    cap = table.get("max_per_hour", TRIGGER_MAX_PER_HOUR)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ConfigError(f"{where} has max_per_hour = {cap!r}: give a whole number of runs, at least 1.")
+    prompt = text("prompt") or ""
+    known = TRIGGER_FIELDS | set(pattern.groupindex)
+    may = ", ".join("{" + k + "}" for k in sorted(known))
+    try:
+        parts = list(string.Formatter().parse(prompt))
+    except ValueError as exc:
+        raise ConfigError(f"{where} has a prompt with a stray brace ({exc}): write {{{{ and }}}} for a brace.") \
+            from None
+    for _, field_name, spec, conversion in parts:
+        if field_name is not None and (field_name not in known or spec or conversion):
+            raise ConfigError(f"{where}'s prompt has {{{field_name}}}, which it cannot fill in: it may use {may} "
+                              "(write {{ and }} for a brace).")
+    return TriggerRule(name=name, channel=channel, pattern=pattern, prompt=prompt, owner=owner, user=poster["user"],
+                       bot_id=poster["bot_id"], app_id=poster["app_id"], bots=bots, max_per_hour=cap)
 
 
 def scrub_process_environment() -> None:

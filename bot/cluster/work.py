@@ -63,6 +63,7 @@ class Task:
     placed_at: float  # wall clock, for the figures
     about_ts: str | None = None  # a shortcut's request: the message it is about
     handed_from: str = ""  # the node that gave it back when it shut down (the next node says so in the thread)
+    rule: str = ""  # the trigger rule that started it (bot.core.triggers)
 
     @property
     def msg_id(self) -> str:
@@ -98,7 +99,7 @@ class Work:
     def place(self, job: Job) -> None:
         """Called by the dispatcher instead of its own queue: stored in order, by one sender."""
         task = Task(job.channel, job.thread_ts, job.trigger_ts, job.user, job.new_session, job.is_dm, self.me,
-                    time.time(), job.about_ts)
+                    time.time(), job.about_ts, rule=job.rule)
         self._placed += 1
         self._order[0].send_nowait(task)
 
@@ -289,7 +290,7 @@ class Work:
             await self._threads.restore(entry)
         job = Job(channel=task.channel, thread_ts=task.thread_ts, trigger_ts=task.trigger_ts, user=task.user,
                   new_session=task.new_session and not entry.started, received=time.monotonic(), is_dm=task.is_dm,
-                  about_ts=task.about_ts)
+                  about_ts=task.about_ts, rule=task.rule)
         log.info("cluster.taken", channel=task.channel, thread_ts=task.thread_ts, ts=task.trigger_ts,
                  placed_by=task.placed_by, wait_ms=round((time.time() - task.placed_at) * 1000, 1))
         await self._accept(job, takeover)

@@ -5,6 +5,7 @@ how much  — a task longer than SLACKBUS_MAX_INPUT_CHARS is refused (the messag
 dedupe    — a message becomes at most one job (a mention arrives as app_mention AND message; Slack retries)
 queue     — a global cap on concurrent runs with a FIFO queue
 order     — one run per thread at a time; follow-ups wait their turn and are answered together
+triggers  — a message nobody addressed to the bot may still start a run, by a rule (bot.core.triggers)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from anyio.abc import TaskGroup
 
 from bot.core.events import IncomingMessage
 from bot.core.store import Store, StoredMessage, ThreadSession
+from bot.core.triggers import Triggers
 from bot.errors import StoreError
 from bot.log import get_logger
 
@@ -44,6 +46,7 @@ class Job:
     received: float  # monotonic; for queue-wait and latency figures
     is_dm: bool = False
     about_ts: str | None = None  # the message a shortcut's request is about (its signs go there)
+    rule: str = ""  # the trigger rule that started it (its request is the rule's prompt); "": someone asked
 
     @property
     def sign_ts(self) -> str:
@@ -199,6 +202,7 @@ class Dispatcher:
         max_input_chars: int | None = None,
         place: Callable[[Job], None] | None = None,
     ) -> None:
+        self.triggers: Triggers | None = None  # rules that start runs on messages nobody addressed to the bot
         self.place = place  # set (the cluster): a job goes there, and comes back through `submit_here` on a node
         self._on_seen = on_seen
         self._on_unrecorded = on_unrecorded
@@ -241,11 +245,11 @@ class Dispatcher:
         self.record(msg)
         if msg.bot_id or msg.user is None or msg.user == self._bot or msg.subtype not in (None, "file_share",
                                                                                               "thread_broadcast"):
-            return None
+            return self._triggered(msg)  # another bot's post (or our own: never) may match a rule
         thread = self._store.get_thread(msg.channel, msg.reply_target)
         in_session_thread = thread is not None and msg.thread_ts is not None
         if not (msg.mentions_bot or msg.is_dm or in_session_thread):
-            return None  # ordinary channel talk: context only
+            return self._triggered(msg)  # ordinary channel talk: context only, unless a rule matches it
 
         if not self._is_channel_allowed(msg.channel):
             if msg.mentions_bot:
@@ -302,6 +306,30 @@ class Dispatcher:
             about_ts=msg.about_ts,
         )
         return self.submit(job)
+
+    def _triggered(self, msg: IncomingMessage) -> Job | None:
+        """A job for a message a trigger rule matches, as the rule's owner's request in the message's thread (only
+        here, on the node that took the event in; the cluster dedupes jobs by (channel, message ts))."""
+        triggers = self.triggers
+        rule = triggers.match(msg) if triggers is not None else None
+        if triggers is None or rule is None or not self._is_channel_allowed(msg.channel):
+            return None
+        try:
+            if not triggers.admit(rule, msg):
+                return None
+            thread = self._store.get_thread(msg.channel, msg.reply_target)
+            if not self._store.claim_request(msg.channel, msg.ts, msg.reply_target, rule.owner, "trigger"):
+                return None
+            if thread is None:
+                self._store.save_thread(ThreadSession(msg.channel, msg.reply_target, "",
+                                                      self._workdir_for(msg.channel), False, "0", rule.owner))
+        except StoreError as exc:
+            log.error("store.write_failed", what="trigger", channel=msg.channel, ts=msg.ts, error=str(exc))
+            return None
+        log.info("dispatch.triggered", rule=rule.name, owner=rule.owner, channel=msg.channel, ts=msg.ts,
+                 thread_ts=msg.reply_target, poster=msg.user or msg.bot_id)
+        return self.submit(Job(channel=msg.channel, thread_ts=msg.reply_target, trigger_ts=msg.ts, user=rule.owner,
+                               new_session=thread is None, received=msg.received or time.monotonic(), rule=rule.name))
 
     def _unrecordable(self, msg: IncomingMessage, exc: StoreError) -> None:
         """A request the store cannot take is not run (its run could record nothing, and a restart would not know

@@ -76,6 +76,7 @@ class IncomingMessage:
     received: float = 0.0  # time.monotonic() when the event reached the bot
     files: tuple[FileRef, ...] = ()  # attached files (fetched by the run that answers the message)
     about_ts: str | None = None  # a request about another message (a message shortcut's target): its ts
+    app_id: str | None = None  # the app that posted it (another bot's post), when Slack says
 
     @property
     def reply_target(self) -> str:

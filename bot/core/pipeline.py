@@ -40,6 +40,7 @@ from bot.core.sessions import SessionManager
 from bot.core.signs import Signs
 from bot.core.store import Store, StoredMessage, ThreadOptions, ThreadSession
 from bot.core.stream_parser import Finished, RunEvent, SessionStarted, ToolCall
+from bot.core.triggers import Triggers
 from bot.core.worktrees import WORKTREES_DIR, Worktree, Worktrees
 from bot.errors import (
     OptionsError,
@@ -131,6 +132,7 @@ class TaskPipeline:
         self._backfill = backfill
         self._sessions = sessions
         self.active: dict[tuple[str, str], RunHandle] = {}
+        self.triggers: Triggers | None = None  # a job a trigger rule started is asked the rule's prompt
         self.peak_runs = 0
         self._edit_budget = RateBudget()  # chat.update for status messages, shared by all runs
 
@@ -360,7 +362,7 @@ class TaskPipeline:
             planned = ThreadOptions()
         if planned is None:
             trigger = self._store.get_message(first.channel, first.trigger_ts)  # the request that starts it
-            options, task = split_options(trigger.text if trigger else "")
+            options, task = split_options(trigger.text if trigger and not first.rule else "")
             choice = choose(options, self._settings, handle.channel, Path(row.workdir))
             workdir, branch = choice.folder, choice.branch
             worktree = None
@@ -548,14 +550,16 @@ class TaskPipeline:
 
     def _context(self, session: ThreadSession, last: Job, label: str, resume: bool,
                  worktree: Worktree | None = None) -> Context:
+        stored = self._store.get_message(last.channel, last.trigger_ts)
+        request = self.triggers.request_for(last, stored, label, self._contexts, self._backfill.name_of) \
+            if last.rule and self.triggers is not None else None
         if resume:
-            return self._contexts.for_follow_up(session, last.trigger_ts, label)
-        trigger = self._store.get_message(last.channel, last.trigger_ts) or StoredMessage(
-            last.channel, last.trigger_ts, last.thread_ts, last.user, None, ""
-        )
-        with contextlib.suppress(OptionsError):  # the options chose the folder; the task goes on without them
-            trigger = replace(trigger, text=split_options(trigger.text)[1])
-        context = self._contexts.for_new_session(last.channel, last.thread_ts, trigger, label)
+            return self._contexts.for_follow_up(session, last.trigger_ts, label, ask=request)
+        trigger = stored or StoredMessage(last.channel, last.trigger_ts, last.thread_ts, last.user, None, "")
+        if request is None:
+            with contextlib.suppress(OptionsError):  # the options chose the folder; the task goes on without them
+                trigger = replace(trigger, text=split_options(trigger.text)[1])
+        context = self._contexts.for_new_session(last.channel, last.thread_ts, trigger, label, ask=request)
         if worktree is None:
             return context
         note = (f"You work in a git worktree made for this Slack thread: branch `{worktree.branch}` of "

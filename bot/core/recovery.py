@@ -36,5 +36,6 @@ def recover(store: Store, dispatcher: Dispatcher, signs: Signs) -> None:
                 new_session=thread is None or not thread.started,
                 received=time.monotonic(),
                 is_dm=req.channel.startswith("D"),
+                rule=store.trigger_of(req.channel, req.ts) or "",  # a trigger's: asked its rule's prompt again
             )
         )

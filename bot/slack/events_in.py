@@ -114,6 +114,7 @@ def incoming(event: dict[str, Any], body: dict[str, Any], *, bot_user_id: str, r
         thread_ts=event.get("thread_ts"),
         channel_type=event.get("channel_type"),
         bot_id=event.get("bot_id"),
+        app_id=event.get("app_id"),
         subtype=event.get("subtype"),
         mentions_bot=mention_event or f"<@{bot_user_id}" in text,
         event_id=body.get("event_id"),
