@@ -48,6 +48,7 @@ from bot.core.schedules import Schedules
 from bot.core.sessions import SessionManager
 from bot.core.signs import Signs
 from bot.core.store import Store, ThreadSession
+from bot.core.triggers import Triggers
 from bot.core.usage import UsageCommands
 from bot.core.worktrees import Worktrees
 from bot.errors import StoreError, WorktreeError
@@ -321,6 +322,11 @@ class Bot:
         more = UsageCommands(s, self.store).handlers()  # /claude usage, /claude budget (spending limits)
         self.schedules = Schedules(s, self.store)
         more["schedule"] = self.schedules.command
+        triggers = Triggers(s.triggers, self.store, cooldown=s.trigger_cooldown, bot_user_id=bot_user_id, bot_id=bot_id,
+                            notify=lambda c, t, text: self._spawn(poster.post, c, t, renderer.render_notice(text)),
+                            is_admin=s.is_admin, workspace_url=str(auth.get("url") or ""))
+        dispatcher.triggers = pipeline.triggers = triggers  # messages that match a rule start runs
+        more["triggers"] = triggers.command
         commands = Commands(
             s, self.store, queue, pipeline, poster, dispatcher, signs,
             workspace_url=str(auth.get("url") or ""),
