@@ -41,9 +41,9 @@ def settings_for(tmp_path: Path, **more: str) -> Settings:
     }, env_file=str(tmp_path / "no.env"))
 
 
-def at(*args: int) -> float:
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
     """Epoch seconds of a wall-clock time in Berlin."""
-    return datetime(*args, tzinfo=BERLIN).timestamp()
+    return datetime(year, month, day, hour, minute, second, tzinfo=BERLIN).timestamp()
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ async def test_list_and_rm(tmp_path, store):
     schedules, _ = service(settings, store, Clock(at(2026, 3, 2, 8, 0)))
     await schedules.command(SlashCommand("U1", "C1", 'schedule "0 9 * * 1-5" tz=Europe/Berlin standup notes'))
     await schedules.command(SlashCommand("U2", "C2", 'schedule "0 17 * * 5" tz=Europe/Berlin week summary'))
-    mine = store.schedules()[0].id
+    mine = next(x.id for x in store.schedules() if x.owner == "U1")
     listed = await schedules.command(SlashCommand("U1", "C1", "schedule list"))
     assert mine in listed and "standup notes" in listed and "week summary" not in listed
     assert "next 2026-03-02 09:00:00 CET" in listed and "not run yet" in listed
