@@ -44,13 +44,16 @@ def estimated_input_tokens(body: dict) -> int:  # what the fake model reports fo
 
 def test_a_user_over_the_daily_limit_gets_the_sentence_and_no_run(start_bot, fake_slack, fake_model, bot_env):
     start_bot(SLACKBUS_BUDGET_USER_DAY="0.001", SLACKBUS_ADMIN_USERS="U3")
+    fake_model.cache_tokens = (1000, 200)  # each response reports cache reads and writes too
     first = fake_slack.user_says("C1", "U1", "spend a little [[id:b1]]", mention=True)
     answer_in(fake_slack, "C1", first, "answer for b1")
     [run] = stored_runs(bot_env)
     # the run keeps what the CLI reported: its cost (the footer shows the same), tokens and model
     assert run["cost_usd"] > 0.001 and f"{run['cost_usd']:.4f}" == footer_cost(fake_slack, "C1", first)
     assert run["input_tokens"] == sum(estimated_input_tokens(b) for b in fake_model.requests)
-    assert run["output_tokens"] > 0 and run["cache_read_tokens"] == 0 and run["model"]
+    calls = len(fake_model.requests)
+    assert (run["cache_read_tokens"], run["cache_creation_tokens"]) == (1000 * calls, 200 * calls)
+    assert run["output_tokens"] > 0 and run["model"]
     assert (run["user"], run["channel"], run["num_turns"], run["status"]) == ("U1", "C1", 1, "done")
     asked = len(fake_model.requests)
 

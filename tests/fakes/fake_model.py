@@ -164,6 +164,8 @@ class FakeModel:
       log             (method, path_qs) of every HTTP request the server saw, any route
       active          POST /v1/messages requests in flight now (arrived, response not finished,
                       scripted delays included); max_active is the peak
+      cache_tokens    (cache reads, cache writes) every response reports in its usage, beside the input and output
+                      tokens estimated from the request and the reply (default (0, 0)); the CLI prices them all
     """
 
     def __init__(self, host: str = "127.0.0.1", startup_timeout: float = 10.0) -> None:
@@ -176,6 +178,7 @@ class FakeModel:
         self.log: list[tuple[str, str]] = []
         self.active = 0
         self.max_active = 0
+        self.cache_tokens: tuple[int, int] = (0, 0)
         self._startup_timeout = startup_timeout
         self._cond = threading.Condition()
         self._queue: collections.deque[Reply] = collections.deque()
@@ -366,8 +369,8 @@ class FakeModel:
         msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
         usage = {
             "input_tokens": _estimate_tokens(body.get("messages")),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": self.cache_tokens[1],
+            "cache_read_input_tokens": self.cache_tokens[0],
             "output_tokens": _estimate_tokens(blocks),
             "service_tier": "standard",
         }
