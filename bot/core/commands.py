@@ -60,6 +60,8 @@ terminal on my host (default: your latest thread here). `slackbus handoff` there
 branch, or open a pull request (push and pr: who started it, or an admin; default: your latest such thread here).
 • `/claude usage [@someone|#channel] [today|7d|30d]`: what runs cost, by person and by channel; `/claude budget`: \
 the spending limits and what is used (admins: `/claude budget lift <thread link>` lets that thread run over them).
+• `/claude schedule "0 9 * * 1-5" <task>`, `/claude schedule list|rm ID`: run a task here on a schedule \
+(`/claude schedule` explains).
 • `/claude help`: this text."""
 
 ECHO_CHARS = 300  # how much of a `/claude <task>` the "asked:" message in the channel repeats
