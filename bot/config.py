@@ -908,8 +908,8 @@ TRIGGER_MAX_PER_HOUR = 10
 TRIGGER_FIELDS = frozenset({"text", "user", "link"})  # a rule's prompt may use these, and its pattern's named groups
 _TRIGGER_KEYS = frozenset({"name", "channel", "pattern", "prompt", "owner", "user", "bot_id", "app_id", "bots",
                            "max_per_hour"})
-_IDS = {"user": (r"[UW][A-Z0-9]{2,}", "U012ABCDEF"), "bot_id": (r"B[A-Z0-9]{2,}", "B012ABCDEF"),
-        "app_id": (r"A[A-Z0-9]{2,}", "A012ABCDEF")}
+_IDS = {"user": (r"[UW][A-Z0-9]+", "U012ABCDEF"), "bot_id": (r"B[A-Z0-9]+", "B012ABCDEF"),
+        "app_id": (r"A[A-Z0-9]+", "A012ABCDEF")}
 
 
 @dataclass(frozen=True)
@@ -969,7 +969,7 @@ def _trigger_rule(table: Mapping[str, object], index: int, allowed: frozenset[st
         return value if key == "prompt" else value.strip()
 
     channel = text("channel") or ""
-    if not re.fullmatch(r"[CG][A-Z0-9]{2,}", channel):
+    if not re.fullmatch(r"[CG][A-Z0-9]+", channel):
         raise ConfigError(f"{where} has channel = {channel!r}, which is not a channel id (like C0123ABCDEF; in Slack: "
                           "the channel's name, About, Channel ID).")
     if allowed_channels is not None and channel not in allowed_channels:
