@@ -26,6 +26,7 @@ from bot.bridge.mcp import MCP_SERVER, MCP_TOOLS, mcp_server
 from bot.bridge.server import SocketServer
 from bot.bridge.shim import install_shim
 from bot.cluster import jetstream
+from bot.cluster.claims import ScheduleClaims
 from bot.cluster.nodes import Nodes
 from bot.cluster.outbox import SharedOutbox
 from bot.cluster.record import Record
@@ -338,6 +339,8 @@ class Bot:
             more=more,
         )
         self.schedules.start_task = commands.start_task  # a due schedule starts its run as `/claude <task>` does
+        if cluster is not None:  # one node runs each due time of a schedule every node has
+            self.schedules.claim_elsewhere = ScheduleClaims(cluster.link, s.node_id).take
         source: Source
         if local:
             source = LocalEvents(

@@ -13,7 +13,8 @@ so the spending limits count it against the owner and the channel. So a time mis
 once at start if it is recent enough and is skipped otherwise; several missed times run once; never twice.
 
 On several hosts (SLACKBUS_NATS_URL) each node keeps its own store: a schedule added with the command lives on the
-node that took the command; one from the config file is on every node, and each would run it (see the README).
+node that took the command; one from the config file is on every node, and the cluster lets one node run each due
+time (`claim_elsewhere`, bot.cluster.claims).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class Schedules:
         self._max_sleep = max_sleep
         self._changed = anyio.Event()
         self.start_task: StartTask | None = None  # set once Commands exists (it takes this module's command)
+        # several hosts: whether this node runs a due time (one node does; bot.cluster.claims); None on one host
+        self.claim_elsewhere: Callable[[str, float], Awaitable[bool]] | None = None
 
     # --- the loop ------------------------------------------------------------------------------------------------
     def sync_config(self) -> None:
@@ -133,6 +136,9 @@ class Schedules:
                             late_s=round(now - due), grace_s=self._settings.schedule_grace)
                 continue
             with anyio.move_on_after(START_TIMEOUT) as scope:
+                if self.claim_elsewhere is not None and not await self.claim_elsewhere(schedule.id, due):
+                    log.info("schedule.run_elsewhere", schedule=schedule.id, channel=schedule.channel, due=due)
+                    continue
                 await self._fire(schedule, due)
             if scope.cancelled_caught:
                 log.error("schedule.start_timeout", schedule=schedule.id, channel=schedule.channel)
