@@ -1,11 +1,13 @@
 """Regenerate the README's "Performance" and "Reliability" sections from bench/results.json and the fault suite.
 
     python -m bench                 # measure (writes bench/results.json)
-    python -m bench.readme          # rewrite the README between its <!-- performance --> / <!-- reliability --> marks
+    python -m bench.readme          # rewrite the README between its <!-- performance --> / <!-- reliability --> /
+                                    # <!-- worked-example --> marks
     python -m bench.readme --run-faults   # also run tests/faults and show each check's outcome
 
 Performance: each target the project set, the figure measured (p50 / p95 / max where it is a distribution) and
 whether it is met. Reliability: one line per fault test (its docstring's first line), with pass/fail when run.
+Several hosts: the worked example, sized from the measured `claude` process and the bot's own constants.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bot.cluster.jetstream import EVENTS_PER_CHANNEL
+from bot.config import MAX_PROCESSES_CEILING, MEMORY_SHARE, PROCESS_MB, sized_max_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results.json"
+CONFIG = ROOT / "bot" / "config.py"
 FAULTS = ROOT / "tests" / "faults"
 # fault tests that live with the end-to-end suite: a bot killed or stopped mid-run, a hung run
 MORE_FAULTS = [ROOT / "tests" / "e2e" / "test_restart.py", ROOT / "tests" / "e2e" / "test_safety.py"]
@@ -351,6 +357,82 @@ def cluster_note(results: dict[str, Any]) -> str:
     ])
 
 
+# The worked example's assumptions (README "Several hosts"): a cluster one might run, not a measurement.
+NODES = 3
+NODE_CPUS = 4
+NODE_GB = 16
+AVAILABLE_GB = 14  # memory available when slackbus starts, of NODE_GB
+SLACK_CONNECTIONS = 10  # Socket Mode connections Slack allows per app, one per node: at most this many nodes
+BURST_THREADS = 60  # new threads at once
+EVENT_KB = 2  # room allowed for one stored event (long messages take more)
+BUSY_CHANNELS = 50
+
+
+def setting_default(name: str) -> int:
+    """A whole-number setting's default as bot/config.py reads it (`_int(merged, "NAME", default)`)."""
+    for node in ast.walk(ast.parse(CONFIG.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_int"
+                and len(node.args) >= 3 and isinstance(node.args[1], ast.Constant) and node.args[1].value == name
+                and isinstance(node.args[2], ast.Constant) and type(node.args[2].value) is int):
+            return node.args[2].value
+    raise LookupError(f"{CONFIG} reads no whole-number default for {name}")
+
+
+def worked_example(results: dict[str, Any]) -> str:
+    """README "Several hosts": what a cluster of NODES nodes keeps live and how fast it starts sessions, from the
+    measured `claude` process (bench/results.json) and the bot's constants (bot/config.py, bot/cluster/jetstream.py)."""
+    f = lambda path, scale=1.0, digits=0: _fig(results, path, scale, digits)  # noqa: E731
+    nm = "(not measured)"
+    cpus = _get(results, "machine.cpus") or "?"
+    cpu_ms = _get(results, "sessions.cli_start.cpu_ms.p50")
+    cpu_s = cpu_ms / 1000 if isinstance(cpu_ms, int | float) and cpu_ms > 0 else None
+    concurrent = setting_default("SLACKBUS_MAX_CONCURRENT")
+    floor = concurrent + setting_default("SLACKBUS_WARM_POOL") + 2  # as bot/config.py's load_settings sizes it
+    available_mb = AVAILABLE_GB * 1024
+    sized = int(available_mb * MEMORY_SHARE // PROCESS_MB)
+    per_node, _why = sized_max_processes(floor, available_mb)
+    live = per_node * NODES
+    held = "" if per_node == sized else f" (held to {per_node})"
+    cluster_cpus = NODES * NODE_CPUS
+    starts = (f"{NODE_CPUS} CPUs ÷ {cpu_s:.2f} s ≈ {NODE_CPUS / cpu_s:.0f} starts a second per node, "
+              f"~{cluster_cpus / cpu_s:.0f} for the cluster: a burst of {BURST_THREADS} new threads is "
+              f"{BURST_THREADS} × {cpu_s:.2f} s ≈ {BURST_THREADS * cpu_s:.0f} s of CPU, at least "
+              f"{BURST_THREADS * cpu_s / cluster_cpus:.1f} s on the cluster's {cluster_cpus} CPUs before the last "
+              "can begin" if cpu_s else f"one `claude` start each, {nm}")
+    channel_mb = EVENTS_PER_CHANNEL * EVENT_KB / 1000
+    ceiling_mb = MAX_PROCESSES_CEILING * PROCESS_MB / MEMORY_SHARE
+    return "\n".join([
+        "**A worked example.** From our measurements (the Performance table and `bench/results.json`): a warm, "
+        f"idle `claude` process takes {f('sessions.memory.claude_rss_mb_each', 1, 1)} MB RSS "
+        f"(`sessions.memory.claude_rss_mb_each`), and the bot assumes {PROCESS_MB} MB for one at work (`PROCESS_MB` "
+        f"in `bot/config.py`). By default a node keeps at most {MEMORY_SHARE:.0%} of the memory available at its "
+        f"start ÷ {PROCESS_MB} MB live processes (`MEMORY_SHARE`), between `SLACKBUS_MAX_CONCURRENT` + "
+        f"`SLACKBUS_WARM_POOL` + 2 and {MAX_PROCESSES_CEILING} (`MAX_PROCESSES_CEILING`): each live process is a "
+        "session that answers a follow-up at once. A new session costs one `claude` start, "
+        f"{f('sessions.cli_start.cpu_ms.p50')} ms of CPU p50 (`sessions.cli_start.cpu_ms`, measured on {cpus} "
+        "CPUs); a session whose process was closed to stay under the cap resumes with a cold start too (its answer "
+        f"in {f('sessions.follow_up_evicted.answer_ms.p50')} ms p50, `sessions.follow_up_evicted.answer_ms`). "
+        f"Take {NODES} nodes with {NODE_CPUS} CPUs and {NODE_GB} GB each, ~{AVAILABLE_GB} GB available when "
+        "slackbus starts:",
+        f"- sessions kept live: {AVAILABLE_GB} × 1024 MB × {MEMORY_SHARE:.0%} ÷ {PROCESS_MB} MB = {sized}{held} per "
+        f"node, **{live} for the cluster**; at work they take {per_node} × {PROCESS_MB} MB = "
+        f"{per_node * PROCESS_MB:,} MB of each node, leaving the rest to the tools Claude runs;",
+        f"- tasks running at once: `SLACKBUS_MAX_CONCURRENT` per node ({concurrent} by default: "
+        f"{concurrent * NODES}); memory allows all {per_node}, so raise it as far as the CPUs keep up with the tools "
+        "your sessions run (not measured here: our fake model answers at once);",
+        f"- new sessions: {starts};",
+        f"- past {live} live sessions, the least recently used process is closed, and that thread's next message "
+        "pays a start;",
+        f"- the events stream: {EVENTS_PER_CHANNEL:,} events a channel (`EVENTS_PER_CHANNEL`) × ~{EVENT_KB} KB "
+        f"(assumed; long messages take more) ≈ {channel_mb:,.0f} MB per channel, so {BUSY_CHANNELS} busy channels "
+        f"need ~{BUSY_CHANNELS * channel_mb / 1000:,.0f} GB on each NATS server (each holds a copy).",
+        "",
+        f"Each node added brings the same again, up to the {SLACK_CONNECTIONS} nodes Slack allows; at the ceiling of "
+        f"{MAX_PROCESSES_CEILING} processes a node ({ceiling_mb:,.0f} MB available at its start), "
+        f"{SLACK_CONNECTIONS} nodes keep {SLACK_CONNECTIONS * MAX_PROCESSES_CEILING} sessions live.",
+    ])
+
+
 # the fixtures that start the real bot or the fakes at its edge (tests/conftest.py, on tests/support.py)
 BOT_FIXTURES = frozenset({"start_bot", "bot_env", "fake_slack", "fake_model"})
 
@@ -437,8 +519,10 @@ def main() -> None:
     text = replace_section(text, "performance", performance(results))
     text = replace_section(text, "performance-notes", notes(results))
     text = replace_section(text, "reliability", reliability(run_faults() if args.run_faults else None))
+    text = replace_section(text, "worked-example", worked_example(results))
     README.write_text(text)
-    print(f"README.md: performance ({len(TARGETS)} rows) and reliability ({len(fault_checks())} checks) rewritten")
+    print(f"README.md: performance ({len(TARGETS)} rows), reliability ({len(fault_checks())} checks) and the "
+          "several hosts' worked example rewritten")
 
 
 if __name__ == "__main__":

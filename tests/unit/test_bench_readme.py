@@ -171,3 +171,83 @@ def test_the_cluster_rows_show_what_three_nodes_add_and_meet_the_target_only_wit
     note = readme.notes({"machine": {"cpus": 2}, **results})
     assert "Several hosts" in note and "0.61 s of CPU with three nodes" in note
     assert "nats-server used 0.4 s" in note and "much more than 197 such tasks per minute" in note
+
+
+def _block(text: str, name: str) -> str:
+    return text.split(f"<!-- {name}:start -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
+
+
+def _numbers(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w.])\d+(?:[.,]\d+)*", text))
+
+
+def test_the_worked_example_is_regenerated_from_the_results_file(tmp_path, monkeypatch) -> None:
+    import copy
+    import json
+    import sys
+
+    results = json.loads(readme.RESULTS.read_text())
+    monkeypatch.setattr(readme, "RESULTS", tmp_path / "results.json")
+    monkeypatch.setattr(readme, "README", tmp_path / "README.md")
+    monkeypatch.setattr(sys, "argv", ["bench.readme"])
+    readme.README.write_text(readme.ROOT.joinpath("README.md").read_text())
+
+    readme.RESULTS.write_text(json.dumps(results))
+    readme.main()
+    before = _block(readme.README.read_text(), "worked-example")
+    assert before == readme.worked_example(results)
+
+    changed = copy.deepcopy(results)
+    changed["sessions"]["cli_start"]["cpu_ms"]["p50"] = 1200.0
+    changed["sessions"]["memory"]["claude_rss_mb_each"] = 201.3
+    changed["sessions"]["follow_up_evicted"]["answer_ms"]["p50"] = 777.0
+    readme.RESULTS.write_text(json.dumps(changed))
+    readme.main()
+    after = _block(readme.README.read_text(), "worked-example")
+    assert after != before
+    for shown in ("takes 201.3 MB RSS", "1,200 ms of CPU p50", "its answer in 777 ms p50",
+                  "4 CPUs ÷ 1.20 s ≈ 3 starts a second per node, ~10 for the cluster",
+                  "60 × 1.20 s ≈ 72 s of CPU, at least 6.0 s on the cluster's 12 CPUs"):
+        assert shown in after, shown
+    assert "(not measured)" not in after
+
+
+def _settled() -> set[str]:
+    """The worked example's figures that no measurement moves: its assumptions, the bot's constants and settings,
+    and what follows from them alone."""
+    from bot.cluster.jetstream import EVENTS_PER_CHANNEL
+    from bot.config import MAX_PROCESSES_CEILING, MEMORY_SHARE, PROCESS_MB
+
+    per_node = int(readme.AVAILABLE_GB * 1024 * MEMORY_SHARE // PROCESS_MB)
+    concurrent = readme.setting_default("SLACKBUS_MAX_CONCURRENT")
+    channel_mb = EVENTS_PER_CHANNEL * readme.EVENT_KB // 1000
+    settled = [readme.NODES, readme.NODE_CPUS, readme.NODE_GB, readme.AVAILABLE_GB, round(MEMORY_SHARE * 100),
+               PROCESS_MB, per_node, per_node * readme.NODES, per_node * PROCESS_MB, concurrent,
+               concurrent * readme.NODES, 2, MAX_PROCESSES_CEILING, readme.BURST_THREADS,
+               readme.NODES * readme.NODE_CPUS, EVENTS_PER_CHANNEL, readme.EVENT_KB, channel_mb, readme.BUSY_CHANNELS,
+               round(readme.BUSY_CHANNELS * channel_mb / 1000), readme.SLACK_CONNECTIONS,
+               round(MAX_PROCESSES_CEILING * PROCESS_MB / MEMORY_SHARE),
+               readme.SLACK_CONNECTIONS * MAX_PROCESSES_CEILING]
+    return {f"{n:,}" for n in settled} | {"1024"}  # MB in a GB, written plainly
+
+
+def test_the_worked_example_has_no_measured_figure_of_its_own() -> None:
+    bare = readme.worked_example({})
+    assert bare.count("(not measured)") == 4, bare  # the RSS, a start's CPU, a cold resume, the starts a second
+    assert _numbers(bare) <= _settled(), _numbers(bare) - _settled()
+    assert readme.setting_default("SLACKBUS_WARM_POOL") >= 0
+
+
+def test_the_several_hosts_section_has_no_measured_figure_outside_its_generated_block() -> None:
+    import json
+
+    section = readme.README.read_text().split("\n## Several hosts\n")[1].split("\n## ")[0]
+    block = _block(section, "worked-example")
+    outside = section.replace(block, "")
+    prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", outside, flags=re.S))  # code: addresses, ports, ids
+    # settings and Slack's limits, not measurements: 3 servers and copies, 2 minutes (Slack's retries), a heartbeat
+    # dead after 5 s, 10 connections per app, 60 answers at Slack's one a second, 20,000 events (EVENTS_PER_CHANNEL)
+    assert _numbers(prose) <= {"3", "2", "5", "10", "60", "20,000", "4222"}, _numbers(prose)
+    # and none of the figures the block takes from the measurements
+    measured = _numbers(readme.worked_example(json.loads(readme.RESULTS.read_text()))) - _settled()
+    assert measured and not measured & _numbers(prose), measured & _numbers(prose)
