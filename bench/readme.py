@@ -334,9 +334,10 @@ def cluster_note(results: dict[str, Any]) -> str:
         "JetStream first; one host: "
         f"{f('cluster.latency.steps_ms_p50.single.new.sent_to_accepted_ms', 1, 1)} ms to its queue), and the node "
         f"that took it in sends the 👀 {f(steps + 'dispatched_to_first_sign_ms', 1, 1)} ms later; placing the task "
-        f"takes {f(steps + 'dispatched_to_queued_ms', 1, 1)} ms (the thread's KV entry read and made, the task "
-        f"published to the work queue), a node pulls it {f(steps + 'queued_to_taken_ms', 1, 1)} ms later, and from "
-        "there the path is the one host's.",
+        f"takes {f(steps + 'dispatched_to_queued_ms', 1, 1)} ms (the thread's KV entry made, the task stored in "
+        f"the work queue), and the node that holds the thread (the one that took it in, when it has room) starts "
+        f"it {f(steps + 'queued_to_taken_ms', 1, 1)} ms later, without waiting for its own consumer to bring the "
+        "stored task back; from there the path is the one host's.",
         "",
         f"The burst row sends {f('cluster.burst.tasks')} mentions in new threads at once, with "
         f"SLACKBUS_MAX_CONCURRENT={_get(results, 'cluster.burst.settings_per_node.SLACKBUS_MAX_CONCURRENT') or '?'} "
