@@ -11,6 +11,7 @@ that ignores all three.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pwd
@@ -165,6 +166,7 @@ class ClaudeSession:
         self.spawned_at: float | None = None  # serve began starting the process
         self.connected_at: float | None = None  # the CLI answered the SDK's initialize request
         self.last_turn_s = 0.0  # the last turn, from writing its prompt to reading its result
+        self._reported_cost: float | None = None  # what the CLI said this process had cost at its last result
 
     # --- owner task -----------------------------------------------------------------------------
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -230,6 +232,17 @@ class ClaudeSession:
             self._closed.set()
             bound.info("claude.reaped", pid=self.pid, turns=self.turns)
 
+    def _turn_cost(self, finished: Finished) -> Finished:
+        """The CLI reports what the process has cost so far (a warm process's second turn reports both turns):
+        the turn's own cost is what it added since the last result."""
+        total = finished.cost_usd
+        if total is None:
+            return finished
+        before, self._reported_cost = self._reported_cost, total
+        if before is None or total < before:
+            return finished
+        return dataclasses.replace(finished, cost_usd=round(total - before, 10))
+
     async def _run_turn(self, client: ClaudeSDKClient, turn: _Turn) -> None:
         finished: Finished | None = None
         ended = False
@@ -271,7 +284,7 @@ class ClaudeSession:
                         break
                     for event in stream_parser.parse(message):
                         if isinstance(event, Finished):
-                            finished = event
+                            event = finished = self._turn_cost(event)
                             self.last_turn_s = time.monotonic() - sent_at
                         turn.on_event(event)
                 tg.cancel_scope.cancel()

@@ -267,7 +267,8 @@ class TaskPipeline:
 
     async def _run(self, jobs: list[Job], handle: RunHandle) -> str:
         first, last = jobs[0], jobs[-1]
-        refusal = self.over_budget(first)
+        # every person in a batch of follow-ups is held to their own limits (the run is recorded as the first's)
+        refusal = next((r for r in (self.over_budget(j) for j in {j.user: j for j in jobs}.values()) if r), None)
         if refusal is not None:  # one sentence, and no claude turn
             _run_log(handle).info("run.over_budget", user=first.user)
             await self._finish(handle, refusal)

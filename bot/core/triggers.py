@@ -154,7 +154,8 @@ class Triggers:
                         rule_known=rule is not None)
             return None
         found = search(rule, message.text)
-        groups = found.groupdict() if found is not None else {}
+        # every named group has a value, also when the message was edited and no longer matches
+        groups = {name: "" for name in rule.pattern.groupindex} | (found.groupdict() if found is not None else {})
         poster = name_of(message.user) if message.user else f"bot {message.bot_id or 'unknown'}"
 
         def render(nonce: str) -> str:

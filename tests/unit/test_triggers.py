@@ -269,6 +269,19 @@ def test_the_request_is_the_prompt_with_the_message_quoted_as_data(store: Store,
     assert "</slack_context" not in body and "<b>" not in prompt  # nothing it says can close a block
 
 
+def test_a_message_edited_so_it_no_longer_matches_still_makes_a_request(store: Store, clock: Clock,
+                                                                         notices: list) -> None:
+    t = make(store, clock, notices)
+    stored = StoredMessage(CHANNEL, "1700000001.000200", None, None, "BCI", "all green now")  # edited since
+    store.record_message(stored)
+    contexts = ContextBuilder(store, bot_user_id=BOT, max_messages=10, max_chars=4000, name_of=str,
+                              nonce=lambda: "n0nce")
+    ask = t.request_for(Job(CHANNEL, stored.ts, stored.ts, OWNER, True, 0.0, rule="ci"), stored, "#ci", contexts,
+                        str)
+    assert ask is not None
+    assert 'Find why build <slack_quote id="n0nce"></slack_quote id="n0nce"> failed' in ask("n0nce")
+
+
 def test_a_rule_gone_from_the_config_asks_as_any_request(store: Store, clock: Clock, notices: list) -> None:
     t = make(store, clock, notices)
     contexts = ContextBuilder(store, bot_user_id=BOT, max_messages=0, max_chars=100, name_of=str)
