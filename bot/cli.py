@@ -70,7 +70,8 @@ def _load_hardened(env_file: str | None, transport: str | None) -> Settings:
     redactor.add(settings.slack_bot_token, settings.slack_app_token)
     redactor.add(*secret_values(read_environment(env, env_file=env_file)))
     if settings.nats_url:  # a password in the NATS address is masked like a token
-        redactor.add(*(m for m in re.findall(r"//[^:/@,]+:([^@/,]+)@", settings.nats_url) if len(m) >= 4))
+        for part in re.findall(r"//([^/,]*)@", settings.nats_url):  # user:password, or a token
+            redactor.add(*(p for p in (part, part.partition(":")[2]) if len(p) >= 4))
     scrub_process_environment()
     hardening.private_state(settings.home, settings.db_path)
     return settings

@@ -837,7 +837,7 @@ def _nats_url(env: Mapping[str, str]) -> str | None:
 
 def redact_url(url: str) -> str:
     """A server address without its password, for logs and sentences."""
-    return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1[redacted]@", url)
+    return re.sub(r"//[^/,]*@", "//[redacted]@", url)  # user:password@ or a token@
 
 
 def _node_id(env: Mapping[str, str], home: Path) -> str:

@@ -116,7 +116,7 @@ class Cluster:
 @contextmanager
 def cluster(root: Path, nodes: int = 3, *, seed: int = 7, **env: str) -> Iterator[Cluster]:
     with NatsServer(root / "nats" / "store") as nats, FakeModel() as model, \
-            FakeSlack(seed=seed) as slack:
+            FakeSlack(seed=seed, retry_unacked_after=10.0) as slack:  # Slack retries an event nobody acked
         slack.echo_bot_messages = True  # Slack sends the bot's own posts as events: every node's record has them
         c = Cluster(root, nats, slack, model, **env)
         try:

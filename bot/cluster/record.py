@@ -74,14 +74,15 @@ class Record:
         start = self.applied
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start + 1) if start \
             else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-        for _ in range(100):
+        wait = 0.2
+        while True:  # the server coming back (or JetStream not ready yet): again, each time a little later
             try:
                 return await self._link.js.subscribe(f"{EVENTS_SUBJECT}.>", stream=EVENTS, ordered_consumer=True,
                                                      config=config)
-            except Exception as exc:  # the server coming back
+            except Exception as exc:
                 log.warning("cluster.record_subscribe_retry", error=type(exc).__name__)
-                await anyio.sleep(0.2)
-        raise RuntimeError("the record's consumer could not be made")
+                await anyio.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     async def _follow(self, sub: Any) -> None:
         async for msg in sub.messages:

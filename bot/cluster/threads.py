@@ -12,12 +12,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from bot.cluster.jetstream import Link, dumps
-from bot.core.store import Store, ThreadSession
+from bot.core.store import Store, StoredMessage, ThreadSession
 from bot.errors import StoreError
 from bot.log import get_logger
 
@@ -161,6 +162,34 @@ class Threads:
         await anyio.to_thread.run_sync(write)
         log.info("cluster.transcript_restored", session_id=entry.session_id, bytes=len(data))
         return True
+
+    def message_data(self, channel: str, ts: str) -> dict[str, Any] | None:
+        """A request as this node recorded it, to travel with its task."""
+        msg = self._store.get_message(channel, ts)
+        return None if msg is None else asdict(msg)
+
+    def own_message(self, data: dict[str, Any] | None) -> None:
+        """The request as the placing node recorded it, in this node's store (where the record may hold only the
+        bot's heading posted at that ts, or nothing yet)."""
+        if not data:
+            return
+        try:
+            msg = StoredMessage(**{k: v for k, v in data.items() if k in StoredMessage.__dataclass_fields__})
+            have = self._store.get_message(msg.channel, msg.ts)
+            if have is not None and (have.user, have.text, have.from_self) == (msg.user, msg.text, msg.from_self):
+                return
+            if have is not None:
+                self._store.delete_message(msg.channel, msg.ts)
+            self._store.record_message(msg)
+        except (TypeError, StoreError) as exc:
+            log.warning("cluster.request_not_recorded", error=f"{type(exc).__name__}: {exc}")
+
+    def finished(self, channel: str, ts: str) -> bool:
+        """This node finished that request (its task came back: an ack that did not reach the server)."""
+        try:
+            return self._store.request_finished(channel, ts)
+        except StoreError:
+            return False
 
     def local(self, channel: str, thread_ts: str) -> ThreadSession | None:
         return self._store.get_thread(channel, thread_ts)

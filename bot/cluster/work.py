@@ -47,6 +47,7 @@ log = get_logger("slackbus.cluster")
 PROGRESS_S = ACK_WAIT_S / 3
 FIRST_WAIT_S = 0.1  # a later task of a thread whose first task is not taken yet comes back after this
 PUBLISH_TRIES_S = 20.0  # a placement retries this long through a NATS restart (same message id: no duplicate)
+AFTER_TURN_S = 30.0  # saving a thread's session and transcript after its run
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,21 @@ class Task:
     about_ts: str | None = None  # a shortcut's request: the message it is about
     handed_from: str = ""  # the node that gave it back when it shut down (the next node says so in the thread)
     rule: str = ""  # the trigger rule that started it (bot.core.triggers)
+    message: dict[str, Any] | None = None  # the request as the placing node recorded it (a /claude task's or a
+    # schedule's request is recorded only there: the channel shows the bot's heading at that ts)
 
     @property
     def msg_id(self) -> str:
         return f"task:{self.channel}:{self.trigger_ts}"
+
+
+def task_of(data: bytes) -> Task:
+    """A stored task; fields a newer node added are left out (a rolling upgrade mixes versions). Raises ValueError
+    or TypeError for what is not a task."""
+    raw = json.loads(data)
+    if not isinstance(raw, dict):
+        raise TypeError("not an object")
+    return Task(**{k: v for k, v in raw.items() if k in Task.__dataclass_fields__})
 
 
 Accept = Callable[[Job, bool], Awaitable[None]]  # (the job, taken over from a dead node)
@@ -90,6 +102,7 @@ class Work:
         self._order = anyio.create_memory_object_stream[Task](10_000)
         self._room = anyio.Event()
         self._placed = 0
+        self._failed = 0  # placements that could not be stored
         self.stopping = False  # this node is shutting down: what it was running goes back to the queue
         self._placed_here = 0  # new threads this node placed on itself, not taken yet (they count against its room)
         self._stored = 0
@@ -99,29 +112,48 @@ class Work:
     def place(self, job: Job) -> None:
         """Called by the dispatcher instead of its own queue: stored in order, by one sender."""
         task = Task(job.channel, job.thread_ts, job.trigger_ts, job.user, job.new_session, job.is_dm, self.me,
-                    time.time(), job.about_ts, rule=job.rule)
+                    time.time(), job.about_ts, rule=job.rule,
+                    message=self._threads.message_data(job.channel, job.trigger_ts))
         self._placed += 1
         self._order[0].send_nowait(task)
 
-    async def flush(self) -> None:
-        """Wait until every task placed so far is stored (the event's ack waits for this)."""
-        target = self._placed
+    async def flush(self) -> bool:
+        """Wait until every task placed so far is stored (the event's ack waits for this). False when one could
+        not be stored: the event is then not acked, and Slack sends it again."""
+        target, failed = self._placed, self._failed
         with anyio.move_on_after(PUBLISH_TRIES_S + 5.0):
             while self._stored < target:
                 changed = self._stored_changed
                 await changed.wait()
+        return self._stored >= target and self._failed == failed
 
     async def _placer(self) -> None:
         async for task in self._order[1]:
             try:
-                await self._place(task)
+                await self._place_retrying(task)
             except Exception as exc:
+                self._failed += 1
+                self._local.pop((task.channel, task.trigger_ts), None)
                 log.error("cluster.place_failed", channel=task.channel, ts=task.trigger_ts,
                           error=f"{type(exc).__name__}: {exc}")
             finally:
                 self._stored += 1
                 self._stored_changed.set()
                 self._stored_changed = anyio.Event()
+
+    async def _place_retrying(self, task: Task) -> None:
+        """Placing reads and writes the thread map and the queue: through a server restart it is tried again
+        (each step is safe to repeat), for PUBLISH_TRIES_S."""
+        deadline = time.monotonic() + PUBLISH_TRIES_S
+        while True:
+            try:
+                await self._place(task)
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cluster.place_retry", channel=task.channel, ts=task.trigger_ts, error=type(exc).__name__)
+                await anyio.sleep(0.25)
 
     async def _place(self, task: Task) -> None:
         entry: ThreadEntry | None = None
@@ -159,7 +191,16 @@ class Work:
             del self._local[key]  # the message is in hand already
         else:
             self._local[key] = "running"
-        await self._begin(task, entry, takeover=False)
+        try:
+            await self._begin(task, entry, takeover=False)
+        except Exception as exc:  # not started here: its stored message is run when it comes (or by another node)
+            log.error("cluster.start_failed", channel=task.channel, ts=task.trigger_ts,
+                      error=f"{type(exc).__name__}: {exc}")
+            self._local.pop(key, None)
+            held = self._held.pop(key, None)
+            if held is not None:
+                with contextlib.suppress(Exception):
+                    await held.nak(delay=0.5)
 
     def _own_entry(self, task: Task) -> ThreadEntry | None:
         """A thread this node holds, as its own store has it (None if the store does not know it)."""
@@ -201,6 +242,9 @@ class Work:
     async def _pull(self, sub: Any, room: Callable[[], int], *, shared: bool = False) -> None:
         while True:
             free = room()
+            if self.stopping:  # shutting down: takes nothing more
+                await anyio.sleep(0.5)
+                continue
             if free <= 0:
                 self._room = anyio.Event()
                 with anyio.move_on_after(1.0):
@@ -215,24 +259,44 @@ class Work:
                 await anyio.sleep(0.2)
                 continue
             for msg in msgs:
-                if shared and room() <= 0:
-                    # fetched while this node had room (a fetch waits up to a second): another node takes it
-                    await msg.nak()
-                    continue
                 try:
+                    if self.stopping or (shared and room() <= 0):
+                        # shutting down, or fetched while this node had room (a fetch waits up to a second):
+                        # another node takes it, now
+                        await msg.nak()
+                        continue
                     await self._take(msg)
-                except Exception as exc:
+                except Exception as exc:  # the task comes back (nak, or the ack wait); this loop goes on
                     log.error("cluster.take_failed", error=f"{type(exc).__name__}: {exc}")
-                    await msg.nak(delay=0.5)
+                    self._forget(msg)
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=0.5)
+
+    def _forget(self, msg: Msg) -> None:
+        """A task this node failed to start: no trace of it stays, so its next delivery starts afresh."""
+        try:
+            task = task_of(msg.data)
+        except (ValueError, TypeError):
+            return
+        key = (task.channel, task.trigger_ts)
+        if self._held.get(key) is msg:
+            del self._held[key]
+        self._local.pop(key, None)
 
     async def _take(self, msg: Msg) -> None:
         try:
-            task = Task(**json.loads(msg.data))
+            task = task_of(msg.data)
         except (ValueError, TypeError):
             log.warning("cluster.bad_task", data=msg.data[:200])
-            await msg.term()
+            with contextlib.suppress(Exception):
+                await msg.term()
             return
         redelivered = (msg.metadata.num_delivered or 1) > 1
+        key = (task.channel, task.trigger_ts)
+        if key not in self._held and key not in self._local and self._threads.finished(*key):
+            await msg.ack()  # this node answered it; the ack was lost on the way
+            log.info("cluster.already_done", channel=task.channel, ts=task.trigger_ts)
+            return
         for _ in range(8):
             entry, revision = await self._threads.get(task.channel, task.thread_ts)
             entry = entry or ThreadEntry(first=task.trigger_ts if task.new_session else "", requester=task.user)
@@ -285,6 +349,8 @@ class Work:
         """The job into this node's queue, with the thread's session restored if it was made elsewhere."""
         if task.placed_by == self.me and task.new_session and self._placed_here > 0:
             self._placed_here -= 1
+        if task.placed_by != self.me:
+            self._threads.own_message(task.message)
         if entry.session_id:
             self._threads.to_store(task.channel, task.thread_ts, entry)
             await self._threads.restore(entry)
@@ -296,26 +362,29 @@ class Work:
         await self._accept(job, takeover)
 
     async def done(self, jobs: list[Job]) -> None:
-        """A run ended (answered, failed or cancelled): save the thread's session, then ack its tasks."""
+        """A run ended: its tasks are acked — or, if this node's shutdown interrupted it, given back for another
+        node — then the thread's session is saved (bounded: the acks never wait for a large transcript)."""
         first = jobs[0]
-        try:
-            await self._threads.after_turn(first.channel, first.thread_ts)
-        except Exception as exc:
-            log.warning("cluster.after_turn_failed", channel=first.channel, error=f"{type(exc).__name__}: {exc}")
         for job in jobs:
             key = (job.channel, job.trigger_ts)
             msg = self._held.pop(key, None)
             if msg is None and key in self._local:
                 self._local[key] = "done"  # its message has not come yet: acked when it does
-            if msg is not None:
-                try:
-                    if self.stopping:  # interrupted by this node's shutdown: another node goes on with it
-                        await self._give_back(msg)
-                    else:
-                        await msg.ack()
-                except Exception as exc:  # NATS away: redelivered later; the record shows it answered
-                    log.warning("cluster.ack_failed", ts=job.trigger_ts, error=type(exc).__name__)
+            if msg is None:
+                continue
+            try:
+                if self.stopping and not self._threads.finished(job.channel, job.trigger_ts):
+                    await self._give_back(msg)  # interrupted by this node's shutdown: another node goes on
+                else:
+                    await msg.ack()
+            except Exception as exc:  # NATS away: it comes back, and is acked then (the store says it is done)
+                log.warning("cluster.ack_failed", ts=job.trigger_ts, error=type(exc).__name__)
         self.room()
+        with anyio.move_on_after(AFTER_TURN_S):
+            try:
+                await self._threads.after_turn(first.channel, first.thread_ts)
+            except Exception as exc:
+                log.warning("cluster.after_turn_failed", channel=first.channel, error=f"{type(exc).__name__}: {exc}")
 
     async def hand_back(self) -> None:
         """Shutdown: the tasks this node took and did not finish (queued here, never started) go back to the
@@ -329,7 +398,7 @@ class Work:
     async def _give_back(self, msg: Msg) -> None:
         """To the shared queue (a task from this node's own subject too, which no other node reads), then acked
         here: a message id per give-back, so doing it twice stores it once."""
-        task = replace(Task(**json.loads(msg.data)), handed_from=self.me)
+        task = replace(task_of(msg.data), handed_from=self.me)
         await self._threads.release(task.channel, task.thread_ts)  # whoever takes it holds the thread
         await self._publish(WORK_ANY, task, f"{task.msg_id}:back:{self.me}:{msg.metadata.sequence.stream}")
         await msg.ack()
@@ -369,12 +438,20 @@ class Work:
                     continue
                 for msg in msgs:
                     try:
-                        task = Task(**json.loads(msg.data))
-                        await self._publish(WORK_ANY, task, f"{task.msg_id}:from:{node}:{msg.metadata.sequence.stream}")
-                        log.info("cluster.moved", from_node=node, channel=task.channel, ts=task.trigger_ts)
+                        task = task_of(msg.data)
                     except (ValueError, TypeError):
-                        pass
-                    await msg.ack()
+                        log.warning("cluster.bad_task", data=msg.data[:200])
+                        with contextlib.suppress(Exception):
+                            await msg.term()
+                        continue
+                    try:
+                        await self._publish(WORK_ANY, task, f"{task.msg_id}:from:{node}:{msg.metadata.sequence.stream}")
+                        await msg.ack()
+                        log.info("cluster.moved", from_node=node, channel=task.channel, ts=task.trigger_ts)
+                    except Exception as exc:  # still there: moved on a later pass
+                        log.warning("cluster.rescue_failed", node=node, error=f"{type(exc).__name__}: {exc}")
+                        with contextlib.suppress(Exception):
+                            await msg.nak()
             for node in [n for n in subs if self._nodes.alive(n)]:
                 sub = subs.pop(node)
                 with contextlib.suppress(Exception):

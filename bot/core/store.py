@@ -235,6 +235,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m8_message_files, _m9_usage, _m10_triggers, _m11_schedules,
 ]
 
+FINISHED = frozenset({"done", "failed", "refused", "cancelled"})  # a request's statuses that end it
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before it fails
 
 
@@ -484,12 +485,17 @@ class Store:
             return cur.rowcount == 1
 
     def set_request_status(self, channel: str, ts_list: list[str], status: str) -> None:
-        finished = time.time() if status in {"done", "failed", "refused", "cancelled"} else None
+        finished = time.time() if status in FINISHED else None
         with self._tx() as db:
             db.executemany(
                 "UPDATE requests SET status=?, finished_at=? WHERE channel=? AND ts=?",
                 [(status, finished, channel, ts) for ts in ts_list],
             )
+
+    def request_finished(self, channel: str, ts: str) -> bool:
+        """The request was answered, failed, refused or cancelled (not queued, running or interrupted)."""
+        row = self._db.execute("SELECT status FROM requests WHERE channel=? AND ts=?", (channel, ts)).fetchone()
+        return row is not None and row[0] in FINISHED
 
     def unfinished_requests(self) -> list[Request]:
         rows = self._db.execute(

@@ -81,6 +81,15 @@ def apply(store: Store, body: dict[str, Any], *, bot_user_id: str, bot_id: str |
     _record(store, msg, from_self=from_self)
 
 
+def _retried(req: AsyncBoltRequest) -> bool:
+    """Slack's retry of an event (x-slack-retry-num above 0)."""
+    values = req.headers.get("x-slack-retry-num") or ["0"]
+    try:
+        return int(values[0]) > 0
+    except (ValueError, TypeError, IndexError):
+        return False
+
+
 def _channel_of(body: dict[str, Any]) -> str:
     event = body.get("event") if isinstance(body.get("event"), dict) else {}
     assert isinstance(event, dict)
@@ -127,7 +136,8 @@ class SlackIntake:
             log.error("cluster.control_failed", error=f"{type(exc).__name__}: {exc}")
             await msg.respond(dumps({"status": 500, "body": ""}))
 
-    async def _middleware(self, body: dict[str, Any], next: Callable[[], Awaitable[Any]]) -> Any:
+    async def _middleware(self, req: AsyncBoltRequest, body: dict[str, Any],
+                          next: Callable[[], Awaitable[Any]]) -> Any:
         if FORWARDED.get():
             return await next()
         if body.get("type") in ("event_callback", "message_action"):  # what becomes part of the record
@@ -135,8 +145,11 @@ class SlackIntake:
             if stored is None:
                 return BoltResponse(status=503, body="")  # not acked: Slack sends it again
             if stored.duplicate:
-                log.info("cluster.duplicate_event", event_id=body.get("event_id"))
+                log.info("cluster.duplicate_event", event_id=body.get("event_id"), retried=_retried(req))
+            if stored.duplicate and not _retried(req):
                 return BoltResponse(status=200, body="")
+            # Slack's retry of an event already stored: the node that stored it may have stopped before placing
+            # its task, so it is handled again here (its task, if placed, is the same message id: stored once)
             await self._learn_thread(body)
         owner = await self._owner_of(body)
         if owner is not None:
@@ -148,7 +161,8 @@ class SlackIntake:
             if answered is not None:
                 return answered
         response = await next()
-        await self._work.flush()  # the tasks this event placed are stored before it is acked
+        if not await self._work.flush():  # the tasks this event placed are stored before it is acked
+            return BoltResponse(status=503, body="")  # not acked: Slack sends it again
         return response
 
     async def _learn_thread(self, body: dict[str, Any]) -> None:

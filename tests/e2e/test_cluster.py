@@ -72,13 +72,17 @@ def test_one_event_on_two_nodes_is_one_run(tmp_path: Path) -> None:
     with cluster(tmp_path) as c:
         ts = c.slack.user_says("C1", "U1", "just once [[id:dup]]", mention=True)
         for envelope in [e for e in c.slack.envelopes if e.payload.get("event", {}).get("ts") == ts]:
+            c.slack.duplicate_to_all(envelope.envelope_id)  # the same delivery on every socket: dropped
+            # and Slack's retry on every socket: handled again (the node that stored it may have stopped before
+            # placing its task), and still one task
             c.slack.duplicate_to_all(envelope.envelope_id, as_retry=True)
         wait_answer(c, "C1", ts, "dup")
         for bot in c.nodes.values():
             bot.wait_quiet(c.slack, quiet=1.0)
         assert len(marker_answers(c.slack, "C1", ts, "answer for dup")) == 1
         assert len(requests_with(c, "dup")) == 1
-        assert c.events("cluster.duplicate_event"), "JetStream dropped the copies"
+        copies = c.events("cluster.duplicate_event")
+        assert {e["retried"] for e in copies} == {False, True}, "JetStream knew the copies"
 
 
 def test_follow_ups_typed_while_the_first_turn_runs_are_answered_in_order(tmp_path: Path) -> None:
@@ -305,3 +309,23 @@ def test_a_run_longer_than_the_ack_wait_is_not_redelivered(tmp_path: Path) -> No
         assert len(c.model.requests) == 1 and len(c.events("cluster.taken")) == 1  # reported in progress
         assert not c.events("cluster.took_over")
         assert set(c.work_left().values()) == {(0, 0)}
+
+
+def test_a_claude_command_task_taken_in_by_a_busy_node_runs_elsewhere_with_its_whole_text(tmp_path: Path) -> None:
+    with cluster(tmp_path, SLACKBUS_MAX_CONCURRENT="1") as c:
+        busy = "n1"
+        c.model.enqueue_hang(120)
+        hold = c.slack.user_says("C1", "U1", "keep n1 busy", mention=True, to=c.socket_of[busy])
+        c.model.wait_for_requests(1, timeout=60)
+        assert c.runner_of("C1", hold) == busy
+        long_tail = "then check the retry budget of the payments worker " * 4  # past the channel heading's cut
+        envelope = c.slack.slash_command(text=f"why does the nightly build fail? {long_tail}[[id:cmd]]", user="U2",
+                                         channel="C1", to=c.socket_of[busy])
+        c.slack.wait_ack(envelope, timeout=30)
+        answer = c.slack.wait_for(lambda: [m for m in c.slack.bot_messages("C1")
+                                           if "answer for cmd" in str(m.get("text"))], timeout=60, what="answer")
+        assert len(answer) == 1
+        request = requests_with(c, "cmd")
+        assert len(request) == 1 and "retry budget of the payments worker" in last_user_text(request[0])
+        taken = [e for e in c.events("cluster.taken") if e["ts"] != hold]
+        assert len(taken) == 1 and taken[0]["at"] != busy  # another node, with the request as it was typed

@@ -46,7 +46,7 @@ def test_doctor_checks_the_cluster_and_never_shows_the_password(tmp_path: Path, 
                                                                 fake_slack: FakeSlack) -> None:
     with NatsServer(tmp_path / "nats" / "store", extra_args=("--user", "alice", "--pass", PASSWORD)) as server:
         url = f"nats://alice:{PASSWORD}@127.0.0.1:{server.port}"
-        masked = f"nats://alice:[redacted]@127.0.0.1:{server.port}"
+        masked = f"nats://[redacted]@127.0.0.1:{server.port}"  # the user and the password
         env = {**bot_env, "SLACKBUS_NATS_URL": url, "SLACKBUS_NODE_ID": "n1", "SLACKBUS_WARM_POOL": "0"}
 
         # a new server: JetStream on, nothing made yet, and that is not an error

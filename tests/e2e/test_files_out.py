@@ -66,7 +66,9 @@ def test_an_image_claude_makes_goes_up_as_a_png_so_slack_shows_it_inline(start_b
     fake_model.enqueue_tool_use("mcp__slackbus__upload", {"path": "chart.png", "title": "Latency by day"})
     ts = fake_slack.user_says("C1", "U1", "plot the latency [[id:f3]]", mention=True)
     answer_in(fake_slack, "C1", ts, "answer for f3")
-    fake_slack.wait_for(lambda: len(fake_slack.files) >= 2, what="two images in the thread")
+    # an upload is three calls (its URL, its bytes, its completion): wait until both have all three
+    fake_slack.wait_for(lambda: len([f for f in fake_slack.files if f["completed"]]) >= 2,
+                        what="two images in the thread")
     by_name = {f["name"]: f for f in fake_slack.files}
     assert set(by_name) == {"plot.png", "chart.png"}
     for f in by_name.values():

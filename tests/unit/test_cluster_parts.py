@@ -38,7 +38,9 @@ def test_the_nats_address_is_checked_and_its_password_never_shown() -> None:
     with pytest.raises(ConfigError) as err:
         _nats_url({"SLACKBUS_NATS_URL": "http://u:hunter22@host:4222"})
     assert "hunter22" not in str(err.value) and "[redacted]" in str(err.value)
-    assert redact_url("nats://bot:pa55word@h:4222") == "nats://bot:[redacted]@h:4222"
+    assert redact_url("nats://bot:pa55word@h:4222") == "nats://[redacted]@h:4222"
+    assert redact_url("nats://s3cr3t-token@h:4222,nats://u:p@ss@g:4222") == \
+        "nats://[redacted]@h:4222,nats://[redacted]@g:4222"  # a token, a password with @ in it
     assert redact_url("nats://h:4222") == "nats://h:4222"
 
 
@@ -194,3 +196,29 @@ def test_with_a_place_a_job_is_seen_here_leaves_the_node_and_comes_back_through_
     assert [j.trigger_ts for j in placed] == ["1.0"] and len(seen) == 1 and queue.pending == 0
     dispatcher.submit_here(placed[0], seen=True)  # the node that runs it gives no second 👀
     assert len(seen) == 1 and queue.pending == 1
+
+
+def test_a_task_from_a_newer_node_is_read_without_its_new_fields() -> None:
+    from bot.cluster.work import task_of
+
+    task = task_of(b'{"channel": "C1", "thread_ts": "1.0", "trigger_ts": "2.0", "user": "U1", "new_session": false,'
+                   b' "is_dm": false, "placed_by": "n9", "placed_at": 1.0, "priority": "high"}')
+    assert task.msg_id == "task:C1:2.0" and task.placed_by == "n9"
+    for junk in (b"[1, 2]", b"not json", b'{"channel": "C1"}'):
+        with pytest.raises((ValueError, TypeError)):
+            task_of(junk)
+
+
+def test_a_warm_process_reports_its_running_total_and_each_turn_costs_what_it_added() -> None:
+    from bot.core.claude_runner import ClaudeSession
+    from bot.core.stream_parser import Finished
+
+    def result(total: float | None) -> Finished:
+        return Finished(is_error=False, subtype="success", text="", session_id="s", num_turns=1, duration_ms=1,
+                        cost_usd=total, api_error_status=None, terminal_reason=None, permission_denials=(),
+                        errors=())
+
+    session = ClaudeSession.__new__(ClaudeSession)
+    session._reported_cost = None
+    costs = [session._turn_cost(result(t)).cost_usd for t in (0.0107, 0.0217, None, 0.0330)]
+    assert costs == [0.0107, 0.011, None, 0.0113]
