@@ -208,6 +208,7 @@ class Bot:
             approvals=self.approvals,
             run_as=s.run_as,
             add_dirs=add_dirs,
+            cost_before=self.store.session_cost(session_id) if resume else None,
         )
 
     def _model_for(self, key: tuple[str, str] | None) -> str | None:

@@ -77,6 +77,7 @@ class SessionSpec:
     mcp_servers: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     run_as: str | None = None  # the OS user the CLI runs as (SLACKBUS_RUN_AS; the bot is root); None: the bot's own
     add_dirs: tuple[Path, ...] = ()  # folders outside cwd the CLI may read (the thread's attachments)
+    cost_before: float | None = None  # a resumed session's cost so far: the CLI's first total includes it
 
 
 @dataclass
@@ -166,7 +167,9 @@ class ClaudeSession:
         self.spawned_at: float | None = None  # serve began starting the process
         self.connected_at: float | None = None  # the CLI answered the SDK's initialize request
         self.last_turn_s = 0.0  # the last turn, from writing its prompt to reading its result
-        self._reported_cost: float | None = None  # what the CLI said this process had cost at its last result
+        # what the CLI said this process had cost at its last result; a resumed session's reports start from what
+        # the session cost before (measured: a resumed third turn reported all three)
+        self._reported_cost: float | None = spec.cost_before if spec.resume else None
 
     # --- owner task -----------------------------------------------------------------------------
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -492,6 +492,11 @@ class Store:
                 [(status, finished, channel, ts) for ts in ts_list],
             )
 
+    def session_cost(self, session_id: str) -> float | None:
+        """What a session's runs cost so far, as recorded here (None: none recorded)."""
+        row = self._db.execute("SELECT SUM(cost_usd) FROM runs WHERE session_id=?", (session_id,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def request_finished(self, channel: str, ts: str) -> bool:
         """The request was answered, failed, refused or cancelled (not queued, running or interrupted)."""
         row = self._db.execute("SELECT status FROM requests WHERE channel=? AND ts=?", (channel, ts)).fetchone()

@@ -150,3 +150,23 @@ def test_a_bad_budget_table_in_the_config_file_stops_the_start(start_bot, tmp_pa
     assert bot.proc.wait(30) == 2
     output = bot.log_path.read_text()
     assert "SLACKBUS_CONFIG's [budget] user_day must be an amount in USD" in output and "Traceback" not in output
+
+
+def test_each_turn_costs_what_it_added_warm_or_resumed(start_bot, fake_slack, fake_model, bot_env):
+    """The CLI reports a process's running total, and a resumed session's total includes its earlier turns: each
+    stored run is the turn's own cost (the fake model answers every turn alike, so the costs are alike)."""
+    bot = start_bot(SLACKBUS_WARM_POOL="0")
+    ts = fake_slack.user_says("C1", "U1", "first [[id:c1]]", mention=True)
+    answer_in(fake_slack, "C1", ts, "answer for c1")
+    fake_slack.user_says("C1", "U1", "warm [[id:c2]]", thread_ts=ts)  # the same process
+    answer_in(fake_slack, "C1", ts, "answer for c2")
+    bot.wait_quiet(fake_slack)
+    bot.stop()
+    bot = start_bot(SLACKBUS_WARM_POOL="0")
+    fake_slack.user_says("C1", "U1", "resumed [[id:c3]]", thread_ts=ts)  # a new process, --resume
+    answer_in(fake_slack, "C1", ts, "answer for c3")
+    bot.wait_quiet(fake_slack)
+    db = sqlite3.connect(Path(bot_env["SLACKBUS_HOME"]) / "slackbus.db")
+    costs = [row[0] for row in db.execute("SELECT cost_usd FROM runs ORDER BY started_at")]
+    assert len(costs) == 3 and all(c is not None and c > 0 for c in costs), costs
+    assert max(costs) < 1.3 * min(costs), costs  # not 1×, 2×, 3× one turn
