@@ -109,6 +109,16 @@ class Cluster:
 
         return asyncio.run(read())
 
+    def wait_work_done(self, timeout: float = 15.0) -> dict[str, tuple[int, int]]:
+        """Until every work consumer has nothing waiting and nothing unacked (a task is acked just after its
+        answer is posted), at most `timeout`; the last reading."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.work_left()
+            if set(left.values()) <= {(0, 0)} or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
+
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{b.tail()}" for n, b in self.nodes.items())
 

@@ -99,9 +99,9 @@ class Threads:
             if await self.swap(channel, thread_ts, replace(entry, owner=""), revision):
                 return
 
-    async def after_turn(self, channel: str, thread_ts: str) -> None:
+    async def after_turn(self, channel: str, thread_ts: str, *, hold: bool = True) -> None:
         """The owner, after a turn: the thread's session (from this node's store) and its transcript, for a node
-        that may take it over."""
+        that may take it over. hold=False (this node is shutting down): the thread stays free for the next node."""
         row = self._store.get_thread(channel, thread_ts)
         if row is None:
             return
@@ -112,11 +112,12 @@ class Threads:
             entry, revision = await self.get(channel, thread_ts)
             if entry is not None and entry.owner not in ("", self.me):
                 return  # taken over meanwhile (this node was thought dead): the new owner writes it
-            new = replace(entry or ThreadEntry(), owner=self.me, first="", session_id=row.session_id,
+            new = replace(entry or ThreadEntry(), owner=self.me if hold else "", first="", session_id=row.session_id,
                           started=row.started, workdir=row.workdir, requester=row.requester or "",
                           transcript=transcript or (entry.transcript if entry else ""))
             if await self.swap(channel, thread_ts, new, revision):
-                self.mine.add((channel, thread_ts))
+                if hold:
+                    self.mine.add((channel, thread_ts))
                 log.info("cluster.thread_saved", channel=channel, thread_ts=thread_ts, session_id=row.session_id,
                          transcript=bool(transcript))
                 return

@@ -291,7 +291,6 @@ class Work:
             with contextlib.suppress(Exception):
                 await msg.term()
             return
-        redelivered = (msg.metadata.num_delivered or 1) > 1
         key = (task.channel, task.trigger_ts)
         if key not in self._held and key not in self._local and self._threads.finished(*key):
             await msg.ack()  # this node answered it; the ack was lost on the way
@@ -300,8 +299,8 @@ class Work:
         for _ in range(8):
             entry, revision = await self._threads.get(task.channel, task.thread_ts)
             entry = entry or ThreadEntry(first=task.trigger_ts if task.new_session else "", requester=task.user)
-            if entry.owner == self.me:
-                await self._start(msg, task, entry, takeover=redelivered)
+            if entry.owner == self.me:  # its own thread (a redelivery after a nak or a lost ack is no takeover)
+                await self._start(msg, task, entry, takeover=False)
                 return
             if entry.owner and self._nodes.alive(entry.owner):
                 await self._publish(work_subject(entry.owner), task, f"{task.msg_id}:to:{entry.owner}")
@@ -311,7 +310,9 @@ class Work:
             if entry.first and entry.first != task.trigger_ts and not entry.owner:
                 await msg.nak(delay=FIRST_WAIT_S)  # the thread's first task is still waiting for a node
                 return
-            takeover = bool(entry.owner) or redelivered or bool(task.handed_from)
+            # another node held it (it is dead) or gave it back: the thread is told; a first task that came back
+            # (a nak while the server restarted) is not a takeover
+            takeover = bool(entry.owner) or bool(task.handed_from)
             if await self._threads.swap(task.channel, task.thread_ts, replace(entry, owner=self.me, first=""),
                                         revision):
                 self._threads.mine.add((task.channel, task.thread_ts))
@@ -363,7 +364,8 @@ class Work:
 
     async def done(self, jobs: list[Job]) -> None:
         """A run ended: its tasks are acked — or, if this node's shutdown interrupted it, given back for another
-        node — then the thread's session is saved (bounded: the acks never wait for a large transcript)."""
+        node — then the thread's session is saved (bounded: the acks never wait for a large transcript); a node
+        shutting down leaves the thread free for the next one."""
         first = jobs[0]
         for job in jobs:
             key = (job.channel, job.trigger_ts)
@@ -382,7 +384,7 @@ class Work:
         self.room()
         with anyio.move_on_after(AFTER_TURN_S):
             try:
-                await self._threads.after_turn(first.channel, first.thread_ts)
+                await self._threads.after_turn(first.channel, first.thread_ts, hold=not self.stopping)
             except Exception as exc:
                 log.warning("cluster.after_turn_failed", channel=first.channel, error=f"{type(exc).__name__}: {exc}")
 

@@ -64,7 +64,7 @@ def test_a_burst_across_nodes_is_answered_once_each_in_order_with_the_channels_c
         assert len(sockets) == 3
         runners = {e["at"] for e in c.events("cluster.taken")}
         assert len(runners) >= 2, runners
-        left = c.work_left()  # every task acked: none waits, none will come back
+        left = c.wait_work_done()  # every task acked: none waits, none will come back
         assert set(left) >= {"any", "node-n1", "node-n2", "node-n3"} and set(left.values()) == {(0, 0)}, left
 
 
@@ -308,7 +308,7 @@ def test_a_run_longer_than_the_ack_wait_is_not_redelivered(tmp_path: Path) -> No
             c.nodes[name].wait_quiet(c.slack, quiet=1.0, timeout=60)
         assert len(c.model.requests) == 1 and len(c.events("cluster.taken")) == 1  # reported in progress
         assert not c.events("cluster.took_over")
-        assert set(c.work_left().values()) == {(0, 0)}
+        assert set(c.wait_work_done().values()) == {(0, 0)}
 
 
 def test_a_claude_command_task_taken_in_by_a_busy_node_runs_elsewhere_with_its_whole_text(tmp_path: Path) -> None:
