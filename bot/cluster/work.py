@@ -283,13 +283,19 @@ class Work:
             del self._held[key]
         self._local.pop(key, None)
 
-    async def _take(self, msg: Msg) -> None:
+    async def _readable(self, msg: Msg) -> Task | None:
+        """The task a message holds; None for one that is not a task (logged and dropped for good)."""
         try:
-            task = task_of(msg.data)
+            return task_of(msg.data)
         except (ValueError, TypeError):
             log.warning("cluster.bad_task", data=msg.data[:200])
             with contextlib.suppress(Exception):
                 await msg.term()
+            return None
+
+    async def _take(self, msg: Msg) -> None:
+        task = await self._readable(msg)
+        if task is None:
             return
         key = (task.channel, task.trigger_ts)
         if key not in self._held and key not in self._local and self._threads.finished(*key):
@@ -439,12 +445,8 @@ class Work:
                     subs.pop(node, None)
                     continue
                 for msg in msgs:
-                    try:
-                        task = task_of(msg.data)
-                    except (ValueError, TypeError):
-                        log.warning("cluster.bad_task", data=msg.data[:200])
-                        with contextlib.suppress(Exception):
-                            await msg.term()
+                    task = await self._readable(msg)
+                    if task is None:
                         continue
                     try:
                         await self._publish(WORK_ANY, task, f"{task.msg_id}:from:{node}:{msg.metadata.sequence.stream}")

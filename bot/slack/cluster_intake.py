@@ -31,7 +31,7 @@ from bot.core.events import IncomingMessage
 from bot.core.handoff import parse_thread_ref
 from bot.core.store import Store, StoredMessage
 from bot.log import get_logger
-from bot.slack.events_in import click, edit, incoming, message_shortcut, store_edit
+from bot.slack.events_in import apply_change, click, incoming, message_shortcut
 
 log = get_logger("slackbus.cluster")
 
@@ -61,17 +61,9 @@ def apply(store: Store, body: dict[str, Any], *, bot_user_id: str, bot_id: str |
     event = body.get("event")
     if not isinstance(event, dict) or event.get("type") not in ("message", "app_mention"):
         return
+    if apply_change(store, event):  # an edit or a deletion
+        return
     subtype = event.get("subtype")
-    if subtype == "message_changed":
-        changed = edit(event)
-        if changed is not None:
-            store_edit(store, *changed)
-        return
-    if subtype == "message_deleted":
-        channel, deleted = event.get("channel"), event.get("deleted_ts")
-        if isinstance(channel, str) and isinstance(deleted, str):
-            store.delete_message(channel, deleted)
-        return
     if subtype in IGNORED_SUBTYPES or not isinstance(event.get("ts"), str):
         return
     msg = incoming(event, body, bot_user_id=bot_user_id, received=time.monotonic())

@@ -216,15 +216,7 @@ def register(
                 dispatcher.on_message(incoming(event, body, bot_user_id=bot_user_id, received=context["received"]))
             return
         try:
-            if subtype == "message_changed":
-                changed = edit(event)
-                if changed is not None:
-                    store_edit(store, *changed)
-                return
-            if subtype == "message_deleted":
-                channel, deleted = _str(event.get("channel")), _str(event.get("deleted_ts"))
-                if channel and deleted:
-                    store.delete_message(channel, deleted)
+            if apply_change(store, event):
                 return
         except StoreError as exc:
             log.error("store.write_failed", what=subtype, channel=event.get("channel"), error=str(exc))
@@ -275,6 +267,22 @@ def register(
     @app.action(re.compile(".*"))
     async def other_action(ack: AsyncAck) -> None:
         await ack()
+
+
+def apply_change(store: Store, event: dict[str, Any]) -> bool:
+    """A message_changed or message_deleted event into the store; False for any other message event."""
+    subtype = event.get("subtype")
+    if subtype == "message_changed":
+        changed = edit(event)
+        if changed is not None:
+            store_edit(store, *changed)
+        return True
+    if subtype == "message_deleted":
+        channel, deleted = _str(event.get("channel")), _str(event.get("deleted_ts"))
+        if channel and deleted:
+            store.delete_message(channel, deleted)
+        return True
+    return False
 
 
 def store_edit(store: Store, channel: str, ts: str, text: str) -> None:
